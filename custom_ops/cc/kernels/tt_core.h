@@ -1,0 +1,103 @@
+// Framework-free CPU implementation of the TT embedding-bag math (docs/ops.md).
+//
+// Kept free of TensorFlow headers so the same code serves the plain op, the cached op and
+// standalone tests; the OpKernels only unpack tensors, validate, and supply a thread pool.
+#ifndef TT_KERAS_CUSTOM_OPS_CC_KERNELS_TT_CORE_H_
+#define TT_KERAS_CUSTOM_OPS_CC_KERNELS_TT_CORE_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace tt_keras {
+
+constexpr int kMaxCores = 4;
+
+// One TT shape: k cores, core t of shape (p[t], r[t], q[t], r[t+1]), r[0] = r[k] = 1.
+struct TTDims {
+  int k = 0;
+  int64_t p[kMaxCores] = {0};
+  int64_t q[kMaxCores] = {0};
+  int64_t r[kMaxCores + 1] = {0};
+  // row_stride[t] = prod(p[t+1..k-1]): digit t of an id is (id / row_stride[t]) % p[t].
+  int64_t row_stride[kMaxCores] = {0};
+  // col_prefix[t] = prod(q[0..t-1]): rows of the partial product after t cores.
+  int64_t col_prefix[kMaxCores + 1] = {0};
+  int64_t padded_rows = 0;
+  int64_t dim = 0;
+
+  // Fills the derived fields; returns an error message, or "" when the shape is valid.
+  std::string Finalize();
+  // Floats in the partial product after `level` cores (level 1..k): Q_level * r_level.
+  int64_t PartialSize(int level) const { return col_prefix[level] * r[level]; }
+  int64_t CoreSliceSize(int t) const { return r[t] * q[t] * r[t + 1]; }
+};
+
+enum class Combiner { kNone, kSum, kMean, kSqrtn };
+bool ParseCombiner(const std::string& name, Combiner* out);
+
+// Runs fn(begin, end) over [0, total) split into shards; cost_per_unit is a rough count of
+// floating-point operations per item, which lets the pool decide how finely to split.
+using ParallelFor =
+    std::function<void(int64_t total, int64_t cost_per_unit,
+                       const std::function<void(int64_t, int64_t)>& fn)>;
+
+// The distinct ids of a batch arranged as a prefix tree: level L (1..k) holds the distinct
+// values of id / row_stride[L-1], i.e. the distinct leading-L-digit prefixes, sorted.
+// Nodes of level L that share a parent at level L-1 are contiguous, which is what lets every
+// reduction below run without atomics.
+struct LookupPlan {
+  int k = 0;
+  std::vector<int64_t> sorted_pos;            // positions of the batch, sorted by id
+  std::vector<int64_t> key[kMaxCores + 1];    // key[L][n]: prefix of node n at level L
+  std::vector<int64_t> child_begin[kMaxCores + 1];  // children of node n of level L: level
+                                              // L+1 nodes [child_begin[L][n], [n+1])
+  std::vector<int64_t> parent[kMaxCores + 1];  // parent[L][n]: node index at level L-1
+  std::vector<int64_t> pos_begin;             // leaves: sorted_pos[pos_begin[n] .. [n+1])
+  int64_t num_nodes(int level) const { return static_cast<int64_t>(key[level].size()); }
+};
+
+// Builds the plan for `ids` (already range-checked). Ids are radix-sorted: a comparison sort
+// of a 50k-id batch costs more than the whole TT forward.
+template <typename Tid>
+void BuildPlan(const TTDims& dims, const Tid* ids, int64_t nnz, LookupPlan* plan);
+
+// Per-position scale of a pooled lookup: w_i / norm(bag of i) (1 / norm without weights),
+// zero where the norm is zero, as tf.nn.embedding_lookup_sparse with div_no_nan.
+// Also returns each position's bag. For Combiner::kNone: scale 1, bag = position.
+void PositionScales(Combiner combiner, const int64_t* row_splits, int64_t num_bags,
+                    const float* weights, int64_t nnz, std::vector<float>* scale,
+                    std::vector<int64_t>* bag_of_pos);
+
+// Partial products of every level 1..k-1 (the leaves' rows are level k). partials[L] holds
+// num_nodes(L) blocks of PartialSize(L) floats.
+void ComputePartials(const TTDims& dims, const float* const* cores, const LookupPlan& plan,
+                     int last_level, std::vector<float>* partials, const ParallelFor& pfor);
+
+// Rows (dim floats) of every distinct id, in plan order.
+void ComputeRows(const TTDims& dims, const float* const* cores, const LookupPlan& plan,
+                 std::vector<float>* partials, std::vector<float>* rows,
+                 const ParallelFor& pfor);
+
+// Pools rows into out: [num_bags, dim], or [nnz, dim] for Combiner::kNone.
+void PoolRows(const TTDims& dims, const LookupPlan& plan, Combiner combiner,
+              const int64_t* row_splits, int64_t num_bags, const float* weights,
+              int64_t nnz, const float* rows, float* out, const ParallelFor& pfor);
+
+// Core gradients from the gradient of each distinct id's row (leaf_grads: num_nodes(k) x dim).
+// core_grads[t] must hold p[t] * CoreSliceSize(t) floats; they are overwritten.
+void BackpropCores(const TTDims& dims, const float* const* cores, const LookupPlan& plan,
+                   std::vector<float>* partials, std::vector<float>* leaf_grads,
+                   float* const* core_grads, const ParallelFor& pfor);
+
+// Sums each distinct id's output gradient: leaf_grads[n] = sum over the positions i of id n
+// of scale[i] * grad[bag_of_pos[i]].
+void AggregateLeafGrads(const TTDims& dims, const LookupPlan& plan, const float* grad,
+                        const std::vector<float>& scale,
+                        const std::vector<int64_t>& bag_of_pos,
+                        std::vector<float>* leaf_grads, const ParallelFor& pfor);
+
+}  // namespace tt_keras
+
+#endif  // TT_KERAS_CUSTOM_OPS_CC_KERNELS_TT_CORE_H_

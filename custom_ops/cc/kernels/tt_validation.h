@@ -1,0 +1,131 @@
+// Input validation shared by the TT OpKernels. Every message names the argument and the
+// offending value, and nothing is read out of bounds: ids and splits are checked before use.
+#ifndef TT_KERAS_CUSTOM_OPS_CC_KERNELS_TT_VALIDATION_H_
+#define TT_KERAS_CUSTOM_OPS_CC_KERNELS_TT_VALIDATION_H_
+
+#include <string>
+
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tt_core.h"
+
+namespace tt_keras {
+
+// Reads the TT shape off the cores' shapes (host-side metadata only, so GPU kernels use it
+// too) and checks that the ranks chain and the row factors can hold num_rows.
+inline absl::Status DimsFromCores(const tensorflow::OpInputList& cores, int64_t num_rows,
+                                  TTDims* dims) {
+  namespace errors = tensorflow::errors;
+  const int k = cores.size();
+  if (k < 2 || k > kMaxCores) {
+    return errors::InvalidArgument("cores: expected 2 to 4 cores, got ", k);
+  }
+  dims->k = k;
+  for (int t = 0; t < k; ++t) {
+    const tensorflow::Tensor& c = cores[t];
+    if (c.dims() != 4) {
+      return errors::InvalidArgument("cores[", t, "] must have rank 4 (p, r_in, q, r_out), "
+                                     "got shape ", c.shape().DebugString());
+    }
+    dims->p[t] = c.dim_size(0);
+    dims->q[t] = c.dim_size(2);
+    if (t == 0) dims->r[0] = c.dim_size(1);
+    if (c.dim_size(1) != dims->r[t]) {
+      return errors::InvalidArgument("cores[", t, "] has input rank ", c.dim_size(1),
+                                     " but cores[", t - 1, "] has output rank ", dims->r[t]);
+    }
+    dims->r[t + 1] = c.dim_size(3);
+  }
+  const std::string error = dims->Finalize();
+  if (!error.empty()) {
+    return errors::InvalidArgument("cores: ", error, " (shapes ", cores[0].shape().DebugString(),
+                                   " ... ", cores[k - 1].shape().DebugString(), ")");
+  }
+  if (dims->padded_rows < num_rows) {
+    return errors::InvalidArgument("cores hold ", dims->padded_rows, " rows but num_rows is ",
+                                   num_rows);
+  }
+  return absl::OkStatus();
+}
+
+template <typename Tid>
+struct BagInputs {
+  const Tid* ids = nullptr;
+  int64_t nnz = 0;
+  const int64_t* row_splits = nullptr;
+  int64_t num_bags = 0;
+  const float* weights = nullptr;  // null: all ones
+};
+
+// Shapes of indices / row_splits / weights (host metadata only).
+template <typename Tid>
+absl::Status ValidateBagShapes(tensorflow::OpKernelContext* ctx, Combiner combiner,
+                               BagInputs<Tid>* bags) {
+  namespace errors = tensorflow::errors;
+  const tensorflow::Tensor& indices = ctx->input(ctx->num_inputs() - 3);
+  const tensorflow::Tensor& splits = ctx->input(ctx->num_inputs() - 2);
+  const tensorflow::Tensor& weights = ctx->input(ctx->num_inputs() - 1);
+  if (indices.dims() != 1) {
+    return errors::InvalidArgument("indices must be a vector, got shape ",
+                                   indices.shape().DebugString());
+  }
+  bags->nnz = indices.dim_size(0);
+  if (weights.dims() != 1 || (weights.dim_size(0) != 0 && weights.dim_size(0) != bags->nnz)) {
+    return errors::InvalidArgument("weights has shape ", weights.shape().DebugString(),
+                                   " but indices has ", bags->nnz,
+                                   " entries (pass an empty vector for no weights)");
+  }
+  if (combiner == Combiner::kNone && weights.dim_size(0) != 0) {
+    return errors::InvalidArgument("weights need a combiner (sum, mean or sqrtn); combiner is "
+                                   "none");
+  }
+  if (splits.dims() != 1) {
+    return errors::InvalidArgument("row_splits must be a vector, got shape ",
+                                   splits.shape().DebugString());
+  }
+  if (combiner != Combiner::kNone && splits.dim_size(0) < 1) {
+    return errors::InvalidArgument("row_splits must hold at least one entry (0)");
+  }
+  bags->num_bags = combiner == Combiner::kNone ? 0 : splits.dim_size(0) - 1;
+  return absl::OkStatus();
+}
+
+// Shapes plus contents: every id in [0, num_rows), splits start at 0, never decrease and end
+// at nnz. Host memory only (the CPU kernels).
+template <typename Tid>
+absl::Status ValidateBagInputs(tensorflow::OpKernelContext* ctx, Combiner combiner,
+                               int64_t num_rows, BagInputs<Tid>* bags) {
+  namespace errors = tensorflow::errors;
+  TF_RETURN_IF_ERROR(ValidateBagShapes<Tid>(ctx, combiner, bags));
+  const tensorflow::Tensor& indices = ctx->input(ctx->num_inputs() - 3);
+  const tensorflow::Tensor& splits = ctx->input(ctx->num_inputs() - 2);
+  const tensorflow::Tensor& weights = ctx->input(ctx->num_inputs() - 1);
+  bags->ids = indices.flat<Tid>().data();
+  for (int64_t i = 0; i < bags->nnz; ++i) {
+    const int64_t id = static_cast<int64_t>(bags->ids[i]);
+    if (id < 0 || id >= num_rows) {
+      return errors::InvalidArgument("indices[", i, "] = ", id, " is out of range [0, ",
+                                     num_rows, ")");
+    }
+  }
+  if (weights.dim_size(0) != 0) bags->weights = weights.flat<float>().data();
+  if (combiner == Combiner::kNone) return absl::OkStatus();
+  bags->row_splits = splits.flat<int64_t>().data();
+  const int64_t* s = bags->row_splits;
+  if (s[0] != 0) return errors::InvalidArgument("row_splits[0] = ", s[0], " must be 0");
+  for (int64_t b = 0; b < bags->num_bags; ++b) {
+    if (s[b + 1] < s[b]) {
+      return errors::InvalidArgument("row_splits must not decrease: row_splits[", b + 1,
+                                     "] = ", s[b + 1], " < row_splits[", b, "] = ", s[b]);
+    }
+  }
+  if (s[bags->num_bags] != bags->nnz) {
+    return errors::InvalidArgument("row_splits[-1] = ", s[bags->num_bags],
+                                   " must equal the number of indices, ", bags->nnz);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace tt_keras
+
+#endif  // TT_KERAS_CUSTOM_OPS_CC_KERNELS_TT_VALIDATION_H_

@@ -1,0 +1,88 @@
+// Op registrations of the TT embedding-bag family; the contract is docs/ops.md.
+#include "tensorflow/core/framework/common_shape_fns.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/shape_inference.h"
+
+namespace tensorflow {
+namespace {
+
+using shape_inference::DimensionHandle;
+using shape_inference::InferenceContext;
+using shape_inference::ShapeHandle;
+
+// D = prod over cores of dim 2 (q_t); unknown if any core's q_t is unknown.
+Status EmbeddingDim(InferenceContext* c, int first_core, int num_cores, DimensionHandle* dim) {
+  *dim = c->MakeDim(1);
+  for (int t = 0; t < num_cores; ++t) {
+    ShapeHandle core;
+    TF_RETURN_IF_ERROR(c->WithRank(c->input(first_core + t), 4, &core));
+    TF_RETURN_IF_ERROR(c->Multiply(*dim, c->Dim(core, 2), dim));
+  }
+  return OkStatus();
+}
+
+Status ForwardShape(InferenceContext* c) {
+  int num_cores;
+  TF_RETURN_IF_ERROR(c->GetAttr("N", &num_cores));
+  std::string combiner;
+  TF_RETURN_IF_ERROR(c->GetAttr("combiner", &combiner));
+  ShapeHandle indices, splits, weights;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(num_cores), 1, &indices));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(num_cores + 1), 1, &splits));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(num_cores + 2), 1, &weights));
+  DimensionHandle dim, rows;
+  TF_RETURN_IF_ERROR(EmbeddingDim(c, 0, num_cores, &dim));
+  if (combiner == "none") {
+    rows = c->Dim(indices, 0);
+  } else {
+    TF_RETURN_IF_ERROR(c->Subtract(c->Dim(splits, 0), 1, &rows));
+  }
+  c->set_output(0, c->Matrix(rows, dim));
+  return OkStatus();
+}
+
+}  // namespace
+
+REGISTER_OP("TTKeras>TTEmbeddingBag")
+    .Input("cores: N * float")
+    .Input("indices: Tindices")
+    .Input("row_splits: int64")
+    .Input("weights: float")
+    .Output("output: float")
+    .Attr("N: int >= 2")
+    .Attr("Tindices: {int32, int64}")
+    .Attr("num_rows: int >= 1")
+    .Attr("combiner: {'none', 'sum', 'mean', 'sqrtn'}")
+    .SetShapeFn(ForwardShape)
+    .Doc(R"doc(
+Looks up rows of a TT-compressed embedding table and pools them into bags.
+
+cores: the TT cores, core t shaped (p_t, r_{t-1}, q_t, r_t), r_0 = r_N = 1.
+indices: flat ids in [0, num_rows).
+row_splits: bag boundaries (ignored when combiner is "none").
+weights: per-id weights, or an empty vector for all ones.
+output: [num_bags, D] pooled rows, or [nnz, D] per-id rows when combiner is "none".
+)doc");
+
+REGISTER_OP("TTKeras>TTEmbeddingBagGrad")
+    .Input("grad: float")
+    .Input("cores: N * float")
+    .Input("indices: Tindices")
+    .Input("row_splits: int64")
+    .Input("weights: float")
+    .Output("core_grads: N * float")
+    .Attr("N: int >= 2")
+    .Attr("Tindices: {int32, int64}")
+    .Attr("num_rows: int >= 1")
+    .Attr("combiner: {'none', 'sum', 'mean', 'sqrtn'}")
+    .SetShapeFn([](InferenceContext* c) {
+      int num_cores;
+      TF_RETURN_IF_ERROR(c->GetAttr("N", &num_cores));
+      for (int t = 0; t < num_cores; ++t) c->set_output(t, c->input(1 + t));
+      return OkStatus();
+    })
+    .Doc(R"doc(
+Gradients of TTEmbeddingBag with respect to its cores (dense, shaped like the cores).
+)doc");
+
+}  // namespace tensorflow

@@ -1,0 +1,344 @@
+"""TTEmbedding: a Keras embedding layer whose table is stored as Tensor-Train cores."""
+
+import numpy as np
+import tensorflow as tf
+
+from tt_keras import initializers as tt_initializers
+from tt_keras import tt_math
+from tt_keras._keras import IS_KERAS_3, keras, register_serializable
+from tt_keras.lookup import BACKENDS, tt_embedding_bag
+
+COMBINERS = (None, "sum", "mean", "sqrtn")
+
+
+def _check_ids_dtype(dtype, what="ids"):
+    dtype = tf.as_dtype(dtype)
+    if not dtype.is_integer:
+        raise TypeError(
+            f"TTEmbedding expects integer {what}, got {what} of dtype {dtype.name}; cast them "
+            "with tf.cast(ids, tf.int64) if they hold whole numbers"
+        )
+
+
+def _check_weights(weights, ids_kind):
+    if weights is None:
+        return None
+    kind = type(weights).__name__
+    if ids_kind == "ragged" and not isinstance(weights, tf.RaggedTensor):
+        raise TypeError(f"weights must be a RaggedTensor like the ids, got {kind}")
+    if ids_kind == "sparse" and not isinstance(weights, tf.SparseTensor):
+        raise TypeError(f"weights must be a SparseTensor like the ids, got {kind}")
+    values = weights.values if ids_kind == "sparse" else weights
+    if not tf.as_dtype(values.dtype).is_floating:
+        raise TypeError(f"weights must be floats, got weights of dtype {values.dtype.name}")
+    return weights
+
+
+@register_serializable(package="tt_keras")
+class TTEmbedding(keras.layers.Layer):
+    """An embedding layer whose (input_dim, output_dim) table is a TT decomposition.
+
+    The table W is never materialised: W[id] is the product of one slice of each of the
+    2-4 cores (core t shaped (p_t, r_{t-1}, q_t, r_t); see docs/ops.md), computed by a fused
+    custom op when its library is loaded and by a pure-TF gather/matmul chain otherwise.
+
+    Inputs:
+      - integer ids of any shape; with combiner=None the output is ids.shape + [output_dim],
+        with a combiner the last axis is a bag and is pooled: ids.shape[:-1] + [output_dim];
+      - a RaggedTensor (bags along its ragged dimension) or a SparseTensor (bags along its
+        last dimension); these need a combiner. Empty bags give zero rows.
+      - optional `weights` of the same structure: per-id weights, as in
+        tf.nn.safe_embedding_lookup_sparse.
+
+    Args:
+      input_dim: number of rows N (ids are in [0, N)).
+      output_dim: embedding dimension D.
+      tt_rank: TT rank: an int, k-1 inner ranks, or k+1 ranks with 1 at both ends.
+      tt_row_shape: row factors (product >= input_dim); suggested when None.
+      tt_col_shape: column factors (product == output_dim); suggested when None.
+      num_cores: k, 2 to 4.
+      embeddings_initializer: "sampled_gaussian" (variance-matched to DLRM's
+        U(-1/sqrt(N), 1/sqrt(N))), any tt_keras initializer, or a Keras initializer applied
+        to each core as it is.
+      embeddings_regularizer: optional Keras regularizer, applied to each core.
+      combiner: None, "sum", "mean" or "sqrtn".
+      lookup_backend: "auto" (custom op when available, else pure TF), "op" or "reference".
+    """
+
+    def __init__(
+        self,
+        input_dim,
+        output_dim,
+        tt_rank=16,
+        tt_row_shape=None,
+        tt_col_shape=None,
+        num_cores=3,
+        embeddings_initializer="sampled_gaussian",
+        embeddings_regularizer=None,
+        combiner=None,
+        lookup_backend="auto",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.tt_shape = tt_math.TTShape.create(
+            input_dim, output_dim, tt_rank, tt_row_shape, tt_col_shape, num_cores
+        )
+        if combiner not in COMBINERS:
+            raise ValueError(f"combiner must be one of {COMBINERS}, got {combiner!r}")
+        if lookup_backend not in BACKENDS:
+            raise ValueError(f"lookup_backend must be one of {BACKENDS}, got {lookup_backend!r}")
+        self.input_dim = int(input_dim)
+        self.output_dim = int(output_dim)
+        self.combiner = combiner
+        self.lookup_backend = lookup_backend
+        self.embeddings_initializer = tt_initializers.get(embeddings_initializer)
+        self.embeddings_regularizer = keras.regularizers.get(embeddings_regularizer)
+        # Custom ops cannot be compiled by XLA, which Keras 3 turns on by default on GPUs.
+        self.supports_jit = lookup_backend == "reference"
+        self._cores = []
+
+    # ---------------------------------------------------------------- weights
+
+    def build(self, input_shape=None):
+        if self._cores:
+            return
+        init = self.embeddings_initializer
+        for t, shape in enumerate(self.tt_shape.core_shapes):
+            if isinstance(init, tt_initializers.TTInitializer):
+                core_init = init.core_initializer(self.tt_shape, self.input_dim, t)
+            else:
+                core_init = init
+            self._cores.append(
+                self.add_weight(
+                    name=f"core_{t}",
+                    shape=shape,
+                    initializer=core_init,
+                    regularizer=self.embeddings_regularizer,
+                    trainable=True,
+                )
+            )
+        self.built = True
+
+    @property
+    def cores(self):
+        """The TT cores (variables), core t shaped (p_t, r_{t-1}, q_t, r_t)."""
+        if not self.built:
+            self.build()
+        return list(self._cores)
+
+    def set_cores(self, cores):
+        """Assigns core values (arrays in this layer's core shapes)."""
+        cores = [np.asarray(c) for c in cores]
+        expected = self.tt_shape.core_shapes
+        if len(cores) != len(expected) or any(
+            c.shape != tuple(s) for c, s in zip(cores, expected)
+        ):
+            raise ValueError(
+                f"cores have shapes {[c.shape for c in cores]} but this layer's cores are "
+                f"{[tuple(s) for s in expected]}"
+            )
+        for var, value in zip(self.cores, cores):
+            var.assign(tf.cast(value, var.dtype))
+
+    def to_dense(self):
+        """The full (input_dim, output_dim) table as a NumPy array (small tables only)."""
+        return tt_math.to_dense([np.asarray(c) for c in self.cores], self.input_dim)
+
+    def to_fbtt_cores(self):
+        """The cores in FBTT-Embedding's layout: core t as [p_t, r_{t-1} * q_t * r_t]."""
+        return tt_math.cores_to_fbtt([np.asarray(c) for c in self.cores])
+
+    @classmethod
+    def from_dense(cls, table, tt_rank, tt_row_shape=None, tt_col_shape=None, num_cores=3,
+                   **kwargs):
+        """A layer whose cores are the TT-SVD of `table` truncated to at most `tt_rank`."""
+        table = np.asarray(table, np.float32)
+        if table.ndim != 2:
+            raise ValueError(f"table must be 2-D (rows, dim), got shape {table.shape}")
+        shape = tt_math.TTShape.create(table.shape[0], table.shape[1], tt_rank, tt_row_shape,
+                                       tt_col_shape, num_cores)
+        cores = tt_math.tt_svd(table, shape.row_shape, shape.col_shape, list(shape.inner_ranks))
+        ranks = [1] + [int(c.shape[3]) for c in cores]
+        layer = cls(table.shape[0], table.shape[1], tt_rank=ranks, tt_row_shape=shape.row_shape,
+                    tt_col_shape=shape.col_shape, num_cores=shape.num_cores, **kwargs)
+        layer.build()
+        layer.set_cores(cores)
+        return layer
+
+    @classmethod
+    def from_fbtt_cores(cls, fbtt_cores, input_dim, output_dim, tt_row_shape, tt_col_shape,
+                        **kwargs):
+        """A layer holding cores exported by FBTT-Embedding ([p_t, r_{t-1} * q_t * r_t])."""
+        fbtt_cores = [np.asarray(c) for c in fbtt_cores]
+        ranks = [1]
+        for t, (c, p, q) in enumerate(zip(fbtt_cores, tt_row_shape, tt_col_shape)):
+            if c.ndim != 2 or c.shape[0] != p or c.shape[1] % (ranks[-1] * q):
+                raise ValueError(
+                    f"fbtt_cores[{t}] has shape {c.shape}, which does not fit row factor {p}, "
+                    f"column factor {q} and input rank {ranks[-1]}"
+                )
+            ranks.append(c.shape[1] // (ranks[-1] * q))
+        shape = tt_math.TTShape(tuple(tt_row_shape), tuple(tt_col_shape), tuple(ranks))
+        layer = cls(input_dim, output_dim, tt_rank=list(shape.ranks), tt_row_shape=tt_row_shape,
+                    tt_col_shape=tt_col_shape, num_cores=len(tt_row_shape), **kwargs)
+        layer.build()
+        layer.set_cores(tt_math.cores_from_fbtt(fbtt_cores, shape))
+        return layer
+
+    # ---------------------------------------------------------------- sizes
+
+    @property
+    def num_params(self):
+        """Parameters in the cores: sum_t p_t * r_{t-1} * q_t * r_t."""
+        return self.tt_shape.num_params
+
+    @property
+    def embedding_bytes(self):
+        """Bytes the table's weights occupy (cores, in the variables' dtype)."""
+        return self.num_params * tf.as_dtype(self.dtype or "float32").size
+
+    @property
+    def compression_ratio(self):
+        """input_dim * output_dim / parameters held: how many times smaller than dense."""
+        return self.input_dim * self.output_dim / self.num_params
+
+    # ---------------------------------------------------------------- lookup
+
+    def _lookup(self, ids, row_splits, weights, combiner, check_splits=False):
+        return tt_embedding_bag(
+            self.cores,
+            ids,
+            row_splits=row_splits,
+            weights=weights,
+            combiner=combiner or "none",
+            num_rows=self.input_dim,
+            backend=self.lookup_backend,
+            check_splits=check_splits,
+        )
+
+    def call(self, inputs, weights=None):
+        if isinstance(inputs, tf.RaggedTensor):
+            return self._call_ragged(inputs, _check_weights(weights, "ragged"))
+        if isinstance(inputs, tf.SparseTensor):
+            return self._call_sparse(inputs, _check_weights(weights, "sparse"))
+        return self._call_dense(tf.convert_to_tensor(inputs), _check_weights(weights, "dense"))
+
+    def _need_combiner(self, kind):
+        if self.combiner is None:
+            raise ValueError(
+                f"TTEmbedding got a {kind} of id bags but combiner=None: pass "
+                "combiner='sum', 'mean' or 'sqrtn' to pool each bag"
+            )
+
+    def _call_dense(self, ids, weights):
+        _check_ids_dtype(ids.dtype)
+        dim = self.output_dim
+        if self.combiner is None:
+            if weights is not None:
+                raise ValueError("weights need a combiner ('sum', 'mean' or 'sqrtn')")
+            rows = self._lookup(tf.reshape(ids, [-1]), None, None, None)
+            out = tf.reshape(rows, tf.concat([tf.shape(ids), [dim]], 0))
+            return tf.ensure_shape(out, ids.shape.concatenate([dim]))
+        if ids.shape.rank is not None and ids.shape.rank < 2:
+            raise ValueError(
+                f"with combiner={self.combiner!r} the last axis of dense ids is the bag; ids "
+                f"of shape {ids.shape} have none (use shape [batch, bag_size])"
+            )
+        if weights is not None:
+            weights = tf.convert_to_tensor(weights)
+            if weights.shape.is_fully_defined() and ids.shape.is_fully_defined() and (
+                weights.shape != ids.shape
+            ):
+                raise ValueError(f"weights of shape {weights.shape} do not match ids of shape "
+                                 f"{ids.shape}")
+            weights = tf.reshape(weights, [-1])
+        shape = tf.shape(ids, out_type=tf.int64)
+        bag_size = shape[-1]
+        num_bags = tf.reduce_prod(shape[:-1])
+        row_splits = tf.range(num_bags + 1, dtype=tf.int64) * bag_size
+        pooled = self._lookup(tf.reshape(ids, [-1]), row_splits, weights, self.combiner)
+        out = tf.reshape(pooled, tf.concat([tf.shape(ids)[:-1], [dim]], 0))
+        return tf.ensure_shape(out, ids.shape[:-1].concatenate([dim]))
+
+    def _call_ragged(self, ids, weights):
+        self._need_combiner("RaggedTensor")
+        _check_ids_dtype(ids.dtype)
+        if ids.flat_values.shape.rank != 1:
+            raise ValueError(
+                f"ragged ids must be ragged in their last dimension, got shape {ids.shape}"
+            )
+        splits = ids.nested_row_splits
+        flat_weights = None
+        if weights is not None:
+            flat_weights = weights.flat_values
+            # Equal splits are what makes the weights line up with the ids.
+            check = tf.debugging.assert_equal(
+                weights.nested_row_splits[-1], splits[-1],
+                message="weights must have the same row lengths as the ragged ids")
+            with tf.control_dependencies([check]):
+                flat_weights = tf.identity(flat_weights)
+        pooled = self._lookup(ids.flat_values, tf.cast(splits[-1], tf.int64), flat_weights,
+                              self.combiner)
+        if len(splits) == 1:
+            return pooled
+        return tf.RaggedTensor.from_nested_row_splits(pooled, splits[:-1], validate=False)
+
+    def _call_sparse(self, ids, weights):
+        self._need_combiner("SparseTensor")
+        _check_ids_dtype(ids.dtype)
+        if ids.shape.rank is not None and ids.shape.rank < 2:
+            raise ValueError(f"sparse ids need a bag axis: rank >= 2, got shape {ids.shape}")
+        # Bags must be contiguous runs of values; canonical (row-major) order guarantees it.
+        ids = tf.sparse.reorder(ids)
+        flat_weights = None
+        if weights is not None:
+            weights = tf.sparse.reorder(weights)
+            check = tf.debugging.assert_equal(
+                weights.indices, ids.indices,
+                message="weights must have the same indices as the sparse ids")
+            with tf.control_dependencies([check]):
+                flat_weights = tf.identity(weights.values)
+        outer_shape = ids.dense_shape[:-1]
+        num_bags = tf.reduce_prod(outer_shape)
+        # Row-major bag number of each value from its leading coordinates.
+        strides = tf.math.cumprod(outer_shape, exclusive=True, reverse=True)
+        bag = tf.reduce_sum(ids.indices[:, :-1] * strides, axis=1)
+        counts = tf.math.bincount(bag, minlength=num_bags, maxlength=num_bags, dtype=tf.int64)
+        row_splits = tf.concat([[0], tf.cumsum(counts)], 0)
+        pooled = self._lookup(ids.values, row_splits, flat_weights, self.combiner)
+        out = tf.reshape(pooled, tf.concat([outer_shape, [self.output_dim]], 0))
+        static = ids.shape[:-1].concatenate([self.output_dim])
+        return tf.ensure_shape(out, static)
+
+    def compute_output_shape(self, input_shape):
+        input_shape = tuple(input_shape)
+        if self.combiner is None:
+            return input_shape + (self.output_dim,)
+        return input_shape[:-1] + (self.output_dim,)
+
+    # ---------------------------------------------------------------- config
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "input_dim": self.input_dim,
+                "output_dim": self.output_dim,
+                "tt_rank": list(self.tt_shape.ranks),
+                "tt_row_shape": list(self.tt_shape.row_shape),
+                "tt_col_shape": list(self.tt_shape.col_shape),
+                "num_cores": self.tt_shape.num_cores,
+                "embeddings_initializer": keras.initializers.serialize(
+                    self.embeddings_initializer
+                ),
+                "embeddings_regularizer": keras.regularizers.serialize(
+                    self.embeddings_regularizer
+                ) if self.embeddings_regularizer is not None else None,
+                "combiner": self.combiner,
+                "lookup_backend": self.lookup_backend,
+            }
+        )
+        return config
+
+
+__all__ = ["TTEmbedding", "IS_KERAS_3"]

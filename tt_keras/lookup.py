@@ -1,0 +1,193 @@
+"""`tt_embedding_bag`: the one entry point that picks the custom op or the pure-TF path.
+
+Everything that looks rows up (the layer, benchmarks, export) goes through here, so the
+choice of backend, the dtype handling and the input checks live in one place.
+"""
+
+import contextlib
+import threading
+
+import numpy as np
+import tensorflow as tf
+
+from tt_keras import reference
+from tt_keras.ops import COMBINERS, tt_ops_library
+from tt_keras.ops import tt_embedding_bag as _op_embedding_bag
+
+BACKENDS = ("auto", "op", "reference")
+
+_scope = threading.local()
+
+
+@contextlib.contextmanager
+def lookup_backend_scope(backend):
+    """Forces `backend` for every TT lookup traced or run inside the scope.
+
+    `lookup_backend_scope("reference")` is how a portable SavedModel is traced: the graph
+    then holds standard TF ops only, whatever backend the layers were built with.
+    """
+    _check_backend(backend)
+    previous = getattr(_scope, "backend", None)
+    _scope.backend = backend
+    try:
+        yield
+    finally:
+        _scope.backend = previous
+
+
+def _check_backend(backend):
+    if backend not in BACKENDS:
+        raise ValueError(f"lookup_backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def resolve_backend(backend="auto"):
+    """'op' or 'reference': the path a lookup with `backend` takes here and now."""
+    _check_backend(backend)
+    forced = getattr(_scope, "backend", None)
+    if forced is not None:
+        backend = forced
+    if backend == "auto":
+        return "op" if tt_ops_library.available(warn=True) else "reference"
+    if backend == "op":
+        tt_ops_library.ops  # raises OpLibraryUnavailable with the reason
+    return backend
+
+
+def _invalid_argument(message):
+    return tf.errors.InvalidArgumentError(None, None, message)
+
+
+def _checked_ids(ids, num_rows):
+    """ids, with a check that every id is in [0, num_rows) (the op checks its own)."""
+    if tf.executing_eagerly():
+        values = ids.numpy()
+        bad = np.flatnonzero((values < 0) | (values >= num_rows))
+        if bad.size:
+            raise _invalid_argument(
+                f"indices[{bad[0]}] = {values[bad[0]]} is out of range [0, {num_rows})"
+            )
+        return ids
+    bad = (ids < 0) | (ids >= num_rows)
+    first = tf.argmax(tf.cast(bad, tf.int32), output_type=tf.int64)
+    value = tf.gather(ids, first) if ids.shape[0] != 0 else tf.constant(0, ids.dtype)
+    check = tf.debugging.Assert(
+        tf.logical_not(tf.reduce_any(bad)),
+        ["indices[", first, "] =", value, f"is out of range [0, {num_rows})"],
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(ids)
+
+
+def _checked_splits(row_splits, nnz):
+    """row_splits, with a check that they start at 0, never decrease and end at nnz."""
+    if tf.executing_eagerly():
+        s = row_splits.numpy()
+        n = int(nnz)
+        if s.size == 0 or s[0] != 0:
+            raise _invalid_argument(f"row_splits must start with 0, got {s[:5].tolist()}")
+        drops = np.flatnonzero(np.diff(s) < 0)
+        if drops.size:
+            b = drops[0]
+            raise _invalid_argument(
+                f"row_splits must not decrease: row_splits[{b + 1}] = {s[b + 1]} < "
+                f"row_splits[{b}] = {s[b]}"
+            )
+        if s[-1] != n:
+            raise _invalid_argument(
+                f"row_splits[-1] = {s[-1]} must equal the number of indices, {n}"
+            )
+        return row_splits
+    checks = [
+        tf.debugging.assert_equal(row_splits[0], tf.constant(0, tf.int64),
+                                  message="row_splits must start with 0"),
+        tf.debugging.assert_non_negative(row_splits[1:] - row_splits[:-1],
+                                         message="row_splits must not decrease"),
+        tf.debugging.assert_equal(row_splits[-1], tf.cast(nnz, tf.int64),
+                                  message="row_splits[-1] must equal the number of indices"),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.identity(row_splits)
+
+
+def tt_embedding_bag(
+    cores,
+    ids,
+    row_splits=None,
+    weights=None,
+    combiner="none",
+    num_rows=None,
+    backend="auto",
+    check_splits=True,
+):
+    """Looks up and pools rows of a TT-compressed table.
+
+    Args:
+      cores: list of 2-4 core tensors, core t shaped (p_t, r_{t-1}, q_t, r_t).
+      ids: integer vector of row ids in [0, num_rows).
+      row_splits: int vector [num_bags + 1] of bag boundaries; required unless combiner is
+        "none".
+      weights: optional float vector [len(ids)] of per-id weights (needs a combiner).
+      combiner: "none" (one row per id), "sum", "mean" or "sqrtn", as
+        tf.nn.embedding_lookup_sparse.
+      num_rows: rows of the table (default: prod(p_t)).
+      backend: "auto" (the custom op when its library loads, else pure TF), "op" or
+        "reference"; `lookup_backend_scope` overrides it.
+      check_splits: set False when row_splits are valid by construction (RaggedTensor).
+
+    Returns:
+      [len(ids), D] for combiner "none", else [num_bags, D], in the cores' dtype.
+    """
+    if combiner not in COMBINERS:
+        raise ValueError(f"combiner must be one of {COMBINERS}, got {combiner!r}")
+    cores = [tf.convert_to_tensor(c) for c in cores]
+    row_shape = [int(c.shape[0]) for c in cores]
+    padded_rows = int(np.prod(row_shape))
+    if num_rows is None:
+        num_rows = padded_rows
+    if num_rows > padded_rows:
+        raise ValueError(f"num_rows = {num_rows} exceeds the {padded_rows} rows the cores hold")
+    ids = tf.convert_to_tensor(ids)
+    if not ids.dtype.is_integer:
+        raise TypeError(f"ids must be integers, got ids of dtype {ids.dtype.name}")
+    if ids.dtype not in (tf.int32, tf.int64):
+        ids = tf.cast(ids, tf.int64)
+    if ids.shape.rank != 1:
+        raise ValueError(f"ids must be a vector, got shape {ids.shape}")
+    if combiner == "none":
+        if weights is not None:
+            raise ValueError("weights need a combiner ('sum', 'mean' or 'sqrtn'); combiner is "
+                             "'none'")
+        row_splits = tf.zeros([0], tf.int64)
+    else:
+        if row_splits is None:
+            raise ValueError(f"combiner={combiner!r} needs row_splits (bag boundaries)")
+        row_splits = tf.convert_to_tensor(row_splits)
+        if not row_splits.dtype.is_integer:
+            raise TypeError(f"row_splits must be integers, got dtype {row_splits.dtype.name}")
+        row_splits = tf.cast(row_splits, tf.int64)
+    if weights is not None:
+        weights = tf.convert_to_tensor(weights)
+        if not weights.dtype.is_floating:
+            raise TypeError(f"weights must be floats, got dtype {weights.dtype.name}")
+        weights = tf.cast(weights, tf.float32)
+
+    # The kernels compute in float32; mixed-precision layers hand over float16/bfloat16 cores.
+    out_dtype = cores[0].dtype
+    cores = [tf.cast(c, tf.float32) for c in cores]
+
+    if resolve_backend(backend) == "op":
+        out = _op_embedding_bag(
+            cores,
+            ids,
+            row_splits,
+            weights if weights is not None else tf.zeros([0], tf.float32),
+            num_rows=num_rows,
+            combiner=combiner,
+        )
+    else:
+        ids = _checked_ids(ids, num_rows)
+        if combiner != "none" and check_splits:
+            row_splits = _checked_splits(row_splits, tf.size(ids, out_type=tf.int64))
+        out = reference.tt_embedding_bag(cores, tf.cast(ids, tf.int64), row_splits, weights,
+                                         combiner)
+    return tf.cast(out, out_dtype)

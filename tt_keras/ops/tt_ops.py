@@ -1,0 +1,76 @@
+"""Python wrappers of the custom TT ops and their registered gradients.
+
+The ops compute in float32; the cores' gradient comes from TTEmbeddingBagGrad, and the
+gradient of per-id weights (rarely needed: weights are usually data) is derived here from
+per-id rows, which keeps the C++/CUDA backward free of the combiners' quotient rules.
+"""
+
+import tensorflow as tf
+
+from tt_keras.ops.loader import tt_ops_library
+
+COMBINERS = ("none", "sum", "mean", "sqrtn")
+
+
+def tt_embedding_bag(cores, indices, row_splits, weights, num_rows, combiner):
+    """Calls `TTKeras>TTEmbeddingBag` (see docs/ops.md); arguments already validated."""
+    return tt_ops_library.ops.tt_keras_tt_embedding_bag(
+        cores=cores,
+        indices=indices,
+        row_splits=row_splits,
+        weights=weights,
+        num_rows=num_rows,
+        combiner=combiner,
+    )
+
+
+def _weights_grad(op, grad, rows):
+    """d loss / d weights for a pooled lookup, given per-id rows (nnz x D)."""
+    combiner = op.get_attr("combiner").decode()
+    row_splits = op.inputs[-2]
+    weights = op.inputs[-1]
+    num_bags = tf.shape(row_splits)[0] - 1
+    bag = tf.ragged.row_splits_to_segment_ids(row_splits, out_type=tf.int64)
+    grad_per_id = tf.gather(grad, bag)
+    g_dot_row = tf.reduce_sum(grad_per_id * rows, axis=1)
+    if combiner == "sum":
+        return g_dot_row
+    if combiner == "mean":
+        norm = tf.math.unsorted_segment_sum(weights, bag, num_bags)
+    else:
+        norm = tf.sqrt(tf.math.unsorted_segment_sum(tf.square(weights), bag, num_bags))
+    out = op.outputs[0]
+    g_dot_out = tf.gather(tf.reduce_sum(grad * out, axis=1), bag)
+    norm_per_id = tf.gather(norm, bag)
+    if combiner == "mean":
+        # out = S / W: d out / d w_i = (row_i - out) / W
+        return tf.math.divide_no_nan(g_dot_row - g_dot_out, norm_per_id)
+    # out = S / n, n = sqrt(sum w^2): d out / d w_i = row_i / n - out * w_i / n^2
+    return tf.math.divide_no_nan(g_dot_row, norm_per_id) - tf.math.divide_no_nan(
+        g_dot_out * weights, tf.square(norm_per_id)
+    )
+
+
+@tf.RegisterGradient("TTKeras>TTEmbeddingBag")
+def _tt_embedding_bag_grad(op, grad):
+    num_cores = op.get_attr("N")
+    cores = list(op.inputs[:num_cores])
+    indices, row_splits, weights = op.inputs[num_cores:]
+    num_rows = op.get_attr("num_rows")
+    combiner = op.get_attr("combiner").decode()
+    core_grads = tt_ops_library.ops.tt_keras_tt_embedding_bag_grad(
+        grad=grad,
+        cores=cores,
+        indices=indices,
+        row_splits=row_splits,
+        weights=weights,
+        num_rows=num_rows,
+        combiner=combiner,
+    )
+    weights_grad = None
+    if combiner != "none" and weights.shape.num_elements() != 0:
+        # An empty weights vector means "no weights" and needs no gradient; otherwise
+        # per-id rows are computed once more, only for this.
+        rows = tt_embedding_bag(cores, indices, row_splits, weights[:0], num_rows, "none")
+        weights_grad = _weights_grad(op, grad, rows)
+    return list(core_grads) + [None, None, weights_grad]

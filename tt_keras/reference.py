@@ -1,0 +1,72 @@
+"""The pure-TensorFlow TT lookup: gathers of core slices and a batched matmul chain.
+
+This is the readable statement of the math in docs/ops.md, the fallback when the op library
+is unavailable, and the graph of standard ops that stock TF Serving can run. Gradients come
+from TF's autodiff.
+"""
+
+import tensorflow as tf
+
+
+def row_strides(row_shape):
+    """prod(p_{t+1..k}) for each core t: digit t of an id is (id // stride_t) % p_t."""
+    strides = []
+    stride = 1
+    for p in reversed(row_shape):
+        strides.append(stride)
+        stride *= p
+    return strides[::-1]
+
+
+def tt_rows(cores, ids):
+    """Rows W[ids] of the TT table (ids: int64 vector) -> [len(ids), D].
+
+    Each distinct id is computed once (tf.unique), then scattered back.
+    """
+    row_shape = [int(c.shape[0]) for c in cores]
+    unique_ids, position_to_unique = tf.unique(ids)
+    partial = None  # (u, cols, r_t): rows of the product of the first t cores
+    cols = 1
+    for core, p, stride in zip(cores, row_shape, row_strides(row_shape)):
+        _, r_in, q, r_out = core.shape
+        digit = (unique_ids // stride) % p
+        slices = tf.gather(core, digit)  # (u, r_in, q, r_out)
+        if partial is None:
+            partial = tf.reshape(slices, [-1, q, r_out])
+        else:
+            step = tf.matmul(partial, tf.reshape(slices, [-1, r_in, q * r_out]))
+            # (u, cols, q * r_out) -> (u, cols * q, r_out): the new column digit is minor.
+            partial = tf.reshape(step, [-1, cols * q, r_out])
+        cols *= q
+    unique_rows = tf.reshape(partial, [-1, cols])
+    return tf.gather(unique_rows, position_to_unique)
+
+
+def pool_rows(rows, row_splits, weights, combiner):
+    """Pools per-id rows into bags with tf.nn.embedding_lookup_sparse's combiner semantics.
+
+    rows: [nnz, D]; row_splits: int64 [num_bags + 1]; weights: [nnz] or None.
+    Empty bags and zero norms give zero rows (div_no_nan).
+    """
+    num_bags = tf.shape(row_splits, out_type=tf.int64)[0] - 1
+    bag = tf.ragged.row_splits_to_segment_ids(row_splits, out_type=tf.int64)
+    if weights is None:
+        weights = tf.ones(tf.shape(rows)[:1], rows.dtype)
+    sums = tf.math.unsorted_segment_sum(rows * weights[:, None], bag, num_bags)
+    if combiner == "sum":
+        return sums
+    if combiner == "mean":
+        norm = tf.math.unsorted_segment_sum(weights, bag, num_bags)
+    elif combiner == "sqrtn":
+        norm = tf.sqrt(tf.math.unsorted_segment_sum(tf.square(weights), bag, num_bags))
+    else:
+        raise ValueError(f"combiner must be 'sum', 'mean' or 'sqrtn', got {combiner!r}")
+    return tf.math.divide_no_nan(sums, norm[:, None])
+
+
+def tt_embedding_bag(cores, ids, row_splits, weights, combiner):
+    """The pure-TF counterpart of the TTKeras>TTEmbeddingBag op (inputs already checked)."""
+    rows = tt_rows(cores, ids)
+    if combiner == "none":
+        return rows
+    return pool_rows(rows, row_splits, weights, combiner)
