@@ -56,7 +56,8 @@ class TTEmbedding(keras.layers.Layer):
       tt_rank: TT rank: an int, k-1 inner ranks, or k+1 ranks with 1 at both ends.
       tt_row_shape: row factors (product >= input_dim); suggested when None.
       tt_col_shape: column factors (product == output_dim); suggested when None.
-      num_cores: k, 2 to 4.
+      num_cores: k, 2 to 4; defaults to the length of a given tt_row_shape/tt_col_shape,
+        else 3.
       embeddings_initializer: "sampled_gaussian" (variance-matched to DLRM's
         U(-1/sqrt(N), 1/sqrt(N))), any tt_keras initializer, or a Keras initializer applied
         to each core as it is.
@@ -72,7 +73,7 @@ class TTEmbedding(keras.layers.Layer):
         tt_rank=16,
         tt_row_shape=None,
         tt_col_shape=None,
-        num_cores=3,
+        num_cores=None,
         embeddings_initializer="sampled_gaussian",
         embeddings_regularizer=None,
         combiner=None,
@@ -102,21 +103,20 @@ class TTEmbedding(keras.layers.Layer):
     def build(self, input_shape=None):
         if self._cores:
             return
-        init = self.embeddings_initializer
         for t, shape in enumerate(self.tt_shape.core_shapes):
-            if isinstance(init, tt_initializers.TTInitializer):
-                core_init = init.core_initializer(self.tt_shape, self.input_dim, t)
-            else:
-                core_init = init
-            self._cores.append(
-                self.add_weight(
-                    name=f"core_{t}",
-                    shape=shape,
-                    initializer=core_init,
-                    regularizer=self.embeddings_regularizer,
-                    trainable=True,
-                )
+            core_init = tt_initializers.for_core(self.embeddings_initializer, self.tt_shape,
+                                                 self.input_dim, t)
+            core = self.add_weight(
+                name=f"core_{t}",
+                shape=shape,
+                initializer=core_init,
+                regularizer=self.embeddings_regularizer,
+                trainable=True,
             )
+            # One attribute per core: TF checkpoints track attributes, and Keras 3 wraps
+            # lists in a type that tf.train.Checkpoint does not descend into.
+            setattr(self, f"core_{t}", core)
+            self._cores.append(core)
         self.built = True
 
     @property
@@ -149,7 +149,7 @@ class TTEmbedding(keras.layers.Layer):
         return tt_math.cores_to_fbtt([np.asarray(c) for c in self.cores])
 
     @classmethod
-    def from_dense(cls, table, tt_rank, tt_row_shape=None, tt_col_shape=None, num_cores=3,
+    def from_dense(cls, table, tt_rank, tt_row_shape=None, tt_col_shape=None, num_cores=None,
                    **kwargs):
         """A layer whose cores are the TT-SVD of `table` truncated to at most `tt_rank`."""
         table = np.asarray(table, np.float32)

@@ -1,0 +1,36 @@
+# Two commands set up a fresh machine (Debian, Python 3.11):
+#   make demo   installs everything, builds the ops, runs the main job on its bundled default
+#   make test   installs everything, builds the ops, runs the test suite under Keras 3 and
+#               under legacy tf_keras (TF_USE_LEGACY_KERAS=1)
+PY ?= python3
+VENV ?= .venv
+PYTHON := $(abspath $(VENV))/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt | md5sum | cut -c1-8)
+
+all: ops
+
+$(STAMP): requirements.txt
+	$(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q -r requirements.txt
+	touch $@
+
+install: $(STAMP)
+
+ops: install
+	$(MAKE) -C custom_ops PYTHON=$(PYTHON) -j2
+
+demo: ops
+	$(PYTHON) -m examples.demo
+
+test: ops
+	$(PYTHON) -m pytest -q tests
+	TF_USE_LEGACY_KERAS=1 $(PYTHON) -m pytest -q tests
+
+benchmark: ops
+	$(PYTHON) -m benchmarks.lookup
+
+clean:
+	$(MAKE) -C custom_ops clean
+
+.PHONY: all install ops demo test benchmark clean

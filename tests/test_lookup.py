@@ -1,0 +1,230 @@
+"""tt_embedding_bag on both backends (custom op, pure TF) against the NumPy oracle."""
+
+import threading
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests import oracle
+from tt_keras import tt_math
+from tt_keras.lookup import tt_embedding_bag
+
+SHAPES = {
+    2: tt_math.TTShape((7, 9), (2, 3), (1, 5, 1)),
+    3: tt_math.TTShape((5, 6, 7), (2, 2, 2), (1, 4, 3, 1)),
+    4: tt_math.TTShape((3, 4, 2, 5), (2, 1, 3, 2), (1, 3, 4, 2, 1)),
+}
+
+
+def make_bags(rng, num_rows, kind):
+    """Ragged bags with empty ones; 'dup' reuses few ids, 'distinct' never repeats one."""
+    sizes = [3, 0, 5, 1, 0, 7, 2, 4]
+    if kind == "dup":
+        pool = rng.choice(num_rows, size=4, replace=False)
+        flat = rng.choice(pool, size=sum(sizes))
+    else:
+        flat = rng.choice(num_rows, size=sum(sizes), replace=False)
+    splits = np.concatenate([[0], np.cumsum(sizes)])
+    bags = [flat[splits[b]:splits[b + 1]].tolist() for b in range(len(sizes))]
+    return flat.astype(np.int64), splits.astype(np.int64), bags
+
+
+def weights_for(rng, bags):
+    return [rng.uniform(0.1, 2.0, size=len(b)) for b in bags]
+
+
+def run_lookup(cores, ids, splits, weights, combiner, num_rows, backend):
+    core_vars = [tf.Variable(c) for c in cores]
+    w_var = tf.Variable(weights.astype(np.float32)) if weights is not None else None
+    with tf.GradientTape() as tape:
+        out = tt_embedding_bag(core_vars, ids, splits if combiner != "none" else None, w_var,
+                               combiner, num_rows, backend)
+        upstream = tf.constant(np.linspace(-1, 1, out.shape[0] * out.shape[1])
+                               .reshape(out.shape).astype(np.float32))
+        loss = tf.reduce_sum(out * upstream)
+    sources = core_vars + ([w_var] if w_var is not None else [])
+    grads = [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, sources)]
+    return out.numpy(), upstream.numpy(), grads
+
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+@pytest.mark.parametrize("combiner", ["none", "sum", "mean", "sqrtn"])
+@pytest.mark.parametrize("with_weights", [False, True])
+@pytest.mark.parametrize("kind", ["dup", "distinct"])
+def test_forward_and_gradients_match_oracle(backend, k, combiner, with_weights, kind):
+    if combiner == "none" and with_weights:
+        pytest.skip("weights need a combiner")
+    rng = np.random.default_rng(k * 100 + len(combiner))
+    shape = SHAPES[k]
+    num_rows = shape.padded_rows - 2
+    cores = oracle.random_cores(shape, rng)
+    ids, splits, bags = make_bags(rng, num_rows, kind)
+    w_bags = weights_for(rng, bags) if with_weights else None
+    w_flat = np.concatenate(w_bags) if with_weights else None
+    out, upstream, grads = run_lookup(cores, ids, splits, w_flat, combiner, num_rows, backend)
+
+    table = oracle.dense_table(cores, num_rows)
+    expect = oracle.pooled_oracle(table, bags, w_bags, combiner)
+    np.testing.assert_allclose(out, expect, rtol=1e-4, atol=1e-5)
+    for got, want in zip(grads[:k], oracle.core_grads_oracle(cores, bags, w_bags, combiner,
+                                                             upstream)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    if with_weights:
+        want_w = np.concatenate(oracle.pooled_grad_wrt_weights(table, bags, w_bags, combiner,
+                                                               upstream))
+        np.testing.assert_allclose(grads[k], want_w, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_id_dtypes(backend, dtype):
+    rng = np.random.default_rng(1)
+    shape = SHAPES[3]
+    cores = oracle.random_cores(shape, rng)
+    ids, splits, bags = make_bags(rng, shape.padded_rows, "dup")
+    out = tt_embedding_bag(cores, ids.astype(dtype), splits, None, "sum", backend=backend)
+    expect = oracle.pooled_oracle(oracle.dense_table(cores), bags, None, "sum")
+    np.testing.assert_allclose(out.numpy(), expect, rtol=1e-4, atol=1e-5)
+
+
+def test_backends_agree_on_a_skewed_batch(backend):
+    """A bigger, Zipf-like batch: many repeats and shared leading digits."""
+    rng = np.random.default_rng(2)
+    shape = tt_math.TTShape((20, 30, 40), (2, 2, 4), (1, 8, 8, 1))
+    cores = oracle.random_cores(shape, rng)
+    ids = np.minimum(rng.zipf(1.2, size=2000) - 1, shape.padded_rows - 1)
+    splits = np.arange(0, 2001, 20)
+    out = tt_embedding_bag(cores, ids, splits, None, "mean", backend=backend).numpy()
+    bags = [ids[splits[b]:splits[b + 1]] for b in range(100)]
+    expect = oracle.pooled_oracle(oracle.dense_table(cores), bags, None, "mean")
+    np.testing.assert_allclose(out, expect, rtol=1e-4, atol=1e-5)
+
+
+def test_compute_gradient_numerically(backend):
+    rng = np.random.default_rng(3)
+    shape = tt_math.TTShape((3, 4, 2), (2, 1, 2), (1, 2, 3, 1))
+    cores = [tf.constant(c, tf.float64) for c in oracle.random_cores(shape, rng, dtype=np.float64)]
+    ids = tf.constant([0, 5, 5, 23, 7, 1], tf.int64)
+    splits = tf.constant([0, 2, 2, 6], tf.int64)
+    weights = tf.constant([0.5, 1.0, 2.0, 0.3, 1.5, 0.7], tf.float64)
+
+    def f(c0, c1, c2, w):
+        # The op computes in float32; compute_gradient's float64 inputs are cast inside.
+        return tf.cast(tt_embedding_bag([c0, c1, c2], ids, splits, w, "sqrtn", backend=backend),
+                       tf.float64)
+
+    theoretical, numerical = tf.test.compute_gradient(f, cores + [weights], delta=1e-3)
+    for t, n in zip(theoretical, numerical):
+        np.testing.assert_allclose(t, n, rtol=2e-2, atol=2e-3)
+
+
+def test_concurrent_calls_give_identical_results(backend):
+    rng = np.random.default_rng(4)
+    shape = tt_math.TTShape((20, 30, 40), (2, 2, 4), (1, 8, 8, 1))
+    cores = [tf.constant(c) for c in oracle.random_cores(shape, rng)]
+    batches = [rng.integers(0, shape.padded_rows, size=600) for _ in range(4)]
+    splits = np.arange(0, 601, 6)
+
+    @tf.function
+    def lookup(ids):
+        return tt_embedding_bag(cores, ids, splits, None, "sum", backend=backend)
+
+    serial = [lookup(tf.constant(b)).numpy() for b in batches]
+    results = [None] * 8
+    def work(i):
+        results[i] = lookup(tf.constant(batches[i % 4])).numpy()
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, r in enumerate(results):
+        np.testing.assert_array_equal(r, serial[i % 4])
+
+
+def test_float16_cores_are_accepted(backend):
+    rng = np.random.default_rng(5)
+    shape = SHAPES[3]
+    cores = oracle.random_cores(shape, rng)
+    ids = np.array([1, 2, 3, 200], np.int64)
+    out = tt_embedding_bag([tf.constant(c, tf.float16) for c in cores], ids, backend=backend)
+    assert out.dtype == tf.float16
+    expect = oracle.dense_table(cores)[ids]
+    np.testing.assert_allclose(out.numpy().astype(np.float64), expect, rtol=2e-2, atol=2e-2)
+
+
+# ---------------------------------------------------------------- bad input
+
+def _cores():
+    return [tf.constant(c) for c in oracle.random_cores(SHAPES[3], np.random.default_rng(0))]
+
+
+@pytest.mark.parametrize("graph", [False, True])
+@pytest.mark.parametrize("bad_id", [-1, 200, 10**6])
+def test_out_of_range_ids_name_position_and_value(backend, graph, bad_id):
+    cores = _cores()
+    ids = tf.constant([0, 3, bad_id, 5], tf.int64)
+
+    def call():
+        return tt_embedding_bag(cores, ids, [0, 2, 4], None, "sum", num_rows=200,
+                                backend=backend)
+
+    with pytest.raises(tf.errors.InvalidArgumentError) as err:
+        (tf.function(call) if graph else call)()
+    message = str(err.value)
+    assert "indices[" in message and "2" in message and str(bad_id) in message
+    assert "out of range" in message
+
+
+@pytest.mark.parametrize("splits,needle", [
+    ([1, 2, 4], "row_splits"),
+    ([0, 3, 2, 4], "decrease"),
+    ([0, 2, 3], "row_splits"),
+])
+def test_bad_row_splits_are_rejected(backend, splits, needle):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=needle):
+        tt_embedding_bag(_cores(), [0, 1, 2, 3], splits, None, "sum", backend=backend)
+
+
+def test_weights_of_the_wrong_length_are_rejected(backend):
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="weights"):
+        tt_embedding_bag(_cores(), [0, 1, 2, 3], [0, 4], [1.0, 2.0], "sum", backend=backend)
+
+
+def test_argument_errors(backend):
+    cores = _cores()
+    with pytest.raises(TypeError, match="ids must be integers.*float32"):
+        tt_embedding_bag(cores, tf.constant([1.0, 2.0]), backend=backend)
+    with pytest.raises(ValueError, match="combiner"):
+        tt_embedding_bag(cores, [1, 2], [0, 2], None, "max", backend=backend)
+    with pytest.raises(ValueError, match="row_splits"):
+        tt_embedding_bag(cores, [1, 2], None, None, "sum", backend=backend)
+    with pytest.raises(ValueError, match="weights need a combiner"):
+        tt_embedding_bag(cores, [1, 2], None, [1.0, 1.0], "none", backend=backend)
+    with pytest.raises(ValueError, match="num_rows = 500"):
+        tt_embedding_bag(cores, [1, 2], num_rows=500, backend=backend)
+    with pytest.raises(TypeError, match="weights must be floats"):
+        tt_embedding_bag(cores, [1, 2], [0, 2], tf.constant([1, 2]), "sum", backend=backend)
+
+
+def test_op_rejects_cores_whose_ranks_do_not_chain():
+    from tt_keras.ops import tt_embedding_bag as op
+    rng = np.random.default_rng(0)
+    cores = [rng.normal(size=s).astype(np.float32) for s in [(5, 1, 2, 4), (6, 3, 2, 3),
+                                                             (7, 3, 2, 1)]]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="input rank 3"):
+        op(cores, tf.constant([1], tf.int64), tf.zeros([0], tf.int64), tf.zeros([0]), 10,
+           "none")
+
+
+def test_rejected_call_leaves_no_trace(backend):
+    """A rejected call must not change the cores or later results."""
+    cores = [tf.Variable(c) for c in _cores()]
+    before = [c.numpy().copy() for c in cores]
+    good = tt_embedding_bag(cores, [1, 2], [0, 2], None, "sum", backend=backend).numpy()
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        tt_embedding_bag(cores, [1, 999], [0, 2], None, "sum", num_rows=200, backend=backend)
+    after = tt_embedding_bag(cores, [1, 2], [0, 2], None, "sum", backend=backend).numpy()
+    np.testing.assert_array_equal(good, after)
+    for b, c in zip(before, cores):
+        np.testing.assert_array_equal(b, c.numpy())
