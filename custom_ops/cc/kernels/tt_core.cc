@@ -70,14 +70,19 @@ void SortByIds(const Tid* ids, int64_t nnz, int64_t max_id, std::vector<int64_t>
     }
     return;
   }
-  std::vector<uint64_t> a(nnz), b(nnz);
+  // Scratch kept per thread: fresh multi-megabyte buffers each call cost more in page
+  // faults than the sort itself.
+  static thread_local std::vector<uint64_t> a, b;
+  a.resize(nnz);
+  b.resize(nnz);
   for (int64_t i = 0; i < nnz; ++i) {
     a[i] = (static_cast<uint64_t>(ids[i]) << pos_bits) | static_cast<uint64_t>(i);
   }
   const int passes = (id_bits + 10) / 11;
   const int digit_bits = (id_bits + passes - 1) / passes;
   const uint64_t mask = (uint64_t{1} << digit_bits) - 1;
-  std::vector<int64_t> count(size_t{1} << digit_bits);
+  static thread_local std::vector<int64_t> count;
+  count.resize(size_t{1} << digit_bits);
   for (int pass = 0; pass < passes; ++pass) {
     const int shift = pos_bits + pass * digit_bits;
     std::fill(count.begin(), count.end(), 0);
@@ -98,54 +103,101 @@ void SortByIds(const Tid* ids, int64_t nnz, int64_t max_id, std::vector<int64_t>
   }
 }
 
-// C (m x n) = A (m x kk) @ B (kk x n), all row-major and contiguous.
-inline void MatMul(const float* __restrict A, const float* __restrict B, float* __restrict C,
-                   int64_t m, int64_t kk, int64_t n) {
-  for (int64_t i = 0; i < m; ++i) {
-    float* __restrict c = C + i * n;
-    const float* a = A + i * kk;
-    {
-      const float a0 = a[0];
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) c[j] = a0 * B[j];
+// Small-GEMM microkernels. The matrices here are tiny (2-128 per side), where library GEMMs
+// spend more time dispatching than computing; these keep an output panel in registers
+// across the whole contraction. GCC vector types compile to AVX with -march=native and to
+// SSE pairs elsewhere. Loads and stores go through memcpy: the operands are not 32-byte
+// aligned, and memcpy is how to say so (it compiles to one unaligned vector move).
+typedef float v8f __attribute__((vector_size(32)));
+typedef float v4f __attribute__((vector_size(16)));
+
+template <typename V>
+inline V Load(const float* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+template <typename V>
+inline void Store(float* p, V v) {
+  std::memcpy(p, &v, sizeof(V));
+}
+template <typename V>
+inline V Splat(float x) {
+  return V{} + x;  // a scalar operand is broadcast: one vbroadcastss
+}
+
+// C[0:m, j0:j0+NB*W] (+)= A[0:m, 0:kk] @ B[0:kk, j0:...]; rows in pairs to share B loads.
+// A(i, l) is A[i * a_rs + l * a_cs], so a transposed A costs nothing.
+template <typename V, int NB, bool kAcc>
+inline void GemmPanel(const float* __restrict A, int64_t a_rs, int64_t a_cs,
+                      const float* __restrict B, int64_t ldb, float* __restrict C, int64_t ldc,
+                      int64_t m, int64_t kk) {
+  constexpr int W = sizeof(V) / sizeof(float);
+  int64_t i = 0;
+  for (; i + 2 <= m; i += 2) {
+    V c0[NB], c1[NB];
+    for (int b = 0; b < NB; ++b) {
+      c0[b] = kAcc ? Load<V>(C + i * ldc + b * W) : Splat<V>(0.f);
+      c1[b] = kAcc ? Load<V>(C + (i + 1) * ldc + b * W) : Splat<V>(0.f);
     }
-    for (int64_t l = 1; l < kk; ++l) {
-      const float al = a[l];
-      const float* __restrict b = B + l * n;
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) c[j] += al * b[j];
+    const float* a0 = A + i * a_rs;
+    const float* a1 = a0 + a_rs;
+    for (int64_t l = 0; l < kk; ++l) {
+      const V x0 = Splat<V>(a0[l * a_cs]), x1 = Splat<V>(a1[l * a_cs]);
+      const float* b = B + l * ldb;
+      for (int bb = 0; bb < NB; ++bb) {
+        const V y = Load<V>(b + bb * W);
+        c0[bb] += x0 * y;
+        c1[bb] += x1 * y;
+      }
+    }
+    for (int b = 0; b < NB; ++b) {
+      Store<V>(C + i * ldc + b * W, c0[b]);
+      Store<V>(C + (i + 1) * ldc + b * W, c1[b]);
+    }
+  }
+  for (; i < m; ++i) {
+    V c0[NB];
+    for (int b = 0; b < NB; ++b) c0[b] = kAcc ? Load<V>(C + i * ldc + b * W) : Splat<V>(0.f);
+    const float* a0 = A + i * a_rs;
+    for (int64_t l = 0; l < kk; ++l) {
+      const V x0 = Splat<V>(a0[l * a_cs]);
+      const float* b = B + l * ldb;
+      for (int bb = 0; bb < NB; ++bb) c0[bb] += x0 * Load<V>(b + bb * W);
+    }
+    for (int b = 0; b < NB; ++b) Store<V>(C + i * ldc + b * W, c0[b]);
+  }
+}
+
+// C (m x n) (+)= A (m x kk) @ B (kk x n); B and C row-major and contiguous, A(i, l) at
+// A[i * a_rs + l * a_cs].
+template <bool kAcc>
+inline void Gemm(const float* __restrict A, int64_t a_rs, int64_t a_cs,
+                 const float* __restrict B, float* __restrict C, int64_t m, int64_t kk,
+                 int64_t n) {
+  int64_t j = 0;
+  for (; j + 32 <= n; j += 32) GemmPanel<v8f, 4, kAcc>(A, a_rs, a_cs, B + j, n, C + j, n, m, kk);
+  for (; j + 8 <= n; j += 8) GemmPanel<v8f, 1, kAcc>(A, a_rs, a_cs, B + j, n, C + j, n, m, kk);
+  for (; j + 4 <= n; j += 4) GemmPanel<v4f, 1, kAcc>(A, a_rs, a_cs, B + j, n, C + j, n, m, kk);
+  for (; j < n; ++j) {
+    for (int64_t i = 0; i < m; ++i) {
+      float s = kAcc ? C[i * n + j] : 0.f;
+      for (int64_t l = 0; l < kk; ++l) s += A[i * a_rs + l * a_cs] * B[l * n + j];
+      C[i * n + j] = s;
     }
   }
 }
 
-// C (kk x n) += A^T @ G, with A (m x kk), G (m x n).
-inline void MatMulTransAAcc(const float* __restrict A, const float* __restrict G,
-                            float* __restrict C, int64_t m, int64_t kk, int64_t n) {
-  for (int64_t i = 0; i < m; ++i) {
-    const float* a = A + i * kk;
-    const float* __restrict g = G + i * n;
-    for (int64_t l = 0; l < kk; ++l) {
-      const float al = a[l];
-      float* __restrict c = C + l * n;
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) c[j] += al * g[j];
-    }
-  }
+inline void MatMul(const float* A, const float* B, float* C, int64_t m, int64_t kk,
+                   int64_t n) {
+  Gemm<false>(A, kk, 1, B, C, m, kk, n);
 }
 
-// C (m x kk) += G (m x n) @ B^T, with B (kk x n).
-inline void MatMulTransBAcc(const float* __restrict G, const float* __restrict B,
-                            float* __restrict C, int64_t m, int64_t kk, int64_t n) {
-  for (int64_t i = 0; i < m; ++i) {
-    const float* __restrict g = G + i * n;
-    float* c = C + i * kk;
-    for (int64_t l = 0; l < kk; ++l) {
-      const float* __restrict b = B + l * n;
-      float s = 0.f;
-#pragma omp simd reduction(+ : s)
-      for (int64_t j = 0; j < n; ++j) s += g[j] * b[j];
-      c[l] += s;
-    }
+// One core slice transposed: (r_in, q*r_out) -> (q*r_out, r_in), so that the backward's
+// G @ slice^T becomes a plain GEMM whose r_in output columns vectorise.
+inline void TransposeSlice(const float* src, int64_t rows, int64_t cols, float* dst) {
+  for (int64_t a = 0; a < rows; ++a) {
+    for (int64_t b = 0; b < cols; ++b) dst[b * rows + a] = src[a * cols + b];
   }
 }
 
@@ -162,7 +214,8 @@ void GroupByDigit(const TTDims& dims, const LookupPlan& plan, int level,
   begin->assign(p + 1, 0);
   for (int64_t i = 0; i < n; ++i) ++(*begin)[NodeDigit(dims, plan, level, i) + 1];
   for (int64_t d = 0; d < p; ++d) (*begin)[d + 1] += (*begin)[d];
-  std::vector<int64_t> fill(begin->begin(), begin->end() - 1);
+  static thread_local std::vector<int64_t> fill;
+  fill.assign(begin->begin(), begin->end() - 1);
   order->resize(n);
   for (int64_t i = 0; i < n; ++i) (*order)[fill[NodeDigit(dims, plan, level, i)]++] = i;
 }
@@ -173,7 +226,7 @@ template <typename Tid>
 void BuildPlan(const TTDims& dims, const Tid* ids, int64_t nnz, LookupPlan* plan) {
   const int k = dims.k;
   plan->k = k;
-  std::vector<int64_t> sorted_ids;
+  static thread_local std::vector<int64_t> sorted_ids;
   SortByIds(ids, nnz, dims.padded_rows - 1, &sorted_ids, &plan->sorted_pos);
 
   auto& leaves = plan->key[k];
@@ -242,33 +295,60 @@ void PositionScales(Combiner combiner, const int64_t* row_splits, int64_t num_ba
   }
 }
 
+namespace {
+
+// P_L[n] = P_{L-1}[parent(n)] @ G_{L-1}[digit(n)] for every node of `level` (2..k). Nodes are
+// visited grouped by digit so each core slice is loaded once and then served from L1: in
+// key order, consecutive nodes hit different slices of a megabyte-sized core.
+void ExtendLevel(const TTDims& dims, const float* const* cores, const LookupPlan& plan,
+                 int level, const std::vector<float>& prev, std::vector<float>* out,
+                 const ParallelFor& pfor) {
+  const int t = level - 1;
+  const int64_t n = plan.num_nodes(level);
+  const int64_t out_size = dims.PartialSize(level);
+  const int64_t prev_size = dims.PartialSize(level - 1);
+  const int64_t slice = dims.CoreSliceSize(t);
+  const int64_t m = dims.col_prefix[t], kk = dims.r[t], nn = dims.q[t] * dims.r[t + 1];
+  out->resize(n * out_size);
+  // Per-thread scratch, bound to locals: a lambda that names a thread_local directly
+  // would see the worker thread's instance, not this one.
+  static thread_local std::vector<int64_t> tl_digit_begin, tl_order;
+  std::vector<int64_t>& digit_begin = tl_digit_begin;
+  std::vector<int64_t>& order = tl_order;
+  GroupByDigit(dims, plan, level, &digit_begin, &order);
+  const auto& parent = plan.parent[level];
+  const float* core = cores[t];
+  float* dst = out->data();
+  const int64_t avg = std::max<int64_t>(1, n / dims.p[t]);
+  pfor(dims.p[t], 2 * avg * m * kk * nn, [&](int64_t lo, int64_t hi) {
+    for (int64_t d = lo; d < hi; ++d) {
+      for (int64_t j = digit_begin[d]; j < digit_begin[d + 1]; ++j) {
+        const int64_t node = order[j];
+        MatMul(prev.data() + parent[node] * prev_size, core + d * slice,
+               dst + node * out_size, m, kk, nn);
+      }
+    }
+  });
+}
+
+}  // namespace
+
 void ComputePartials(const TTDims& dims, const float* const* cores, const LookupPlan& plan,
                      int last_level, std::vector<float>* partials, const ParallelFor& pfor) {
   for (int level = 1; level <= last_level; ++level) {
-    const int t = level - 1;
-    const int64_t n = plan.num_nodes(level);
-    const int64_t out_size = dims.PartialSize(level);
-    const int64_t slice = dims.CoreSliceSize(t);
-    partials[level].resize(n * out_size);
-    float* out = partials[level].data();
-    const float* core = cores[t];
     if (level == 1) {
       // P_1 is the core slice itself: (1 x q_0 r_1) read as (q_0 x r_1).
+      const int64_t n = plan.num_nodes(1);
+      const int64_t size = dims.PartialSize(1);
+      partials[1].resize(n * size);
       for (int64_t i = 0; i < n; ++i) {
-        std::memcpy(out + i * out_size, core + NodeDigit(dims, plan, 1, i) * slice,
-                    sizeof(float) * out_size);
+        std::memcpy(partials[1].data() + i * size,
+                    cores[0] + NodeDigit(dims, plan, 1, i) * dims.CoreSliceSize(0),
+                    sizeof(float) * size);
       }
       continue;
     }
-    const float* prev = partials[level - 1].data();
-    const int64_t m = dims.col_prefix[t], kk = dims.r[t], nn = dims.q[t] * dims.r[t + 1];
-    const auto& parent = plan.parent[level];
-    pfor(n, 2 * m * kk * nn, [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; ++i) {
-        MatMul(prev + parent[i] * dims.PartialSize(level - 1),
-               core + NodeDigit(dims, plan, level, i) * slice, out + i * out_size, m, kk, nn);
-      }
-    });
+    ExtendLevel(dims, cores, plan, level, partials[level - 1], &partials[level], pfor);
   }
 }
 
@@ -276,29 +356,17 @@ void ComputeRows(const TTDims& dims, const float* const* cores, const LookupPlan
                  std::vector<float>* partials, std::vector<float>* rows,
                  const ParallelFor& pfor) {
   ComputePartials(dims, cores, plan, dims.k - 1, partials, pfor);
-  const int k = dims.k;
-  const int t = k - 1;
-  const int64_t n = plan.num_nodes(k);
-  rows->resize(n * dims.dim);
-  const float* prev = partials[k - 1].data();
-  const float* core = cores[t];
-  const int64_t slice = dims.CoreSliceSize(t);
-  const int64_t m = dims.col_prefix[t], kk = dims.r[t], nn = dims.q[t];
-  const auto& parent = plan.parent[k];
-  float* out = rows->data();
-  pfor(n, 2 * m * kk * nn, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) {
-      MatMul(prev + parent[i] * dims.PartialSize(k - 1),
-             core + NodeDigit(dims, plan, k, i) * slice, out + i * dims.dim, m, kk, nn);
-    }
-  });
+  // With r_k = 1 the last partial product is the row itself.
+  ExtendLevel(dims, cores, plan, dims.k, partials[dims.k - 1], rows, pfor);
 }
 
 void PoolRows(const TTDims& dims, const LookupPlan& plan, Combiner combiner,
               const int64_t* row_splits, int64_t num_bags, const float* weights,
               int64_t nnz, const float* rows, float* out, const ParallelFor& pfor) {
   const int64_t D = dims.dim;
-  std::vector<int64_t> leaf_of_pos(nnz);
+  static thread_local std::vector<int64_t> tl_leaf_of_pos;
+  std::vector<int64_t>& leaf_of_pos = tl_leaf_of_pos;  // see ExtendLevel
+  leaf_of_pos.resize(nnz);
   for (int64_t leaf = 0; leaf < plan.num_nodes(dims.k); ++leaf) {
     for (int64_t j = plan.pos_begin[leaf]; j < plan.pos_begin[leaf + 1]; ++j) {
       leaf_of_pos[plan.sorted_pos[j]] = leaf;
@@ -362,57 +430,97 @@ void BackpropCores(const TTDims& dims, const float* const* cores, const LookupPl
   // The forward's partial products are recomputed rather than kept between the ops: they
   // cost one small GEMM per distinct prefix, far less than keeping them alive in TF.
   ComputePartials(dims, cores, plan, k - 1, partials, pfor);
-  std::vector<float> upper_grads;  // gradient of the partials one level up
-  std::vector<float>* grads = leaf_grads;
-  std::vector<int64_t> digit_begin, order;
+  // Scratch kept per thread (see SortByIds). grads: dL/dP_L for the nodes of the current
+  // level; contrib: each node's share of its parent's gradient.
+  static thread_local std::vector<float> tl_grads, tl_contrib, tl_upper, tl_transposed;
+  static thread_local std::vector<int64_t> tl_digit_begin, tl_order;
+  // Bound to locals so the worker lambdas see this thread's buffers (see ExtendLevel).
+  std::vector<float>& grads = tl_grads;
+  std::vector<float>& contrib = tl_contrib;
+  std::vector<float>& upper = tl_upper;
+  std::vector<float>& transposed = tl_transposed;
+  std::vector<int64_t>& digit_begin = tl_digit_begin;
+  std::vector<int64_t>& order = tl_order;
+  grads.swap(*leaf_grads);
   for (int level = k; level >= 1; --level) {
     const int t = level - 1;
     const int64_t slice = dims.CoreSliceSize(t);
     const int64_t m = dims.col_prefix[t], kk = dims.r[t], nn = dims.q[t] * dims.r[t + 1];
     const int64_t size = dims.PartialSize(level);
-    const float* g = grads->data();
+    const int64_t prev_size = level > 1 ? dims.PartialSize(level - 1) : 0;
+    const int64_t num_nodes = plan.num_nodes(level);
+    const float* g = grads.data();
+    const float* core = cores[t];
     float* dcore = core_grads[t];
     std::memset(dcore, 0, sizeof(float) * dims.p[t] * slice);
+    if (level > 1) {
+      transposed.resize(dims.p[t] * slice);
+      contrib.resize(num_nodes * prev_size);
+      pfor(dims.p[t], 2 * slice, [&](int64_t lo, int64_t hi) {
+        for (int64_t d = lo; d < hi; ++d) {
+          TransposeSlice(core + d * slice, kk, nn, transposed.data() + d * slice);
+        }
+      });
+    }
 
-    // dG_t[d] = sum over nodes n with digit d of P_{L-1}[parent(n)]^T @ dP_L[n]; grouping by
-    // digit gives each worker its own slices, so no atomics and a deterministic sum order.
+    // Per digit d (one worker owns slice d: no atomics, a fixed summation order):
+    //   dG_t[d] = sum over nodes n with digit d of P_{L-1}[parent(n)]^T @ dP_L[n]
+    //   contrib[n] = dP_L[n] @ G_t[d]^T, summed into the parent's gradient below.
+    // The first is one GEMM over the group's nodes stacked along the contraction, computed
+    // transposed, (q r_out x r_in) = dP_stack^T @ P_stack, so that the output panel stays
+    // in registers for the whole group instead of being re-read for every node.
     GroupByDigit(dims, plan, level, &digit_begin, &order);
     const float* prev = level > 1 ? partials[level - 1].data() : nullptr;
-    const int64_t prev_size = level > 1 ? dims.PartialSize(level - 1) : 0;
-    const int64_t avg = std::max<int64_t>(1, plan.num_nodes(level) / dims.p[t]);
-    pfor(dims.p[t], 2 * avg * m * kk * nn, [&](int64_t lo, int64_t hi) {
+    const auto& parent = plan.parent[level];
+    const int64_t avg = std::max<int64_t>(1, num_nodes / dims.p[t]);
+    pfor(dims.p[t], 4 * avg * m * kk * nn, [&](int64_t lo, int64_t hi) {
+      static thread_local std::vector<float> grad_stack, prev_stack, dgt;
       for (int64_t d = lo; d < hi; ++d) {
+        const int64_t count = digit_begin[d + 1] - digit_begin[d];
+        if (count == 0) continue;
         float* dst = dcore + d * slice;
-        for (int64_t j = digit_begin[d]; j < digit_begin[d + 1]; ++j) {
-          const int64_t node = order[j];
-          if (level == 1) {
-            const float* src = g + node * size;
+        if (level == 1) {
+          for (int64_t j = digit_begin[d]; j < digit_begin[d + 1]; ++j) {
+            const float* src = g + order[j] * size;
             for (int64_t c = 0; c < slice; ++c) dst[c] += src[c];
-          } else {
-            MatMulTransAAcc(prev + plan.parent[level][node] * prev_size, g + node * size,
-                            dst, m, kk, nn);
           }
+          continue;
+        }
+        grad_stack.resize(count * m * nn);
+        prev_stack.resize(count * m * kk);
+        dgt.resize(nn * kk);
+        for (int64_t j = 0; j < count; ++j) {
+          const int64_t node = order[digit_begin[d] + j];
+          std::memcpy(grad_stack.data() + j * m * nn, g + node * size, sizeof(float) * m * nn);
+          std::memcpy(prev_stack.data() + j * m * kk, prev + parent[node] * prev_size,
+                      sizeof(float) * m * kk);
+          MatMul(g + node * size, transposed.data() + d * slice,
+                 contrib.data() + node * prev_size, m, nn, kk);
+        }
+        Gemm<false>(grad_stack.data(), 1, nn, prev_stack.data(), dgt.data(), nn, count * m, kk);
+        for (int64_t a = 0; a < kk; ++a) {
+          for (int64_t b = 0; b < nn; ++b) dst[a * nn + b] += dgt[b * kk + a];
         }
       }
     });
     if (level == 1) break;
 
-    // dP_{L-1}[m] = sum over children n of dP_L[n] @ G_t[digit(n)]^T; children are contiguous.
+    // Children of a parent are contiguous, so each parent sums its own range.
     const int64_t num_parents = plan.num_nodes(level - 1);
-    upper_grads.assign(num_parents * prev_size, 0.f);
-    const float* core = cores[t];
     const auto& child_begin = plan.child_begin[level - 1];
-    const int64_t avg_children = std::max<int64_t>(1, plan.num_nodes(level) / num_parents);
-    float* up = upper_grads.data();
-    pfor(num_parents, 2 * avg_children * m * kk * nn, [&](int64_t lo, int64_t hi) {
-      for (int64_t par = lo; par < hi; ++par) {
-        for (int64_t c = child_begin[par]; c < child_begin[par + 1]; ++c) {
-          MatMulTransBAcc(g + c * size, core + NodeDigit(dims, plan, level, c) * slice,
-                          up + par * prev_size, m, kk, nn);
-        }
-      }
-    });
-    grads->swap(upper_grads);
+    upper.resize(num_parents * prev_size);
+    pfor(num_parents, prev_size * std::max<int64_t>(1, num_nodes / num_parents),
+         [&](int64_t lo, int64_t hi) {
+           for (int64_t par = lo; par < hi; ++par) {
+             float* dst = upper.data() + par * prev_size;
+             std::fill(dst, dst + prev_size, 0.f);
+             for (int64_t c = child_begin[par]; c < child_begin[par + 1]; ++c) {
+               const float* src = contrib.data() + c * prev_size;
+               for (int64_t x = 0; x < prev_size; ++x) dst[x] += src[x];
+             }
+           }
+         });
+    grads.swap(upper);
   }
 }
 

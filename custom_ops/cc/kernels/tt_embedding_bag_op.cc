@@ -61,10 +61,11 @@ class TTEmbeddingBagOp : public OpKernel {
     }
 
     const auto pfor = CpuParallelFor(ctx);
-    LookupPlan plan;
+    // Per-thread scratch: reused across calls so large batches do not page-fault afresh.
+    static thread_local LookupPlan plan;
+    static thread_local std::vector<float> partials[tt_keras::kMaxCores + 1], rows;
     tt_keras::BuildPlan(dims, bags.ids, bags.nnz, &plan);
     const std::vector<const float*> core_ptrs = CorePointers(cores);
-    std::vector<float> partials[tt_keras::kMaxCores + 1], rows;
     tt_keras::ComputeRows(dims, core_ptrs.data(), plan, partials, &rows, pfor);
     tt_keras::PoolRows(dims, plan, combiner_, bags.row_splits, bags.num_bags, bags.weights,
                        bags.nnz, rows.data(), out, pfor);
@@ -115,17 +116,16 @@ class TTEmbeddingBagGradOp : public OpKernel {
     if (bags.nnz == 0) return;
 
     const auto pfor = CpuParallelFor(ctx);
-    LookupPlan plan;
+    static thread_local LookupPlan plan;
+    static thread_local std::vector<float> scale, leaf_grads;
+    static thread_local std::vector<float> partials[tt_keras::kMaxCores + 1];
+    static thread_local std::vector<int64_t> bag_of_pos;
     tt_keras::BuildPlan(dims, bags.ids, bags.nnz, &plan);
-    std::vector<float> scale;
-    std::vector<int64_t> bag_of_pos;
     tt_keras::PositionScales(combiner_, bags.row_splits, bags.num_bags, bags.weights,
                              bags.nnz, &scale, &bag_of_pos);
-    std::vector<float> leaf_grads;
     tt_keras::AggregateLeafGrads(dims, plan, grad.flat<float>().data(), scale, bag_of_pos,
                                  &leaf_grads, pfor);
     const std::vector<const float*> core_ptrs = CorePointers(cores);
-    std::vector<float> partials[tt_keras::kMaxCores + 1];
     tt_keras::BackpropCores(dims, core_ptrs.data(), plan, partials, &leaf_grads,
                             grad_ptrs.data(), pfor);
   }
