@@ -169,6 +169,59 @@ inline void GemmPanel(const float* __restrict A, int64_t a_rs, int64_t a_cs,
   }
 }
 
+// C (m x n) = sum over l of outer(a_rows[l][0:m], b_rows[l][0:n]): a GEMM whose
+// contraction runs over rows scattered in memory (one per stacked node), so the stack is
+// never copied. The output panel stays in registers across the whole contraction.
+template <typename V, int NB>
+inline void GatherGemmPanel(const float* const* a_rows, const float* const* b_rows,
+                            int64_t b_off, float* __restrict C, int64_t ldc, int64_t m,
+                            int64_t kk) {
+  constexpr int W = sizeof(V) / sizeof(float);
+  int64_t i = 0;
+  for (; i + 2 <= m; i += 2) {
+    V c0[NB], c1[NB];
+    for (int b = 0; b < NB; ++b) c0[b] = c1[b] = Splat<V>(0.f);
+    for (int64_t l = 0; l < kk; ++l) {
+      const V x0 = Splat<V>(a_rows[l][i]), x1 = Splat<V>(a_rows[l][i + 1]);
+      const float* b = b_rows[l] + b_off;
+      for (int bb = 0; bb < NB; ++bb) {
+        const V y = Load<V>(b + bb * W);
+        c0[bb] += x0 * y;
+        c1[bb] += x1 * y;
+      }
+    }
+    for (int b = 0; b < NB; ++b) {
+      Store<V>(C + i * ldc + b * W, c0[b]);
+      Store<V>(C + (i + 1) * ldc + b * W, c1[b]);
+    }
+  }
+  for (; i < m; ++i) {
+    V c0[NB];
+    for (int b = 0; b < NB; ++b) c0[b] = Splat<V>(0.f);
+    for (int64_t l = 0; l < kk; ++l) {
+      const V x0 = Splat<V>(a_rows[l][i]);
+      const float* b = b_rows[l] + b_off;
+      for (int bb = 0; bb < NB; ++bb) c0[bb] += x0 * Load<V>(b + bb * W);
+    }
+    for (int b = 0; b < NB; ++b) Store<V>(C + i * ldc + b * W, c0[b]);
+  }
+}
+
+inline void GatherGemm(const float* const* a_rows, const float* const* b_rows, float* C,
+                       int64_t m, int64_t kk, int64_t n) {
+  int64_t j = 0;
+  for (; j + 32 <= n; j += 32) GatherGemmPanel<v8f, 4>(a_rows, b_rows, j, C + j, n, m, kk);
+  for (; j + 8 <= n; j += 8) GatherGemmPanel<v8f, 1>(a_rows, b_rows, j, C + j, n, m, kk);
+  for (; j + 4 <= n; j += 4) GatherGemmPanel<v4f, 1>(a_rows, b_rows, j, C + j, n, m, kk);
+  for (; j < n; ++j) {
+    for (int64_t i = 0; i < m; ++i) {
+      float s = 0.f;
+      for (int64_t l = 0; l < kk; ++l) s += a_rows[l][i] * b_rows[l][j];
+      C[i * n + j] = s;
+    }
+  }
+}
+
 // C (m x n) (+)= A (m x kk) @ B (kk x n); B and C row-major and contiguous, A(i, l) at
 // A[i * a_rs + l * a_cs].
 template <bool kAcc>
@@ -430,18 +483,18 @@ void BackpropCores(const TTDims& dims, const float* const* cores, const LookupPl
   // The forward's partial products are recomputed rather than kept between the ops: they
   // cost one small GEMM per distinct prefix, far less than keeping them alive in TF.
   ComputePartials(dims, cores, plan, k - 1, partials, pfor);
-  // Scratch kept per thread (see SortByIds). grads: dL/dP_L for the nodes of the current
-  // level; contrib: each node's share of its parent's gradient.
-  static thread_local std::vector<float> tl_grads, tl_contrib, tl_upper, tl_transposed;
+  // Scratch kept per thread (see SortByIds), one buffer per level so that sizes settle and
+  // nothing is re-zeroed: level_grads[L] is dL/dP_L of level L's nodes (the leaves' is
+  // *leaf_grads); contrib[n] is node n's share of its parent's gradient. Bound to locals so
+  // the worker lambdas see this thread's buffers (see ExtendLevel).
+  static thread_local std::vector<float> tl_level_grads[kMaxCores + 1];
+  static thread_local std::vector<float> tl_contrib, tl_transposed;
   static thread_local std::vector<int64_t> tl_digit_begin, tl_order;
-  // Bound to locals so the worker lambdas see this thread's buffers (see ExtendLevel).
-  std::vector<float>& grads = tl_grads;
+  std::vector<float>* level_grads = tl_level_grads;
   std::vector<float>& contrib = tl_contrib;
-  std::vector<float>& upper = tl_upper;
   std::vector<float>& transposed = tl_transposed;
   std::vector<int64_t>& digit_begin = tl_digit_begin;
   std::vector<int64_t>& order = tl_order;
-  grads.swap(*leaf_grads);
   for (int level = k; level >= 1; --level) {
     const int t = level - 1;
     const int64_t slice = dims.CoreSliceSize(t);
@@ -449,10 +502,9 @@ void BackpropCores(const TTDims& dims, const float* const* cores, const LookupPl
     const int64_t size = dims.PartialSize(level);
     const int64_t prev_size = level > 1 ? dims.PartialSize(level - 1) : 0;
     const int64_t num_nodes = plan.num_nodes(level);
-    const float* g = grads.data();
+    const float* g = level == k ? leaf_grads->data() : level_grads[level].data();
     const float* core = cores[t];
     float* dcore = core_grads[t];
-    std::memset(dcore, 0, sizeof(float) * dims.p[t] * slice);
     if (level > 1) {
       transposed.resize(dims.p[t] * slice);
       contrib.resize(num_nodes * prev_size);
@@ -463,7 +515,8 @@ void BackpropCores(const TTDims& dims, const float* const* cores, const LookupPl
       });
     }
 
-    // Per digit d (one worker owns slice d: no atomics, a fixed summation order):
+    // Per digit d (one worker owns slice d: no atomics, a fixed summation order, and each
+    // slice of dG written exactly once):
     //   dG_t[d] = sum over nodes n with digit d of P_{L-1}[parent(n)]^T @ dP_L[n]
     //   contrib[n] = dP_L[n] @ G_t[d]^T, summed into the parent's gradient below.
     // The first is one GEMM over the group's nodes stacked along the contraction, computed
@@ -474,32 +527,39 @@ void BackpropCores(const TTDims& dims, const float* const* cores, const LookupPl
     const auto& parent = plan.parent[level];
     const int64_t avg = std::max<int64_t>(1, num_nodes / dims.p[t]);
     pfor(dims.p[t], 4 * avg * m * kk * nn, [&](int64_t lo, int64_t hi) {
-      static thread_local std::vector<float> grad_stack, prev_stack, dgt;
+      static thread_local std::vector<const float*> grad_rows, prev_rows;
+      static thread_local std::vector<float> dgt;
       for (int64_t d = lo; d < hi; ++d) {
-        const int64_t count = digit_begin[d + 1] - digit_begin[d];
-        if (count == 0) continue;
+        const int64_t begin = digit_begin[d], count = digit_begin[d + 1] - begin;
         float* dst = dcore + d * slice;
+        if (count == 0) {
+          std::fill(dst, dst + slice, 0.f);
+          continue;
+        }
         if (level == 1) {
-          for (int64_t j = digit_begin[d]; j < digit_begin[d + 1]; ++j) {
+          std::memcpy(dst, g + order[begin] * size, sizeof(float) * slice);
+          for (int64_t j = begin + 1; j < begin + count; ++j) {
             const float* src = g + order[j] * size;
             for (int64_t c = 0; c < slice; ++c) dst[c] += src[c];
           }
           continue;
         }
-        grad_stack.resize(count * m * nn);
-        prev_stack.resize(count * m * kk);
+        // Row x of the stack is row i of node j's dP (nn wide) and of its parent's P (kk).
+        grad_rows.resize(count * m);
+        prev_rows.resize(count * m);
         dgt.resize(nn * kk);
         for (int64_t j = 0; j < count; ++j) {
-          const int64_t node = order[digit_begin[d] + j];
-          std::memcpy(grad_stack.data() + j * m * nn, g + node * size, sizeof(float) * m * nn);
-          std::memcpy(prev_stack.data() + j * m * kk, prev + parent[node] * prev_size,
-                      sizeof(float) * m * kk);
+          const int64_t node = order[begin + j];
+          for (int64_t i = 0; i < m; ++i) {
+            grad_rows[j * m + i] = g + node * size + i * nn;
+            prev_rows[j * m + i] = prev + parent[node] * prev_size + i * kk;
+          }
           MatMul(g + node * size, transposed.data() + d * slice,
                  contrib.data() + node * prev_size, m, nn, kk);
         }
-        Gemm<false>(grad_stack.data(), 1, nn, prev_stack.data(), dgt.data(), nn, count * m, kk);
+        GatherGemm(grad_rows.data(), prev_rows.data(), dgt.data(), nn, count * m, kk);
         for (int64_t a = 0; a < kk; ++a) {
-          for (int64_t b = 0; b < nn; ++b) dst[a * nn + b] += dgt[b * kk + a];
+          for (int64_t b = 0; b < nn; ++b) dst[a * nn + b] = dgt[b * kk + a];
         }
       }
     });
@@ -508,19 +568,20 @@ void BackpropCores(const TTDims& dims, const float* const* cores, const LookupPl
     // Children of a parent are contiguous, so each parent sums its own range.
     const int64_t num_parents = plan.num_nodes(level - 1);
     const auto& child_begin = plan.child_begin[level - 1];
+    std::vector<float>& upper = level_grads[level - 1];
     upper.resize(num_parents * prev_size);
     pfor(num_parents, prev_size * std::max<int64_t>(1, num_nodes / num_parents),
          [&](int64_t lo, int64_t hi) {
            for (int64_t par = lo; par < hi; ++par) {
              float* dst = upper.data() + par * prev_size;
-             std::fill(dst, dst + prev_size, 0.f);
-             for (int64_t c = child_begin[par]; c < child_begin[par + 1]; ++c) {
+             const int64_t first = child_begin[par];
+             std::memcpy(dst, contrib.data() + first * prev_size, sizeof(float) * prev_size);
+             for (int64_t c = first + 1; c < child_begin[par + 1]; ++c) {
                const float* src = contrib.data() + c * prev_size;
                for (int64_t x = 0; x < prev_size; ++x) dst[x] += src[x];
              }
            }
          });
-    grads.swap(upper);
   }
 }
 

@@ -86,7 +86,7 @@ void PoolRows(const TTDims& dims, const LookupPlan& plan, Combiner combiner,
               int64_t nnz, const float* rows, float* out, const ParallelFor& pfor);
 
 // Core gradients from the gradient of each distinct id's row (leaf_grads: num_nodes(k) x dim).
-// core_grads[t] must hold p[t] * CoreSliceSize(t) floats; they are overwritten.
+// core_grads[t] must hold p[t] * CoreSliceSize(t) floats; every element is written.
 void BackpropCores(const TTDims& dims, const float* const* cores, const LookupPlan& plan,
                    std::vector<float>* partials, std::vector<float>* leaf_grads,
                    float* const* core_grads, const ParallelFor& pfor);

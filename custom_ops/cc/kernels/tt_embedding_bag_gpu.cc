@@ -34,6 +34,11 @@ using tt_keras::TTDims;
 constexpr int64_t kErrorSlot = 256;
 static_assert(sizeof(TTCudaErrorInfo) <= kErrorSlot, "error record slot");
 
+template <typename... Args>
+absl::Status InvalidArgument(const Args&... args) {
+  return absl::InvalidArgumentError(absl::StrCat(args...));
+}
+
 int32_t ToCudaCombiner(Combiner c) {
   switch (c) {
     case Combiner::kNone: return TT_CUDA_COMBINER_NONE;
@@ -48,18 +53,18 @@ absl::Status FromLauncher(int status, const char* what) {
   if (status == TT_CUDA_OK) return absl::OkStatus();
   const std::string message = absl::StrCat(what, ": ", tt_cuda_status_string(status), ": ",
                                            tt_cuda_last_error_message());
-  if (status == TT_CUDA_ERROR_INVALID_ARGUMENT) return errors::InvalidArgument(message);
-  return errors::Internal(message);
+  if (status == TT_CUDA_ERROR_INVALID_ARGUMENT) return absl::InvalidArgumentError(message);
+  return absl::InternalError(message);
 }
 
 absl::Status GetCudaStream(OpKernelContext* ctx, void** stream) {
   const DeviceContext* dc = ctx->op_device_context();
   if (dc == nullptr || dc->stream() == nullptr) {
-    return errors::Internal("TTEmbeddingBag GPU kernel: the op has no GPU stream");
+    return absl::InternalError("TTEmbeddingBag GPU kernel: the op has no GPU stream");
   }
   *stream = dc->stream()->platform_specific_handle().stream;
   if (*stream == nullptr) {
-    return errors::Internal("TTEmbeddingBag GPU kernel: the stream has no CUDA handle");
+    return absl::InternalError("TTEmbeddingBag GPU kernel: the stream has no CUDA handle");
   }
   return absl::OkStatus();
 }
@@ -74,7 +79,7 @@ absl::Status MakeLookup(OpKernelContext* ctx, const OpInputList& cores, const TT
   for (int t = 0; t < dims.k; ++t) {
     if (dims.q[t] > std::numeric_limits<int32_t>::max() ||
         dims.r[t + 1] > std::numeric_limits<int32_t>::max()) {
-      return errors::InvalidArgument("cores[", t, "]: q and ranks must fit in 32 bits");
+      return InvalidArgument("cores[", t, "]: q and ranks must fit in 32 bits");
     }
     lk->shape.q[t] = static_cast<int32_t>(dims.q[t]);
     lk->shape.p[t] = dims.p[t];
@@ -86,11 +91,11 @@ absl::Status MakeLookup(OpKernelContext* ctx, const OpInputList& cores, const TT
   const Tensor& splits = ctx->input(ctx->num_inputs() - 2);
   const Tensor& weights = ctx->input(ctx->num_inputs() - 1);
   if (bags.nnz > (int64_t{1} << 31) - 2) {
-    return errors::InvalidArgument("the GPU kernel takes at most 2^31 - 2 indices, got ",
+    return InvalidArgument("the GPU kernel takes at most 2^31 - 2 indices, got ",
                                    bags.nnz);
   }
   lk->indices = indices.flat<Tid>().data();
-  lk->index_type = std::is_same<Tid, int32>::value ? TT_CUDA_INDEX_INT32 : TT_CUDA_INDEX_INT64;
+  lk->index_type = std::is_same<Tid, int32_t>::value ? TT_CUDA_INDEX_INT32 : TT_CUDA_INDEX_INT64;
   lk->combiner = ToCudaCombiner(combiner);
   lk->nnz = bags.nnz;
   if (combiner != Combiner::kNone) {
@@ -105,7 +110,7 @@ absl::Status AllocateWorkspace(OpKernelContext* ctx, size_t workspace_bytes, Ten
                                TTCudaErrorInfo** error, void** workspace) {
   const int64_t total = kErrorSlot + static_cast<int64_t>(workspace_bytes);
   TF_RETURN_IF_ERROR(ctx->allocate_temp(DT_INT8, TensorShape({total}), temp));
-  int8* base = temp->flat<int8>().data();
+  int8_t* base = temp->flat<int8_t>().data();
   *error = reinterpret_cast<TTCudaErrorInfo*>(base);
   *workspace = base + kErrorSlot;
   return absl::OkStatus();
@@ -118,18 +123,18 @@ absl::Status CheckDeviceErrors(const TTCudaErrorInfo* device_error, void* stream
   TF_RETURN_IF_ERROR(FromLauncher(tt_cuda_read_error(device_error, &e, stream),
                                   "TTEmbeddingBag GPU kernel"));
   if (e.index_position >= 0) {
-    return errors::InvalidArgument("indices[", e.index_position, "] = ", e.index_value,
+    return InvalidArgument("indices[", e.index_position, "] = ", e.index_value,
                                    " is out of range [0, ", num_rows, ")");
   }
   if (e.split_position >= 0) {
     const int64_t b = e.split_position;
-    if (b == 0) return errors::InvalidArgument("row_splits[0] = ", e.split_value, " must be 0");
+    if (b == 0) return InvalidArgument("row_splits[0] = ", e.split_value, " must be 0");
     if (e.split_value < e.split_previous) {
-      return errors::InvalidArgument("row_splits must not decrease: row_splits[", b, "] = ",
+      return InvalidArgument("row_splits must not decrease: row_splits[", b, "] = ",
                                      e.split_value, " < row_splits[", b - 1,
                                      "] = ", e.split_previous);
     }
-    return errors::InvalidArgument("row_splits[-1] = ", e.split_value,
+    return InvalidArgument("row_splits[-1] = ", e.split_value,
                                    " must equal the number of indices, ", nnz);
   }
   return absl::OkStatus();
@@ -142,7 +147,7 @@ class TTEmbeddingBagGpuBase : public OpKernel {
     std::string combiner;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("combiner", &combiner));
     OP_REQUIRES(ctx, tt_keras::ParseCombiner(combiner, &combiner_),
-                errors::InvalidArgument("combiner = '", combiner, "' is not one of none, sum, "
+                InvalidArgument("combiner = '", combiner, "' is not one of none, sum, "
                                         "mean, sqrtn"));
   }
 
@@ -203,7 +208,7 @@ class TTEmbeddingBagGradGpuOp : public TTEmbeddingBagGpuBase {
     OP_REQUIRES(ctx,
                 grad.dims() == 2 && grad.dim_size(0) == out_rows &&
                     grad.dim_size(1) == dims.dim,
-                errors::InvalidArgument("grad has shape ", grad.shape().DebugString(),
+                InvalidArgument("grad has shape ", grad.shape().DebugString(),
                                         " but the forward output has shape [", out_rows, ",",
                                         dims.dim, "]"));
     TTCudaLookup lk;
@@ -245,7 +250,7 @@ class TTEmbeddingBagGradGpuOp : public TTEmbeddingBagGpuBase {
                               .TypeConstraint<Tid>("Tindices"),                    \
                           TTEmbeddingBagGradGpuOp<Tid>);
 
-REGISTER_GPU(int32);
+REGISTER_GPU(int32_t);
 REGISTER_GPU(int64_t);
 #undef REGISTER_GPU
 

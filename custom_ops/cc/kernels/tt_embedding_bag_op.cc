@@ -111,7 +111,8 @@ class TTEmbeddingBagGradOp : public OpKernel {
       Tensor* g = nullptr;
       OP_REQUIRES_OK(ctx, core_grads.allocate(t, cores[t].shape(), &g));
       grad_ptrs.push_back(g->flat<float>().data());
-      std::fill(grad_ptrs.back(), grad_ptrs.back() + g->NumElements(), 0.f);
+      // An empty batch has no gradient; otherwise BackpropCores writes every element.
+      if (bags.nnz == 0) std::fill(grad_ptrs.back(), grad_ptrs.back() + g->NumElements(), 0.f);
     }
     if (bags.nnz == 0) return;
 
