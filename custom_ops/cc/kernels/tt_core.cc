@@ -241,6 +241,11 @@ inline void Gemm(const float* __restrict A, int64_t a_rs, int64_t a_cs,
   }
 }
 
+inline void MatMulAcc(const float* A, const float* B, float* C, int64_t m, int64_t kk,
+                      int64_t n) {
+  Gemm<true>(A, kk, 1, B, C, m, kk, n);
+}
+
 inline void MatMul(const float* A, const float* B, float* C, int64_t m, int64_t kk,
                    int64_t n) {
   Gemm<false>(A, kk, 1, B, C, m, kk, n);
@@ -476,6 +481,9 @@ void AggregateLeafGrads(const TTDims& dims, const LookupPlan& plan, const float*
   });
 }
 
+// Floats of a core that stay resident in a typical per-core L2 (256 KiB).
+constexpr int64_t kL2Floats = 64 * 1024;
+
 void BackpropCores(const TTDims& dims, const float* const* cores, const LookupPlan& plan,
                    std::vector<float>* partials, std::vector<float>* leaf_grads,
                    float* const* core_grads, const ParallelFor& pfor) {
@@ -505,9 +513,13 @@ void BackpropCores(const TTDims& dims, const float* const* cores, const LookupPl
     const float* g = level == k ? leaf_grads->data() : level_grads[level].data();
     const float* core = cores[t];
     float* dcore = core_grads[t];
+    // A core that fits in L2 is read in whatever order; a bigger one only digit by digit.
+    // So a parent sums its children's dP_L[c] @ G_t[d_c]^T directly when the core is small,
+    // and otherwise each child's share goes through `contrib`, written in digit order.
+    const bool direct_to_parent = dims.p[t] * slice <= kL2Floats;
     if (level > 1) {
       transposed.resize(dims.p[t] * slice);
-      contrib.resize(num_nodes * prev_size);
+      if (!direct_to_parent) contrib.resize(num_nodes * prev_size);
       pfor(dims.p[t], 2 * slice, [&](int64_t lo, int64_t hi) {
         for (int64_t d = lo; d < hi; ++d) {
           TransposeSlice(core + d * slice, kk, nn, transposed.data() + d * slice);
@@ -554,8 +566,10 @@ void BackpropCores(const TTDims& dims, const float* const* cores, const LookupPl
             grad_rows[j * m + i] = g + node * size + i * nn;
             prev_rows[j * m + i] = prev + parent[node] * prev_size + i * kk;
           }
-          MatMul(g + node * size, transposed.data() + d * slice,
-                 contrib.data() + node * prev_size, m, nn, kk);
+          if (!direct_to_parent) {
+            MatMul(g + node * size, transposed.data() + d * slice,
+                   contrib.data() + node * prev_size, m, nn, kk);
+          }
         }
         GatherGemm(grad_rows.data(), prev_rows.data(), dgt.data(), nn, count * m, kk);
         for (int64_t a = 0; a < kk; ++a) {
@@ -570,13 +584,25 @@ void BackpropCores(const TTDims& dims, const float* const* cores, const LookupPl
     const auto& child_begin = plan.child_begin[level - 1];
     std::vector<float>& upper = level_grads[level - 1];
     upper.resize(num_parents * prev_size);
-    pfor(num_parents, prev_size * std::max<int64_t>(1, num_nodes / num_parents),
+    const int64_t per_child = direct_to_parent ? 2 * m * nn * kk : prev_size;
+    pfor(num_parents, per_child * std::max<int64_t>(1, num_nodes / num_parents),
          [&](int64_t lo, int64_t hi) {
            for (int64_t par = lo; par < hi; ++par) {
              float* dst = upper.data() + par * prev_size;
-             const int64_t first = child_begin[par];
+             const int64_t first = child_begin[par], last = child_begin[par + 1];
+             if (direct_to_parent) {
+               for (int64_t c = first; c < last; ++c) {
+                 const float* gt = transposed.data() + NodeDigit(dims, plan, level, c) * slice;
+                 if (c == first) {
+                   MatMul(g + c * size, gt, dst, m, nn, kk);
+                 } else {
+                   MatMulAcc(g + c * size, gt, dst, m, nn, kk);
+                 }
+               }
+               continue;
+             }
              std::memcpy(dst, contrib.data() + first * prev_size, sizeof(float) * prev_size);
-             for (int64_t c = first + 1; c < child_begin[par + 1]; ++c) {
+             for (int64_t c = first + 1; c < last; ++c) {
                const float* src = contrib.data() + c * prev_size;
                for (int64_t x = 0; x < prev_size; ++x) dst[x] += src[x];
              }
