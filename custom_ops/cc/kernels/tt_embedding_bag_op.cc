@@ -17,10 +17,22 @@ using tt_keras::TTDims;
 
 tt_keras::ParallelFor CpuParallelFor(OpKernelContext* ctx) {
   thread::ThreadPool* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-  return [pool](int64_t total, int64_t cost,
-                const std::function<void(int64_t, int64_t)>& fn) {
+  const int threads = pool->NumThreads();
+  return [pool, threads](int64_t total, int64_t cost,
+                         const std::function<void(int64_t, int64_t)>& fn) {
     if (total <= 0) return;
-    pool->ParallelFor(total, cost, fn);
+    // Fewer, larger shards than the adaptive cost model picks: with a handful of cores,
+    // waking a worker per tiny shard costs more than the shard (measured: the adaptive
+    // split made 2 threads slower than 1). Small loops run inline.
+    constexpr int64_t kInlineFlops = 200000;
+    if (threads <= 1 || total * cost < kInlineFlops) {
+      fn(0, total);
+      return;
+    }
+    const int64_t shards = std::min<int64_t>(total, 2 * threads);
+    pool->ParallelFor(total,
+                      thread::ThreadPool::SchedulingParams::Fixed((total + shards - 1) / shards),
+                      fn);
   };
 }
 
