@@ -11,6 +11,15 @@ lookup (tf.nn.embedding_lookup_sparse on the uncompressed table) and to the pure
 
 Timings are medians of --reps calls of a tf.function, after warm-up; "fwd+bwd" computes the
 output and the gradients of sum(output^2) with respect to the table (cores or dense table).
+
+Cache rows (--cache_fractions, issue 5): for each configuration and each cache of that
+fraction of the rows, the layer's Space-Saving counter (tt_keras.cache) runs over
+--cache_warmup_batches batches of the workload; the top rows it finds are cached (with
+values drawn at random: timings do not depend on them), and a further, held-out batch is
+timed. Each line compares, on that one batch: the cached op (gradients for the cores and,
+sparsely, for the cache rows), the plain op, the pure-TF cached path and the dense lookup;
+it also gives the batch's hit rate, the counter's cost per batch (paid by every training
+step while counting) and the compression ratio with the cache's bytes included.
 """
 
 import time
@@ -19,7 +28,8 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from tt_keras import lookup_backend_scope, tt_embedding_bag, tt_math
+from tt_keras import TTEmbedding, cache, lookup_backend_scope, tt_embedding_bag, tt_math
+from tt_keras.lookup import tt_embedding_bag_cached
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("configs", ["r8", "r16", "r32", "r64", "d64"],
@@ -34,6 +44,11 @@ flags.DEFINE_enum("id_order", "rank", ["rank", "shuffled"],
 flags.DEFINE_integer("reps", 30, "Timed calls of the op and dense lookups.")
 flags.DEFINE_integer("reference_reps", 5, "Timed calls of the (slow) pure-TF chain.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_list("cache_fractions", ["0.0001", "0.001"],
+                  "Cache sizes as fractions of the rows, one set of cache lines per fraction "
+                  "and configuration; empty for none.")
+flags.DEFINE_integer("cache_warmup_batches", 10,
+                     "Batches the frequency counter sees before the cache is filled.")
 
 NUM_ROWS = 10_131_227
 ROW_SHAPE = (200, 220, 250)
@@ -116,6 +131,99 @@ def run_config(name, ids, row_splits, rng):
               f"{shape.compression_ratio(NUM_ROWS):8.0f}x", flush=True)
 
 
+def interleaved_median_ms(fns, reps):
+    """Median ms of each fn, timed in turns so that load from other processes on a shared
+    machine falls on all of them alike (the ratios are what the cache lines report)."""
+    for fn in fns:
+        fn()  # trace
+        fn()  # warm caches and per-thread scratch
+    times = [[] for _ in fns]
+    for _ in range(reps):
+        for fn, t in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            t.append(time.perf_counter() - start)
+    return [1000 * float(np.median(t)) for t in times]
+
+
+def counter_top_ids(batches, cache_size):
+    """The cache the layer would fill after counting `batches`, and the ms per batch the
+    counter costs."""
+    counter_size = min(cache.HotRowCache.DEFAULT_COUNTER_MULTIPLE * cache_size, NUM_ROWS)
+    keys = tf.Variable(tf.fill([counter_size], tf.constant(cache.EMPTY_ID, tf.int64)))
+    counts = tf.Variable(tf.zeros([counter_size], tf.int64))
+
+    @tf.function
+    def count(ids):
+        new_keys, new_counts = cache.space_saving_update(keys, counts, ids)
+        keys.assign(new_keys)
+        counts.assign(new_counts)
+
+    times = []
+    for b in batches:
+        start = time.perf_counter()
+        count(b)
+        times.append(time.perf_counter() - start)
+    top = cache.top_ids(keys, counts, cache_size)
+    return top, 1000 * float(np.median(times[1:]))
+
+
+def run_cache_config(name, fraction, rng):
+    shape = config_shape(name)
+    dim = shape.dim
+    cache_size = max(1, int(round(fraction * NUM_ROWS)))
+    size = FLAGS.bags * FLAGS.bag_size
+    # One draw for warm-up and timed batches, so that a shuffled order maps ranks to rows
+    # the same way in all of them; the timed batch is the last, unseen by the counter.
+    stream = zipf_ids(NUM_ROWS, size * (FLAGS.cache_warmup_batches + 1), FLAGS.zipf,
+                      FLAGS.id_order, rng)
+    batches = [tf.constant(stream[i * size:(i + 1) * size], tf.int64)
+               for i in range(FLAGS.cache_warmup_batches + 1)]
+    ids = batches[-1]
+    cache_ids, count_ms = counter_top_ids(batches[:-1], cache_size)
+    hit_rate = float(np.isin(ids.numpy(), cache_ids.numpy()).mean())
+    row_splits = tf.constant(np.arange(0, size + 1, FLAGS.bag_size), tf.int64)
+    cores = [tf.Variable(rng.normal(0, 0.1, s).astype(np.float32)) for s in shape.core_shapes]
+    cache_rows = tf.Variable(rng.normal(0, 0.01, (cache_size, dim)).astype(np.float32))
+    dense = tf.Variable(rng.normal(0, 0.01, (NUM_ROWS, dim)).astype(np.float32))
+    bag_of_id = tf.ragged.row_splits_to_segment_ids(row_splits)
+    position = tf.range(size, dtype=tf.int64) - tf.gather(row_splits, bag_of_id)
+    sparse_ids = tf.SparseTensor(tf.stack([bag_of_id, position], axis=1), ids,
+                                 [FLAGS.bags, FLAGS.bag_size])
+
+    def cached_fwd_bwd(backend):
+        with tf.GradientTape() as tape:
+            with lookup_backend_scope(backend):
+                out = tt_embedding_bag_cached(cores, cache_ids, cache_rows, ids, row_splits,
+                                              None, "sum", NUM_ROWS)
+            loss = tf.reduce_sum(out * out)
+        return tape.gradient(loss, cores + [cache_rows])
+
+    def plain_fwd_bwd():
+        with tf.GradientTape() as tape:
+            with lookup_backend_scope("op"):
+                out = tt_embedding_bag(cores, ids, row_splits, None, "sum", NUM_ROWS)
+            loss = tf.reduce_sum(out * out)
+        return tape.gradient(loss, cores)
+
+    def dense_fwd_bwd():
+        with tf.GradientTape() as tape:
+            out = tf.nn.embedding_lookup_sparse(dense, sparse_ids, None, combiner="sum")
+            loss = tf.reduce_sum(out * out)
+        return tape.gradient(loss, [dense])
+
+    cached_ms, plain_ms, dense_ms = interleaved_median_ms(
+        [tf.function(lambda: cached_fwd_bwd("op")), tf.function(plain_fwd_bwd),
+         tf.function(dense_fwd_bwd)], FLAGS.reps)
+    tf_ms = median_ms(tf.function(lambda: cached_fwd_bwd("reference")), FLAGS.reference_reps)
+    layer = TTEmbedding(NUM_ROWS, dim, tt_rank=list(shape.ranks), tt_row_shape=ROW_SHAPE,
+                        tt_col_shape=shape.col_shape, cache_size=cache_size)
+    print(f"{name:>4} {cache_size:>7,} {hit_rate:>6.1%} {'fwd+bwd':>8} {cached_ms:9.2f} "
+          f"{plain_ms:9.2f} {tf_ms:9.2f} {dense_ms:9.2f} {cached_ms / dense_ms:12.2f} "
+          f"{plain_ms / cached_ms:10.2f} {count_ms:9.2f} {layer.compression_ratio:8.0f}x",
+          flush=True)
+
+
 def main(argv):
     del argv
     rng = np.random.default_rng(FLAGS.seed)
@@ -133,6 +241,18 @@ def main(argv):
           f"{'dense ms':>9} {'op/dense':>11} {'tf/op':>10} {'compress':>9}")
     for name in FLAGS.configs:
         run_config(name, ids, row_splits, rng)
+    fractions = [float(f) for f in FLAGS.cache_fractions]
+    if not fractions:
+        return
+    print(f"\nHot-row cache: counter over {FLAGS.cache_warmup_batches} batches, then a held-out "
+          "batch; fwd+bwd ms of the cached op, the plain op, the pure-TF cached path and the "
+          "dense lookup on that batch")
+    print(f"{'cfg':>4} {'cache':>7} {'hits':>6} {'mode':>8} {'cached ms':>9} {'op ms':>9} "
+          f"{'tf ms':>9} {'dense ms':>9} {'cached/dense':>12} {'op/cached':>10} "
+          f"{'count ms':>9} {'compress':>9}")
+    for name in FLAGS.configs:
+        for fraction in fractions:
+            run_cache_config(name, fraction, rng)
 
 
 if __name__ == "__main__":

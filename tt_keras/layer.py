@@ -3,10 +3,11 @@
 import numpy as np
 import tensorflow as tf
 
+from tt_keras import cache as tt_cache
 from tt_keras import initializers as tt_initializers
 from tt_keras import tt_math
 from tt_keras._keras import IS_KERAS_3, keras, register_serializable
-from tt_keras.lookup import BACKENDS, tt_embedding_bag
+from tt_keras.lookup import BACKENDS, _checked_ids, tt_embedding_bag, tt_embedding_bag_cached
 
 COMBINERS = (None, "sum", "mean", "sqrtn")
 
@@ -64,6 +65,22 @@ class TTEmbedding(keras.layers.Layer):
       embeddings_regularizer: optional Keras regularizer, applied to each core.
       combiner: None, "sum", "mean" or "sqrtn".
       lookup_backend: "auto" (custom op when available, else pure TF), "op" or "reference".
+      cache_size: rows kept uncompressed in a hot-row cache (0: no cache); at most
+        input_dim. See docs/cache.md.
+      cache_warmup_steps: training calls that only count id frequencies before the cache
+        is filled (at the start of training call cache_warmup_steps + 1, from the current
+        TT product).
+      cache_refresh_steps: refill the cache with the then most frequent ids every this
+        many training calls after the fill (0: never). Rows that stay keep what they
+        learned; new rows start from the TT product; rows that leave revert to it. The
+        counter runs again in the cache_warmup_steps calls before each refresh.
+      cache_counter_size: entries of the heavy-hitter counter (default min(4 * cache_size,
+        input_dim)); its memory never depends on input_dim beyond that.
+      cache_counter_decay: counts are multiplied by this at each fill, so that refreshes
+        favour recent traffic (1.0: never forget).
+
+    With a cache, training calls (training=True, as model.fit passes) update the cache
+    state in-graph; inference calls only read it.
     """
 
     def __init__(
@@ -78,6 +95,11 @@ class TTEmbedding(keras.layers.Layer):
         embeddings_regularizer=None,
         combiner=None,
         lookup_backend="auto",
+        cache_size=0,
+        cache_warmup_steps=100,
+        cache_refresh_steps=0,
+        cache_counter_size=None,
+        cache_counter_decay=0.5,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -94,8 +116,12 @@ class TTEmbedding(keras.layers.Layer):
         self.lookup_backend = lookup_backend
         self.embeddings_initializer = tt_initializers.get(embeddings_initializer)
         self.embeddings_regularizer = keras.regularizers.get(embeddings_regularizer)
-        # Custom ops cannot be compiled by XLA, which Keras 3 turns on by default on GPUs.
-        self.supports_jit = lookup_backend == "reference"
+        self._cache = tt_cache.HotRowCache(
+            self.input_dim, cache_size, cache_warmup_steps, cache_refresh_steps,
+            cache_counter_size, cache_counter_decay)
+        # Custom ops cannot be compiled by XLA, which Keras 3 turns on by default on GPUs;
+        # nor can the cache's counter (tf.unique has a data-dependent shape).
+        self.supports_jit = lookup_backend == "reference" and not self._cache.enabled
         self._cores = []
 
     # ---------------------------------------------------------------- weights
@@ -117,6 +143,12 @@ class TTEmbedding(keras.layers.Layer):
             # lists in a type that tf.train.Checkpoint does not descend into.
             setattr(self, f"core_{t}", core)
             self._cores.append(core)
+        if self._cache.enabled:
+            for name, shape, dtype, initializer, trainable in self._cache.variable_specs(
+                    self.output_dim, None):
+                setattr(self, name, self.add_weight(name=name, shape=shape, dtype=dtype,
+                                                    initializer=initializer,
+                                                    trainable=trainable))
         self.built = True
 
     @property
@@ -193,18 +225,52 @@ class TTEmbedding(keras.layers.Layer):
         return self.tt_shape.num_params
 
     @property
+    def _float_size(self):
+        return tf.as_dtype(self.dtype or "float32").size
+
+    @property
+    def cache_size(self):
+        """Rows the hot-row cache holds (0: no cache)."""
+        return self._cache.cache_size
+
+    @property
+    def cache_bytes(self):
+        """Bytes of the cache's state: rows, ids, counter keys and counts, step and stats."""
+        if not self._cache.enabled:
+            return 0
+        total = 0
+        for _, shape, dtype, _, _ in self._cache.variable_specs(self.output_dim, None):
+            size = tf.as_dtype(dtype).size if dtype is not None else self._float_size
+            total += int(np.prod(shape, dtype=np.int64)) * size
+        return total
+
+    @property
+    def cache_hit_rate(self):
+        """Fraction of the ids of the last training call served by the cache (0.0 before
+        the first training call; inference calls do not change it)."""
+        if not self._cache.enabled or not self.built:
+            return 0.0
+        lookups = int(np.asarray(self.cache_last_lookups))
+        return int(np.asarray(self.cache_last_hits)) / lookups if lookups else 0.0
+
+    @property
     def embedding_bytes(self):
-        """Bytes the table's weights occupy (cores, in the variables' dtype)."""
-        return self.num_params * tf.as_dtype(self.dtype or "float32").size
+        """Bytes the table's weights occupy: the cores (in the variables' dtype) plus the
+        cache's state (cache_bytes)."""
+        return self.num_params * self._float_size + self.cache_bytes
 
     @property
     def compression_ratio(self):
-        """input_dim * output_dim / parameters held: how many times smaller than dense."""
-        return self.input_dim * self.output_dim / self.num_params
+        """Dense table bytes / embedding_bytes: how many times smaller than dense, the
+        cache included (input_dim * output_dim / num_params without a cache)."""
+        return self.input_dim * self.output_dim * self._float_size / self.embedding_bytes
 
     # ---------------------------------------------------------------- lookup
 
-    def _lookup(self, ids, row_splits, weights, combiner, check_splits=False):
+    def _lookup(self, ids, row_splits, weights, combiner, check_splits=False, training=None):
+        if self._cache.enabled:
+            return self._cached_lookup(ids, row_splits, weights, combiner, check_splits,
+                                       training)
         return tt_embedding_bag(
             self.cores,
             ids,
@@ -216,12 +282,45 @@ class TTEmbedding(keras.layers.Layer):
             check_splits=check_splits,
         )
 
-    def call(self, inputs, weights=None):
+    def _tt_rows(self, ids):
+        """TT rows of the current cores (what the cache is filled from)."""
+        return tt_embedding_bag(self.cores, ids, combiner="none", num_rows=self.input_dim,
+                                backend=self.lookup_backend)
+
+    def _cached_lookup(self, ids, row_splits, weights, combiner, check_splits, training):
+        # None is how a direct call without `training` arrives: inference, state untouched.
+        if training is None or isinstance(training, (bool, int, np.bool_)):
+            training = bool(training)
+        updates = []
+        if training is not False:
+            # Bad ids are refused before they can reach the counter, so a rejected call
+            # leaves no trace in the cache.
+            ids = _checked_ids(ids, self.input_dim)
+            updates = self._cache.train_update(self, tf.cast(ids, tf.int64), self._tt_rows,
+                                               training)
+        # The lookup reads the cache as this call's update left it (filled or refreshed
+        # before the lookup, so this call's gradient reaches the rows it used).
+        with tf.control_dependencies(updates):
+            cache_ids = tf.identity(self.cache_ids)
+            cache_rows = tf.identity(self.cache_rows)
+        out, num_hits = tt_embedding_bag_cached(
+            self.cores, cache_ids, cache_rows, ids, row_splits=row_splits, weights=weights,
+            combiner=combiner or "none", num_rows=self.input_dim, backend=self.lookup_backend,
+            check_splits=check_splits, return_num_hits=True)
+        if training is not False:
+            recorded = self._cache.record_hits(self, num_hits, tf.size(ids, out_type=tf.int64),
+                                               training)
+            with tf.control_dependencies([recorded]):
+                out = tf.identity(out)
+        return out
+
+    def call(self, inputs, weights=None, training=None):
         if isinstance(inputs, tf.RaggedTensor):
-            return self._call_ragged(inputs, _check_weights(weights, "ragged"))
+            return self._call_ragged(inputs, _check_weights(weights, "ragged"), training)
         if isinstance(inputs, tf.SparseTensor):
-            return self._call_sparse(inputs, _check_weights(weights, "sparse"))
-        return self._call_dense(tf.convert_to_tensor(inputs), _check_weights(weights, "dense"))
+            return self._call_sparse(inputs, _check_weights(weights, "sparse"), training)
+        return self._call_dense(tf.convert_to_tensor(inputs), _check_weights(weights, "dense"),
+                                training)
 
     def _need_combiner(self, kind):
         if self.combiner is None:
@@ -230,13 +329,13 @@ class TTEmbedding(keras.layers.Layer):
                 "combiner='sum', 'mean' or 'sqrtn' to pool each bag"
             )
 
-    def _call_dense(self, ids, weights):
+    def _call_dense(self, ids, weights, training=None):
         _check_ids_dtype(ids.dtype)
         dim = self.output_dim
         if self.combiner is None:
             if weights is not None:
                 raise ValueError("weights need a combiner ('sum', 'mean' or 'sqrtn')")
-            rows = self._lookup(tf.reshape(ids, [-1]), None, None, None)
+            rows = self._lookup(tf.reshape(ids, [-1]), None, None, None, training=training)
             out = tf.reshape(rows, tf.concat([tf.shape(ids), [dim]], 0))
             return tf.ensure_shape(out, ids.shape.concatenate([dim]))
         if ids.shape.rank is not None and ids.shape.rank < 2:
@@ -256,11 +355,12 @@ class TTEmbedding(keras.layers.Layer):
         bag_size = shape[-1]
         num_bags = tf.reduce_prod(shape[:-1])
         row_splits = tf.range(num_bags + 1, dtype=tf.int64) * bag_size
-        pooled = self._lookup(tf.reshape(ids, [-1]), row_splits, weights, self.combiner)
+        pooled = self._lookup(tf.reshape(ids, [-1]), row_splits, weights, self.combiner,
+                              training=training)
         out = tf.reshape(pooled, tf.concat([tf.shape(ids)[:-1], [dim]], 0))
         return tf.ensure_shape(out, ids.shape[:-1].concatenate([dim]))
 
-    def _call_ragged(self, ids, weights):
+    def _call_ragged(self, ids, weights, training=None):
         self._need_combiner("RaggedTensor")
         _check_ids_dtype(ids.dtype)
         if ids.flat_values.shape.rank != 1:
@@ -278,12 +378,12 @@ class TTEmbedding(keras.layers.Layer):
             with tf.control_dependencies([check]):
                 flat_weights = tf.identity(flat_weights)
         pooled = self._lookup(ids.flat_values, tf.cast(splits[-1], tf.int64), flat_weights,
-                              self.combiner)
+                              self.combiner, training=training)
         if len(splits) == 1:
             return pooled
         return tf.RaggedTensor.from_nested_row_splits(pooled, splits[:-1], validate=False)
 
-    def _call_sparse(self, ids, weights):
+    def _call_sparse(self, ids, weights, training=None):
         self._need_combiner("SparseTensor")
         _check_ids_dtype(ids.dtype)
         if ids.shape.rank is not None and ids.shape.rank < 2:
@@ -305,7 +405,8 @@ class TTEmbedding(keras.layers.Layer):
         bag = tf.reduce_sum(ids.indices[:, :-1] * strides, axis=1)
         counts = tf.math.bincount(bag, minlength=num_bags, maxlength=num_bags, dtype=tf.int64)
         row_splits = tf.concat([[0], tf.cumsum(counts)], 0)
-        pooled = self._lookup(ids.values, row_splits, flat_weights, self.combiner)
+        pooled = self._lookup(ids.values, row_splits, flat_weights, self.combiner,
+                              training=training)
         out = tf.reshape(pooled, tf.concat([outer_shape, [self.output_dim]], 0))
         static = ids.shape[:-1].concatenate([self.output_dim])
         return tf.ensure_shape(out, static)
@@ -336,6 +437,7 @@ class TTEmbedding(keras.layers.Layer):
                 ) if self.embeddings_regularizer is not None else None,
                 "combiner": self.combiner,
                 "lookup_backend": self.lookup_backend,
+                **self._cache.get_config(),
             }
         )
         return config

@@ -10,9 +10,11 @@ import threading
 import numpy as np
 import tensorflow as tf
 
+from tt_keras import cache as _cache
 from tt_keras import reference
 from tt_keras.ops import COMBINERS, tt_ops_library
 from tt_keras.ops import tt_embedding_bag as _op_embedding_bag
+from tt_keras.ops import tt_embedding_bag_cached as _op_embedding_bag_cached
 
 BACKENDS = ("auto", "op", "reference")
 
@@ -109,33 +111,11 @@ def _checked_splits(row_splits, nnz):
         return tf.identity(row_splits)
 
 
-def tt_embedding_bag(
-    cores,
-    ids,
-    row_splits=None,
-    weights=None,
-    combiner="none",
-    num_rows=None,
-    backend="auto",
-    check_splits=True,
-):
-    """Looks up and pools rows of a TT-compressed table.
+def _prepared_inputs(cores, ids, row_splits, weights, combiner, num_rows):
+    """Checks and normalises the arguments shared by the lookups (static checks only).
 
-    Args:
-      cores: list of 2-4 core tensors, core t shaped (p_t, r_{t-1}, q_t, r_t).
-      ids: integer vector of row ids in [0, num_rows).
-      row_splits: int vector [num_bags + 1] of bag boundaries; required unless combiner is
-        "none".
-      weights: optional float vector [len(ids)] of per-id weights (needs a combiner).
-      combiner: "none" (one row per id), "sum", "mean" or "sqrtn", as
-        tf.nn.embedding_lookup_sparse.
-      num_rows: rows of the table (default: prod(p_t)).
-      backend: "auto" (the custom op when its library loads, else pure TF), "op" or
-        "reference"; `lookup_backend_scope` overrides it.
-      check_splits: set False when row_splits are valid by construction (RaggedTensor).
-
-    Returns:
-      [len(ids), D] for combiner "none", else [num_bags, D], in the cores' dtype.
+    Returns (float32 cores, ids, int64 row_splits, float32 weights or None, num_rows,
+    output dtype).
     """
     if combiner not in COMBINERS:
         raise ValueError(f"combiner must be one of {COMBINERS}, got {combiner!r}")
@@ -170,11 +150,61 @@ def tt_embedding_bag(
         if not weights.dtype.is_floating:
             raise TypeError(f"weights must be floats, got dtype {weights.dtype.name}")
         weights = tf.cast(weights, tf.float32)
+        if weights.shape.rank != 1:
+            raise ValueError(f"weights must be a vector, got shape {weights.shape}")
+        n_w, n_ids = weights.shape[0], ids.shape[0]
+        if n_w is not None and n_ids is not None and n_w != n_ids:
+            raise ValueError(f"weights has {n_w} entries but ids has {n_ids}")
 
     # The kernels compute in float32; mixed-precision layers hand over float16/bfloat16 cores.
     out_dtype = cores[0].dtype
     cores = [tf.cast(c, tf.float32) for c in cores]
+    return cores, ids, row_splits, weights, num_rows, out_dtype
 
+
+def _checked_reference_inputs(ids, row_splits, weights, combiner, num_rows, check_splits):
+    """ids, row_splits, weights with the run-time checks the ops make themselves."""
+    ids = _checked_ids(ids, num_rows)
+    if weights is not None:
+        check = tf.debugging.assert_equal(
+            tf.size(weights), tf.size(ids), message="weights must have one entry per id")
+        with tf.control_dependencies([check]):
+            weights = tf.identity(weights)
+    if combiner != "none" and check_splits:
+        row_splits = _checked_splits(row_splits, tf.size(ids, out_type=tf.int64))
+    return ids, row_splits, weights
+
+
+def tt_embedding_bag(
+    cores,
+    ids,
+    row_splits=None,
+    weights=None,
+    combiner="none",
+    num_rows=None,
+    backend="auto",
+    check_splits=True,
+):
+    """Looks up and pools rows of a TT-compressed table.
+
+    Args:
+      cores: list of 2-4 core tensors, core t shaped (p_t, r_{t-1}, q_t, r_t).
+      ids: integer vector of row ids in [0, num_rows).
+      row_splits: int vector [num_bags + 1] of bag boundaries; required unless combiner is
+        "none".
+      weights: optional float vector [len(ids)] of per-id weights (needs a combiner).
+      combiner: "none" (one row per id), "sum", "mean" or "sqrtn", as
+        tf.nn.embedding_lookup_sparse.
+      num_rows: rows of the table (default: prod(p_t)).
+      backend: "auto" (the custom op when its library loads, else pure TF), "op" or
+        "reference"; `lookup_backend_scope` overrides it.
+      check_splits: set False when row_splits are valid by construction (RaggedTensor).
+
+    Returns:
+      [len(ids), D] for combiner "none", else [num_bags, D], in the cores' dtype.
+    """
+    cores, ids, row_splits, weights, num_rows, out_dtype = _prepared_inputs(
+        cores, ids, row_splits, weights, combiner, num_rows)
     if resolve_backend(backend) == "op":
         out = _op_embedding_bag(
             cores,
@@ -185,9 +215,113 @@ def tt_embedding_bag(
             combiner=combiner,
         )
     else:
-        ids = _checked_ids(ids, num_rows)
-        if combiner != "none" and check_splits:
-            row_splits = _checked_splits(row_splits, tf.size(ids, out_type=tf.int64))
+        ids, row_splits, weights = _checked_reference_inputs(
+            ids, row_splits, weights, combiner, num_rows, check_splits)
         out = reference.tt_embedding_bag(cores, tf.cast(ids, tf.int64), row_splits, weights,
                                          combiner)
     return tf.cast(out, out_dtype)
+
+
+def _checked_cache_ids(cache_ids, num_rows):
+    """cache_ids, with the op's check: non-negative, sorted, ids below num_rows distinct."""
+    if tf.executing_eagerly():
+        c = cache_ids.numpy()
+        negative = np.flatnonzero(c < 0)
+        if negative.size:
+            s = negative[0]
+            raise _invalid_argument(f"cache_ids[{s}] = {c[s]} is negative (empty slots hold "
+                                    "ids >= num_rows, e.g. INT64_MAX)")
+        drops = np.flatnonzero(c[1:] < c[:-1])
+        if drops.size:
+            s = drops[0] + 1
+            raise _invalid_argument(f"cache_ids must be sorted: cache_ids[{s}] = {c[s]} < "
+                                    f"cache_ids[{s - 1}] = {c[s - 1]}")
+        twins = np.flatnonzero((c[1:] == c[:-1]) & (c[1:] < num_rows))
+        if twins.size:
+            s = twins[0] + 1
+            raise _invalid_argument(f"cache_ids[{s - 1}] and cache_ids[{s}] both hold row "
+                                    f"{c[s]}")
+        return cache_ids
+    steps = cache_ids[1:] - cache_ids[:-1]
+    checks = [
+        tf.debugging.assert_non_negative(cache_ids, message="cache_ids must be non-negative"),
+        tf.debugging.assert_non_negative(steps, message="cache_ids must be sorted"),
+        tf.debugging.Assert(
+            tf.reduce_all((steps > 0) | (cache_ids[1:] >= num_rows)),
+            ["cache_ids must not hold a row twice"]),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.identity(cache_ids)
+
+
+def tt_embedding_bag_cached(
+    cores,
+    cache_ids,
+    cache_rows,
+    ids,
+    row_splits=None,
+    weights=None,
+    combiner="none",
+    num_rows=None,
+    backend="auto",
+    check_splits=True,
+    return_num_hits=False,
+):
+    """tt_embedding_bag with a cache of uncompressed rows in front of the TT chain.
+
+    Row `id` is cache_rows[s] where cache_ids[s] == id, else the TT product; pooling as in
+    tt_embedding_bag. Gradients: the cores get those of the misses only, cache_rows a
+    tf.IndexedSlices over the slots hit (docs/cache.md).
+
+    Args:
+      cores, ids, row_splits, weights, combiner, num_rows, backend, check_splits: as
+        tt_embedding_bag.
+      cache_ids: int64 [C], sorted; ids below num_rows must be distinct, larger entries
+        (tt_keras.cache.EMPTY_ID) mark empty slots.
+      cache_rows: float [C, D], the cached rows.
+      return_num_hits: also return how many ids were served by the cache (int64 scalar).
+
+    Returns:
+      The pooled rows as tt_embedding_bag, in the cores' dtype; with return_num_hits,
+      (rows, num_hits).
+    """
+    cores, ids, row_splits, weights, num_rows, out_dtype = _prepared_inputs(
+        cores, ids, row_splits, weights, combiner, num_rows)
+    cache_ids = tf.convert_to_tensor(cache_ids)
+    if not cache_ids.dtype.is_integer:
+        raise TypeError(f"cache_ids must be integers, got dtype {cache_ids.dtype.name}")
+    cache_ids = tf.cast(cache_ids, tf.int64)
+    if cache_ids.shape.rank != 1:
+        raise ValueError(f"cache_ids must be a vector, got shape {cache_ids.shape}")
+    cache_rows = tf.convert_to_tensor(cache_rows)
+    if not cache_rows.dtype.is_floating:
+        raise TypeError(f"cache_rows must be floats, got dtype {cache_rows.dtype.name}")
+    dim = int(np.prod([int(c.shape[2]) for c in cores]))
+    if cache_rows.shape.rank != 2 or cache_rows.shape[1] not in (None, dim):
+        raise ValueError(f"cache_rows must have shape [cache_size, {dim}], got "
+                         f"{cache_rows.shape}")
+    slots, rows_held = cache_ids.shape[0], cache_rows.shape[0]
+    if slots is not None and rows_held is not None and slots != rows_held:
+        raise ValueError(f"cache_ids has {slots} slots but cache_rows has {rows_held} rows")
+    cache_rows = tf.cast(cache_rows, tf.float32)
+
+    if resolve_backend(backend) == "op":
+        out, num_hits = _op_embedding_bag_cached(
+            cores,
+            cache_ids,
+            cache_rows,
+            ids,
+            row_splits,
+            weights if weights is not None else tf.zeros([0], tf.float32),
+            num_rows=num_rows,
+            combiner=combiner,
+        )
+    else:
+        ids, row_splits, weights = _checked_reference_inputs(
+            ids, row_splits, weights, combiner, num_rows, check_splits)
+        cache_ids = _checked_cache_ids(cache_ids, num_rows)
+        out, num_hits = _cache.lookup_reference(cores, cache_ids, cache_rows,
+                                                tf.cast(ids, tf.int64), row_splits, weights,
+                                                combiner)
+    out = tf.cast(out, out_dtype)
+    return (out, num_hits) if return_num_hits else out

@@ -1,0 +1,230 @@
+// CPU math of the cached TT lookup; see tt_cached_core.h and docs/cache.md.
+#include "tt_cached_core.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+
+namespace tt_keras {
+
+std::string ValidateCacheIds(const int64_t* cache_ids, int64_t cache_size, int64_t num_rows) {
+  for (int64_t s = 0; s < cache_size; ++s) {
+    const int64_t id = cache_ids[s];
+    if (id < 0) {
+      return "cache_ids[" + std::to_string(s) + "] = " + std::to_string(id) +
+             " is negative (empty slots hold ids >= num_rows, e.g. INT64_MAX)";
+    }
+    if (s == 0) continue;
+    const int64_t prev = cache_ids[s - 1];
+    if (id < prev) {
+      return "cache_ids must be sorted: cache_ids[" + std::to_string(s) + "] = " +
+             std::to_string(id) + " < cache_ids[" + std::to_string(s - 1) + "] = " +
+             std::to_string(prev);
+    }
+    // Two slots of one row would make the row's value ambiguous and split its gradient.
+    if (id == prev && id < num_rows) {
+      return "cache_ids[" + std::to_string(s - 1) + "] and cache_ids[" + std::to_string(s) +
+             "] both hold row " + std::to_string(id);
+    }
+  }
+  return "";
+}
+
+namespace {
+
+// An open-addressing hash index of the cache's ids, rebuilt per call: O(C) to build, about
+// one probe per id. A binary search over the sorted ids costs ~log2(C) mispredicted
+// branches per id, which measured more than the radix sort of the whole batch.
+struct CacheIndex {
+  std::vector<int64_t> keys;  // -1: free
+  std::vector<int32_t> slots;
+  uint64_t mask = 0;
+  int shift = 0;
+
+  // Fibonacci hashing: the top bits of id * 2^64/phi spread consecutive ids (hot ids of
+  // a vocabulary are often contiguous) over the whole table.
+  uint64_t Bucket(int64_t id) const {
+    return (static_cast<uint64_t>(id) * 0x9E3779B97F4A7C15ull) >> shift;
+  }
+
+  void Build(const int64_t* cache_ids, int64_t cache_size) {
+    int bits = 4;
+    while ((int64_t{1} << bits) < 2 * cache_size) ++bits;  // load factor <= 1/2
+    shift = 64 - bits;
+    mask = (uint64_t{1} << bits) - 1;
+    keys.assign(size_t{1} << bits, -1);
+    slots.resize(size_t{1} << bits);
+    for (int64_t s = 0; s < cache_size; ++s) {
+      const int64_t id = cache_ids[s];
+      // Empty slots (ids >= num_rows) could be left out, but an id never equals them, so
+      // keeping them is harmless; duplicates are only empty slots (ValidateCacheIds).
+      uint64_t b = Bucket(id);
+      while (keys[b] != -1 && keys[b] != id) b = (b + 1) & mask;
+      if (keys[b] == -1) {
+        keys[b] = id;
+        slots[b] = static_cast<int32_t>(s);
+      }
+    }
+  }
+
+  int32_t Find(int64_t id) const {
+    for (uint64_t b = Bucket(id);; b = (b + 1) & mask) {
+      if (keys[b] == id) return slots[b];
+      if (keys[b] == -1) return -1;
+    }
+  }
+};
+
+}  // namespace
+
+template <typename Tid>
+int64_t FindCacheSlots(const int64_t* cache_ids, int64_t cache_size, const Tid* ids,
+                       int64_t nnz, int32_t* slots, const ParallelFor& pfor) {
+  if (cache_size == 0) {
+    std::fill(slots, slots + nnz, -1);
+    return 0;
+  }
+  static thread_local CacheIndex tl_index;
+  const CacheIndex& index = tl_index;  // see PoolCachedRows on thread_local in lambdas
+  tl_index.Build(cache_ids, cache_size);
+  std::atomic<int64_t> hits{0};
+  pfor(nnz, 10, [&](int64_t lo, int64_t hi) {
+    int64_t local = 0;
+    for (int64_t i = lo; i < hi; ++i) {
+      slots[i] = index.Find(static_cast<int64_t>(ids[i]));
+      local += slots[i] >= 0;
+    }
+    hits.fetch_add(local, std::memory_order_relaxed);
+  });
+  return hits.load();
+}
+
+template int64_t FindCacheSlots<int32_t>(const int64_t*, int64_t, const int32_t*, int64_t,
+                                         int32_t*, const ParallelFor&);
+template int64_t FindCacheSlots<int64_t>(const int64_t*, int64_t, const int64_t*, int64_t,
+                                         int32_t*, const ParallelFor&);
+
+template <typename Tid>
+void CollectMisses(const Tid* ids, const int32_t* slots, int64_t nnz,
+                   std::vector<int64_t>* miss_pos, std::vector<Tid>* miss_ids) {
+  // Branch-free: every position is written and the end advances on misses only; hits and
+  // misses alternate unpredictably, and a branch per position measured 2x slower.
+  miss_pos->resize(nnz);
+  miss_ids->resize(nnz);
+  int64_t* pos = miss_pos->data();
+  Tid* out = miss_ids->data();
+  int64_t m = 0;
+  for (int64_t i = 0; i < nnz; ++i) {
+    pos[m] = i;
+    out[m] = ids[i];
+    m += slots[i] < 0;
+  }
+  miss_pos->resize(m);
+  miss_ids->resize(m);
+}
+
+template void CollectMisses<int32_t>(const int32_t*, const int32_t*, int64_t,
+                                     std::vector<int64_t>*, std::vector<int32_t>*);
+template void CollectMisses<int64_t>(const int64_t*, const int32_t*, int64_t,
+                                     std::vector<int64_t>*, std::vector<int64_t>*);
+
+void PoolCachedRows(const TTDims& dims, const int32_t* slots, const float* cache_rows,
+                    const LookupPlan& miss_plan, const int64_t* miss_pos,
+                    const float* tt_rows, Combiner combiner, const int64_t* row_splits,
+                    int64_t num_bags, const float* weights, int64_t nnz, float* out,
+                    const ParallelFor& pfor) {
+  const int64_t D = dims.dim;
+  // One source pointer per position, so pooling reads hits and misses alike. Scratch is
+  // per thread and bound to a local: a worker lambda naming a thread_local would see its
+  // own thread's instance.
+  static thread_local std::vector<const float*> tl_src;
+  std::vector<const float*>& src = tl_src;
+  src.resize(nnz);
+  for (int64_t i = 0; i < nnz; ++i) {
+    if (slots[i] >= 0) src[i] = cache_rows + static_cast<int64_t>(slots[i]) * D;
+  }
+  const int64_t num_leaves = tt_rows != nullptr ? miss_plan.num_nodes(dims.k) : 0;
+  for (int64_t leaf = 0; leaf < num_leaves; ++leaf) {
+    const float* row = tt_rows + leaf * D;
+    for (int64_t j = miss_plan.pos_begin[leaf]; j < miss_plan.pos_begin[leaf + 1]; ++j) {
+      src[miss_pos[miss_plan.sorted_pos[j]]] = row;
+    }
+  }
+  if (combiner == Combiner::kNone) {
+    pfor(nnz, D, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) std::memcpy(out + i * D, src[i], sizeof(float) * D);
+    });
+    return;
+  }
+  const int64_t avg_bag = num_bags > 0 ? std::max<int64_t>(1, nnz / num_bags) : 1;
+  pfor(num_bags, 2 * avg_bag * D, [&](int64_t lo, int64_t hi) {
+    for (int64_t b = lo; b < hi; ++b) {
+      float* o = out + b * D;
+      std::fill(o, o + D, 0.f);
+      // The norm is accumulated in double, as PoolRows does, so that a cache that holds a
+      // row's exact TT value pools to the plain op's result bit for bit.
+      double norm = 0.0;
+      for (int64_t i = row_splits[b]; i < row_splits[b + 1]; ++i) {
+        const float w = weights ? weights[i] : 1.f;
+        norm += combiner == Combiner::kSqrtn ? double(w) * w : w;
+        const float* row = src[i];
+#pragma omp simd
+        for (int64_t j = 0; j < D; ++j) o[j] += w * row[j];
+      }
+      if (combiner == Combiner::kSum) continue;
+      if (combiner == Combiner::kSqrtn) norm = std::sqrt(norm);
+      const float inv = norm == 0.0 ? 0.f : static_cast<float>(1.0 / norm);
+      for (int64_t j = 0; j < D; ++j) o[j] *= inv;
+    }
+  });
+}
+
+void BuildCacheGradPlan(const int32_t* slots, int64_t nnz, int64_t cache_size,
+                        CacheGradPlan* plan) {
+  // count[s + 1] = hits of slot s, then prefix sums: the start of slot s in `order`.
+  static thread_local std::vector<int64_t> count;
+  count.assign(cache_size + 1, 0);
+  for (int64_t i = 0; i < nnz; ++i) {
+    if (slots[i] >= 0) ++count[slots[i] + 1];
+  }
+  plan->slots.clear();
+  plan->begin.clear();
+  for (int64_t s = 0; s < cache_size; ++s) {
+    if (count[s + 1] > 0) {
+      plan->slots.push_back(s);
+      plan->begin.push_back(count[s]);
+    }
+    count[s + 1] += count[s];
+  }
+  plan->begin.push_back(count[cache_size]);
+  plan->order.resize(count[cache_size]);
+  // Filling in position order keeps each slot's positions ascending: a fixed summation
+  // order, so results do not depend on the thread count.
+  for (int64_t i = 0; i < nnz; ++i) {
+    if (slots[i] >= 0) plan->order[count[slots[i]]++] = i;
+  }
+}
+
+void AccumulateCacheGrads(int64_t dim, const CacheGradPlan& plan, const float* grad,
+                          const std::vector<float>& scale,
+                          const std::vector<int64_t>& bag_of_pos, float* values,
+                          const ParallelFor& pfor) {
+  const int64_t n = plan.num_slots();
+  const int64_t avg = n > 0 ? std::max<int64_t>(1, plan.begin[n] / n) : 1;
+  pfor(n, 2 * avg * dim, [&](int64_t lo, int64_t hi) {
+    for (int64_t s = lo; s < hi; ++s) {
+      float* o = values + s * dim;
+      std::fill(o, o + dim, 0.f);
+      for (int64_t j = plan.begin[s]; j < plan.begin[s + 1]; ++j) {
+        const int64_t pos = plan.order[j];
+        const float sc = scale[pos];
+        const float* g = grad + bag_of_pos[pos] * dim;
+#pragma omp simd
+        for (int64_t c = 0; c < dim; ++c) o[c] += sc * g[c];
+      }
+    }
+  });
+}
+
+}  // namespace tt_keras

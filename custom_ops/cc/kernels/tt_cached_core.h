@@ -1,0 +1,66 @@
+// Framework-free CPU math of the cached TT lookup (docs/cache.md): a sorted cache of
+// uncompressed hot rows in front of the TT chain of tt_core.h.
+//
+// Positions whose id is in the cache read the cache row; the others ("misses") are compacted
+// and run through tt_core's plan / rows / backward unchanged, so everything tt_core does for
+// speed (each distinct id once, prefix reuse) applies to the misses as they are.
+#ifndef TT_KERAS_CUSTOM_OPS_CC_KERNELS_TT_CACHED_CORE_H_
+#define TT_KERAS_CUSTOM_OPS_CC_KERNELS_TT_CACHED_CORE_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "tt_core.h"
+
+namespace tt_keras {
+
+// Checks the cache's ids: non-negative, non-decreasing, and entries below num_rows distinct.
+// Entries >= num_rows (the layer uses INT64_MAX) mark empty slots and never match an id.
+// Returns an error message naming the slot and value, or "".
+std::string ValidateCacheIds(const int64_t* cache_ids, int64_t cache_size, int64_t num_rows);
+
+// slots[i] = the cache slot holding ids[i], or -1 (a hash index of the cache, built per
+// call). Returns the number of hits.
+// Ids must be range-checked; cache_ids valid (ValidateCacheIds).
+template <typename Tid>
+int64_t FindCacheSlots(const int64_t* cache_ids, int64_t cache_size, const Tid* ids,
+                       int64_t nnz, int32_t* slots, const ParallelFor& pfor);
+
+// The misses of a batch, compacted: their positions (ascending) and ids.
+template <typename Tid>
+void CollectMisses(const Tid* ids, const int32_t* slots, int64_t nnz,
+                   std::vector<int64_t>* miss_pos, std::vector<Tid>* miss_ids);
+
+// Pools a batch whose rows come from two places: cache_rows[slots[i]] for hits, and the
+// TT rows of the misses' plan (tt_rows: miss_plan.num_nodes(k) x dim, in plan order) for
+// the others; miss_plan's positions index miss_pos. Semantics as tt_core's PoolRows.
+void PoolCachedRows(const TTDims& dims, const int32_t* slots, const float* cache_rows,
+                    const LookupPlan& miss_plan, const int64_t* miss_pos,
+                    const float* tt_rows, Combiner combiner, const int64_t* row_splits,
+                    int64_t num_bags, const float* weights, int64_t nnz, float* out,
+                    const ParallelFor& pfor);
+
+// Hit positions grouped by cache slot: slots (ascending, distinct) that were hit, and for the
+// n-th of them the positions order[begin[n] .. begin[n+1]) (ascending).
+struct CacheGradPlan {
+  std::vector<int64_t> slots;
+  std::vector<int64_t> begin;
+  std::vector<int64_t> order;
+  int64_t num_slots() const { return static_cast<int64_t>(slots.size()); }
+};
+
+// Counting sort of the hit positions by slot: O(cache_size + nnz).
+void BuildCacheGradPlan(const int32_t* slots, int64_t nnz, int64_t cache_size,
+                        CacheGradPlan* plan);
+
+// values[n] = sum over the positions i of plan slot n of scale[i] * grad[bag_of_pos[i]]
+// (values: plan.num_slots() x dim, every element written; fixed summation order).
+void AccumulateCacheGrads(int64_t dim, const CacheGradPlan& plan, const float* grad,
+                          const std::vector<float>& scale,
+                          const std::vector<int64_t>& bag_of_pos, float* values,
+                          const ParallelFor& pfor);
+
+}  // namespace tt_keras
+
+#endif  // TT_KERAS_CUSTOM_OPS_CC_KERNELS_TT_CACHED_CORE_H_

@@ -1,0 +1,240 @@
+// CPU OpKernels of TTKeras>TTEmbeddingBagCached and its gradient (docs/cache.md): validate,
+// split the batch into cache hits and misses, run tt_core on the misses only.
+#include <algorithm>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/lib/core/threadpool.h"
+#include "tt_cached_core.h"
+#include "tt_core.h"
+#include "tt_validation.h"
+
+namespace tensorflow {
+namespace {
+
+using tt_keras::Combiner;
+using tt_keras::LookupPlan;
+using tt_keras::TTDims;
+
+tt_keras::ParallelFor CpuParallelFor(OpKernelContext* ctx) {
+  thread::ThreadPool* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+  return [pool](int64_t total, int64_t cost,
+                const std::function<void(int64_t, int64_t)>& fn) {
+    if (total <= 0) return;
+    pool->ParallelFor(total, cost, fn);
+  };
+}
+
+std::vector<const float*> CorePointers(const OpInputList& cores) {
+  std::vector<const float*> ptrs;
+  for (int t = 0; t < cores.size(); ++t) ptrs.push_back(cores[t].flat<float>().data());
+  return ptrs;
+}
+
+// cache_ids: a vector whose ids are valid (tt_keras::ValidateCacheIds); cache_rows, when
+// given: [cache_size, dim].
+absl::Status ValidateCache(const Tensor& cache_ids, const Tensor* cache_rows, int64_t dim,
+                           int64_t num_rows) {
+  if (cache_ids.dims() != 1) {
+    return errors::InvalidArgument("cache_ids must be a vector, got shape ",
+                                   cache_ids.shape().DebugString());
+  }
+  const int64_t cache_size = cache_ids.dim_size(0);
+  // Slots travel as int32 (half the bytes of int64 per position); no cache comes close.
+  if (cache_size > std::numeric_limits<int32_t>::max()) {
+    return errors::InvalidArgument("cache_ids has ", cache_size, " slots; at most 2^31 - 1 "
+                                   "are supported");
+  }
+  if (cache_rows != nullptr &&
+      (cache_rows->dims() != 2 || cache_rows->dim_size(0) != cache_size ||
+       cache_rows->dim_size(1) != dim)) {
+    return errors::InvalidArgument("cache_rows has shape ", cache_rows->shape().DebugString(),
+                                   " but cache_ids has ", cache_size,
+                                   " slots and the cores give rows of ", dim,
+                                   " columns: expected [", cache_size, ",", dim, "]");
+  }
+  const std::string error =
+      tt_keras::ValidateCacheIds(cache_ids.flat<int64_t>().data(), cache_size, num_rows);
+  if (!error.empty()) return errors::InvalidArgument(error);
+  return absl::OkStatus();
+}
+
+class CachedKernelBase : public OpKernel {
+ public:
+  explicit CachedKernelBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_rows", &num_rows_));
+    std::string combiner;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("combiner", &combiner));
+    OP_REQUIRES(ctx, tt_keras::ParseCombiner(combiner, &combiner_),
+                errors::InvalidArgument("combiner = '", combiner, "' is not one of none, sum, "
+                                        "mean, sqrtn"));
+  }
+
+ protected:
+  int64_t num_rows_;
+  Combiner combiner_;
+};
+
+template <typename Tid>
+class TTEmbeddingBagCachedOp : public CachedKernelBase {
+ public:
+  using CachedKernelBase::CachedKernelBase;
+
+  void Compute(OpKernelContext* ctx) override {
+    OpInputList cores;
+    OP_REQUIRES_OK(ctx, ctx->input_list("cores", &cores));
+    TTDims dims;
+    OP_REQUIRES_OK(ctx, tt_keras::DimsFromCores(cores, num_rows_, &dims));
+    const Tensor* cache_ids;
+    const Tensor* cache_rows;
+    OP_REQUIRES_OK(ctx, ctx->input("cache_ids", &cache_ids));
+    OP_REQUIRES_OK(ctx, ctx->input("cache_rows", &cache_rows));
+    OP_REQUIRES_OK(ctx, ValidateCache(*cache_ids, cache_rows, dims.dim, num_rows_));
+    tt_keras::BagInputs<Tid> bags;
+    OP_REQUIRES_OK(ctx, tt_keras::ValidateBagInputs<Tid>(ctx, combiner_, num_rows_, &bags));
+
+    const int64_t out_rows = combiner_ == Combiner::kNone ? bags.nnz : bags.num_bags;
+    Tensor* output = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({out_rows, dims.dim}), &output));
+    Tensor* num_hits = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({}), &num_hits));
+    num_hits->scalar<int64_t>()() = 0;
+    if (out_rows == 0) return;
+    float* out = output->flat<float>().data();
+    if (bags.nnz == 0) {
+      std::fill(out, out + out_rows * dims.dim, 0.f);
+      return;
+    }
+
+    const auto pfor = CpuParallelFor(ctx);
+    // Per-thread scratch, reused across calls (as the plain op's).
+    static thread_local std::vector<int32_t> slots;
+    static thread_local std::vector<int64_t> miss_pos;
+    static thread_local std::vector<Tid> miss_ids;
+    static thread_local LookupPlan plan;
+    static thread_local std::vector<float> partials[tt_keras::kMaxCores + 1], rows;
+    slots.resize(bags.nnz);
+    num_hits->scalar<int64_t>()() =
+        tt_keras::FindCacheSlots(cache_ids->flat<int64_t>().data(), cache_ids->dim_size(0),
+                                 bags.ids, bags.nnz, slots.data(), pfor);
+    tt_keras::CollectMisses(bags.ids, slots.data(), bags.nnz, &miss_pos, &miss_ids);
+    const int64_t num_misses = static_cast<int64_t>(miss_ids.size());
+    const float* tt_rows = nullptr;
+    if (num_misses > 0) {
+      tt_keras::BuildPlan(dims, miss_ids.data(), num_misses, &plan);
+      const std::vector<const float*> core_ptrs = CorePointers(cores);
+      tt_keras::ComputeRows(dims, core_ptrs.data(), plan, partials, &rows, pfor);
+      tt_rows = rows.data();
+    }
+    tt_keras::PoolCachedRows(dims, slots.data(), cache_rows->flat<float>().data(), plan,
+                             miss_pos.data(), tt_rows, combiner_, bags.row_splits,
+                             bags.num_bags, bags.weights, bags.nnz, out, pfor);
+  }
+};
+
+template <typename Tid>
+class TTEmbeddingBagCachedGradOp : public CachedKernelBase {
+ public:
+  using CachedKernelBase::CachedKernelBase;
+
+  void Compute(OpKernelContext* ctx) override {
+    OpInputList cores;
+    OP_REQUIRES_OK(ctx, ctx->input_list("cores", &cores));
+    TTDims dims;
+    OP_REQUIRES_OK(ctx, tt_keras::DimsFromCores(cores, num_rows_, &dims));
+    const Tensor* cache_ids;
+    OP_REQUIRES_OK(ctx, ctx->input("cache_ids", &cache_ids));
+    OP_REQUIRES_OK(ctx, ValidateCache(*cache_ids, nullptr, dims.dim, num_rows_));
+    tt_keras::BagInputs<Tid> bags;
+    OP_REQUIRES_OK(ctx, tt_keras::ValidateBagInputs<Tid>(ctx, combiner_, num_rows_, &bags));
+    const Tensor& grad = ctx->input(0);
+    const int64_t out_rows = combiner_ == Combiner::kNone ? bags.nnz : bags.num_bags;
+    OP_REQUIRES(ctx,
+                grad.dims() == 2 && grad.dim_size(0) == out_rows &&
+                    grad.dim_size(1) == dims.dim,
+                errors::InvalidArgument("grad has shape ", grad.shape().DebugString(),
+                                        " but the forward output has shape [", out_rows, ",",
+                                        dims.dim, "]"));
+    const int64_t cache_size = cache_ids->dim_size(0);
+    const float* g = grad.flat<float>().data();
+    const auto pfor = CpuParallelFor(ctx);
+
+    static thread_local std::vector<int32_t> slots;
+    static thread_local std::vector<int64_t> miss_pos;
+    static thread_local std::vector<Tid> miss_ids;
+    static thread_local std::vector<float> scale, miss_scale, leaf_grads;
+    static thread_local std::vector<int64_t> bag_of_pos, miss_bag;
+    static thread_local tt_keras::CacheGradPlan cache_plan;
+    static thread_local LookupPlan plan;
+    static thread_local std::vector<float> partials[tt_keras::kMaxCores + 1];
+    slots.resize(bags.nnz);
+    tt_keras::FindCacheSlots(cache_ids->flat<int64_t>().data(), cache_size, bags.ids,
+                             bags.nnz, slots.data(), pfor);
+    tt_keras::PositionScales(combiner_, bags.row_splits, bags.num_bags, bags.weights,
+                             bags.nnz, &scale, &bag_of_pos);
+
+    // Cache rows: one gradient row per distinct slot hit (an IndexedSlices in Python).
+    tt_keras::BuildCacheGradPlan(slots.data(), bags.nnz, cache_size, &cache_plan);
+    const int64_t num_hit_slots = cache_plan.num_slots();
+    Tensor* hit_slots = nullptr;
+    Tensor* hit_values = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output("cache_grad_slots",
+                                             TensorShape({num_hit_slots}), &hit_slots));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output("cache_grad_values",
+                                             TensorShape({num_hit_slots, dims.dim}),
+                                             &hit_values));
+    std::copy(cache_plan.slots.begin(), cache_plan.slots.end(),
+              hit_slots->flat<int64_t>().data());
+    tt_keras::AccumulateCacheGrads(dims.dim, cache_plan, g, scale, bag_of_pos,
+                                   hit_values->flat<float>().data(), pfor);
+
+    // Cores: the misses only, through tt_core's backward.
+    OpOutputList core_grads;
+    OP_REQUIRES_OK(ctx, ctx->output_list("core_grads", &core_grads));
+    tt_keras::CollectMisses(bags.ids, slots.data(), bags.nnz, &miss_pos, &miss_ids);
+    const int64_t num_misses = static_cast<int64_t>(miss_ids.size());
+    std::vector<float*> grad_ptrs;
+    for (int t = 0; t < dims.k; ++t) {
+      Tensor* dg = nullptr;
+      OP_REQUIRES_OK(ctx, core_grads.allocate(t, cores[t].shape(), &dg));
+      grad_ptrs.push_back(dg->flat<float>().data());
+      // Without misses the cores get no gradient; otherwise BackpropCores writes every
+      // element.
+      if (num_misses == 0) std::fill(grad_ptrs.back(), grad_ptrs.back() + dg->NumElements(), 0.f);
+    }
+    if (num_misses == 0) return;
+    // AggregateLeafGrads indexes scales and bags by the plan's positions, which are
+    // positions among the misses.
+    miss_scale.resize(num_misses);
+    miss_bag.resize(num_misses);
+    for (int64_t m = 0; m < num_misses; ++m) {
+      miss_scale[m] = scale[miss_pos[m]];
+      miss_bag[m] = bag_of_pos[miss_pos[m]];
+    }
+    tt_keras::BuildPlan(dims, miss_ids.data(), num_misses, &plan);
+    tt_keras::AggregateLeafGrads(dims, plan, g, miss_scale, miss_bag, &leaf_grads, pfor);
+    const std::vector<const float*> core_ptrs = CorePointers(cores);
+    tt_keras::BackpropCores(dims, core_ptrs.data(), plan, partials, &leaf_grads,
+                            grad_ptrs.data(), pfor);
+  }
+};
+
+#define REGISTER_CPU(Tid)                                                          \
+  REGISTER_KERNEL_BUILDER(Name("TTKeras>TTEmbeddingBagCached")                     \
+                              .Device(DEVICE_CPU)                                  \
+                              .TypeConstraint<Tid>("Tindices"),                    \
+                          TTEmbeddingBagCachedOp<Tid>);                            \
+  REGISTER_KERNEL_BUILDER(Name("TTKeras>TTEmbeddingBagCachedGrad")                 \
+                              .Device(DEVICE_CPU)                                  \
+                              .TypeConstraint<Tid>("Tindices"),                    \
+                          TTEmbeddingBagCachedGradOp<Tid>);
+
+REGISTER_CPU(int32);
+REGISTER_CPU(int64_t);
+#undef REGISTER_CPU
+
+}  // namespace
+}  // namespace tensorflow

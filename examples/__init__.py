@@ -1,0 +1,1 @@
+"""Examples for tt_keras (run them as modules from the repository root)."""

@@ -1,0 +1,266 @@
+"""DLRM on TFRS's Ranking model, with TT-compressed embeddings for the largest tables.
+
+    features {"dense": [B, 13], "C1".."C26": [B]}
+      -> DLRMEmbeddings: one table per categorical feature; tt_keras.TTEmbedding for the
+         `tt_tables` largest tables, keras Embedding for the rest -> {"Ck": [B, D]}
+      -> bottom MLP 13-512-256-64-D (ReLU) on the dense features
+      -> DotInteraction over the 26 embeddings + the bottom MLP output (27 vectors)
+      -> top MLP 512-256-1 (ReLU, sigmoid) on [bottom output, interactions]
+
+`DLRM` subclasses `tfrs.experimental.models.Ranking` and keeps its task, loss, metrics,
+`compute_loss`, train and test steps. It overrides `call` only to fix a batch of one:
+Ranking.call runs `tf.squeeze` (no axis) on every embedding, which turns a (1, D) batch into
+(D,) and then fails in the interaction. Our call reshapes each embedding to (-1, D) instead,
+and otherwise does what Ranking.call does. It also accepts the flat feature dict of
+`examples.dlrm.data` as well as Ranking's {"dense_features", "sparse_features"} layout.
+
+TFRS 0.7.7 needs legacy Keras (TF_USE_LEGACY_KERAS=1, tf_keras installed).
+"""
+
+import dataclasses
+from typing import Optional, Tuple
+
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+import tt_keras
+from tt_keras._keras import keras
+
+from examples.dlrm import data as dlrm_data
+
+CAT_FEATURES = dlrm_data.CAT_FEATURES
+
+
+@dataclasses.dataclass(frozen=True)
+class DLRMConfig:
+    """Everything that defines a DLRM's shape (not its training).
+
+    Attributes:
+      table_sizes: 26 table sizes, in C1..C26 order.
+      embedding_dim: D.
+      bottom_mlp: hidden widths of the bottom MLP; a last layer of width D is appended.
+      top_mlp: hidden widths of the top MLP; a last layer of width 1 (sigmoid) is appended.
+      tt_tables: how many of the largest tables are TT-compressed (0: a dense DLRM).
+      tt_rank, tt_num_cores, tt_initializer, lookup_backend: passed to every
+        tt_keras.TTEmbedding.
+      cache_size, cache_warmup_steps, cache_refresh_steps: the TT tables' hot-row cache
+        (rows per table; 0: none), passed to TTEmbedding when cache_size > 0.
+      dense_initializer: the keras Embedding initializer of the uncompressed tables; "dlrm"
+        (default) is DLRM's U(-1/sqrt(N), 1/sqrt(N)) for a table of N rows, the variance
+        TTEmbedding's default "sampled_gaussian" matches, so dense and TT start alike.
+    """
+
+    table_sizes: Tuple[int, ...] = dlrm_data.KAGGLE_TABLE_SIZES
+    embedding_dim: int = 16
+    bottom_mlp: Tuple[int, ...] = (512, 256, 64)
+    top_mlp: Tuple[int, ...] = (512, 256)
+    tt_tables: int = 0
+    tt_rank: int = 8
+    tt_num_cores: int = 3
+    cache_size: int = 0
+    cache_warmup_steps: int = 100
+    cache_refresh_steps: int = 0
+    tt_initializer: str = "sampled_gaussian"
+    lookup_backend: str = "auto"
+    dense_initializer: str = "dlrm"
+
+    def __post_init__(self):
+        if len(self.table_sizes) != len(CAT_FEATURES):
+            raise ValueError(f"need {len(CAT_FEATURES)} table sizes, got {len(self.table_sizes)}")
+        if not 0 <= self.tt_tables <= len(CAT_FEATURES):
+            raise ValueError(f"tt_tables must be in [0, {len(CAT_FEATURES)}], got {self.tt_tables}")
+        object.__setattr__(self, "table_sizes", tuple(int(n) for n in self.table_sizes))
+        object.__setattr__(self, "bottom_mlp", tuple(self.bottom_mlp))
+        object.__setattr__(self, "top_mlp", tuple(self.top_mlp))
+
+    def replace(self, **changes) -> "DLRMConfig":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def tt_features(self) -> Tuple[str, ...]:
+        """The `tt_tables` largest tables' feature names (ties: the lower feature index)."""
+        order = sorted(range(len(CAT_FEATURES)), key=lambda i: (-self.table_sizes[i], i))
+        return tuple(CAT_FEATURES[i] for i in sorted(order[: self.tt_tables]))
+
+
+def tiny_config(**changes) -> DLRMConfig:
+    """A scaled-down DLRM for tests: small tables, D = 8, narrow MLPs, 3 rank-4 TT tables."""
+    sizes = (37, 11, 3000, 900, 7, 4, 60, 13, 3, 250, 40, 2500, 30, 5, 70, 1200, 4, 45, 20,
+             3, 1500, 6, 5, 200, 9, 150)
+    cfg = DLRMConfig(table_sizes=sizes, embedding_dim=8, bottom_mlp=(16,), top_mlp=(16,),
+                     tt_tables=3, tt_rank=4)
+    return cfg.replace(**changes)
+
+
+def _dense_initializer(config: DLRMConfig, num_rows: int):
+    if config.dense_initializer == "dlrm":
+        a = 1.0 / float(num_rows) ** 0.5
+        return keras.initializers.RandomUniform(-a, a)
+    return config.dense_initializer
+
+
+class DLRMEmbeddings(keras.layers.Layer):
+    """{"C1": ids, ...} -> {"C1": (B, D), ...}: one embedding table per categorical feature.
+
+    Ids may have shape [B] or [B, 1]. TT tables are `tt_keras.TTEmbedding`, the others
+    `keras.layers.Embedding`.
+    """
+
+    def __init__(self, config: DLRMConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.dim = config.embedding_dim
+        tt_features = set(config.tt_features)
+        self.tables = {}
+        for name, n in zip(CAT_FEATURES, config.table_sizes):
+            if name in tt_features:
+                kwargs = {}
+                if config.cache_size:  # only passed when used
+                    kwargs.update(cache_size=config.cache_size,
+                                  cache_warmup_steps=config.cache_warmup_steps,
+                                  cache_refresh_steps=config.cache_refresh_steps)
+                layer = tt_keras.TTEmbedding(
+                    n, self.dim, tt_rank=config.tt_rank, num_cores=config.tt_num_cores,
+                    embeddings_initializer=config.tt_initializer,
+                    lookup_backend=config.lookup_backend, name=f"tt_{name}", **kwargs)
+            else:
+                layer = keras.layers.Embedding(
+                    n, self.dim, embeddings_initializer=_dense_initializer(config, n),
+                    name=f"emb_{name}")
+            self.tables[name] = layer
+
+    def call(self, inputs, training=None):
+        out = {}
+        for name in CAT_FEATURES:
+            ids = tf.reshape(inputs[name], [-1])
+            if self.is_tt(name):  # training=True lets a TT table's hot-row cache learn
+                rows = self.tables[name](ids, training=training)
+            else:
+                rows = self.tables[name](ids)
+            out[name] = tf.reshape(rows, [-1, self.dim])
+        return out
+
+    def cache_hit_rates(self) -> dict:
+        """{feature: hit rate of the last training batch} of the TT tables with a cache."""
+        return {name: float(self.tables[name].cache_hit_rate)
+                for name in self.config.tt_features if self.config.cache_size}
+
+    def is_tt(self, name) -> bool:
+        return name in self.config.tt_features
+
+    def table_bytes(self) -> dict:
+        """float32 bytes per table as stored (TT: cores + cache, via layer.embedding_bytes)."""
+        out = {}
+        for name, n in zip(CAT_FEATURES, self.config.table_sizes):
+            layer = self.tables[name]
+            out[name] = int(layer.embedding_bytes) if self.is_tt(name) else 4 * n * self.dim
+        return out
+
+    @property
+    def embedding_bytes(self) -> int:
+        return sum(self.table_bytes().values())
+
+    @property
+    def uncompressed_bytes(self) -> int:
+        """float32 bytes of the same tables all stored dense."""
+        return 4 * self.dim * sum(self.config.table_sizes)
+
+
+def split_features(inputs):
+    """Flat {"dense", "C1".."C26"} or Ranking's layout -> (dense [B, 13], {"Ck": ids})."""
+    if "dense_features" in inputs:
+        return inputs["dense_features"], inputs["sparse_features"]
+    return inputs["dense"], {name: inputs[name] for name in CAT_FEATURES}
+
+
+def make_task() -> tfrs.tasks.Ranking:
+    """BCE loss; held-out metrics AUC, accuracy (threshold 0.5) and log loss."""
+    return tfrs.tasks.Ranking(
+        loss=keras.losses.BinaryCrossentropy(reduction=keras.losses.Reduction.NONE),
+        metrics=[
+            keras.metrics.AUC(name="auc", num_thresholds=2000),
+            keras.metrics.BinaryAccuracy(name="accuracy"),
+            keras.metrics.BinaryCrossentropy(name="logloss"),
+        ],
+        prediction_metrics=[keras.metrics.Mean("prediction_mean")],
+        label_metrics=[keras.metrics.Mean("label_mean")],
+    )
+
+
+class DLRM(tfrs.experimental.models.Ranking):
+    """DLRM = tfrs Ranking(DLRMEmbeddings, bottom MLP, DotInteraction, top MLP)."""
+
+    def __init__(self, config: DLRMConfig, name: Optional[str] = None):
+        super().__init__(
+            embedding_layer=DLRMEmbeddings(config, name="embeddings"),
+            bottom_stack=tfrs.layers.blocks.MLP(
+                units=list(config.bottom_mlp) + [config.embedding_dim],
+                final_activation="relu"),
+            feature_interaction=tfrs.layers.feature_interaction.DotInteraction(),
+            top_stack=tfrs.layers.blocks.MLP(
+                units=list(config.top_mlp) + [1], final_activation="sigmoid"),
+            task=make_task(),
+        )
+        if name:
+            self._name = name
+        self.config = config
+
+    @property
+    def embeddings(self) -> DLRMEmbeddings:
+        return self._embedding_layer
+
+    def call(self, inputs, training=None):
+        # Ranking.call, with tf.reshape(-1, D) instead of tf.squeeze (batch of 1).
+        dense_features, sparse_features = split_features(inputs)
+        sparse_embeddings = tf.nest.flatten(
+            self._embedding_layer(sparse_features, training=training))
+        dim = self.config.embedding_dim
+        sparse_vecs = [tf.reshape(e, [-1, dim]) for e in sparse_embeddings]
+        dense_vec = self._bottom_stack(dense_features)
+        interaction = self._feature_interaction(sparse_vecs + [dense_vec])
+        if self._concat_dense:
+            interaction = tf.concat([dense_vec, interaction], axis=1)
+        return tf.reshape(self._top_stack(interaction), [-1])
+
+
+def dummy_features(config: DLRMConfig, batch_size: int = 2):
+    """A valid feature batch (all ids 0) to build a model's variables."""
+    feats = {"dense": tf.zeros([batch_size, dlrm_data.NUM_DENSE], tf.float32)}
+    for name in CAT_FEATURES:
+        feats[name] = tf.zeros([batch_size], tf.int64)
+    return feats
+
+
+def make_optimizer(name: str = "sgd", learning_rate: float = 0.1):
+    """SGD (DLRM's), Adagrad or Adam, from tf_keras' *legacy* optimizers.
+
+    The legacy ones apply an embedding's IndexedSlices gradient as a sparse update. tf_keras'
+    new SGD keeps a momentum buffer for every variable even at momentum 0 and updates it and
+    the table densely each step: measured here, 405 ms per step for one 2M x 16 table instead
+    of 0.4 ms (and twice the table's memory).
+    """
+    name = name.lower()
+    optimizers = keras.optimizers.legacy
+    if name == "sgd":
+        return optimizers.SGD(learning_rate=learning_rate)
+    if name == "adagrad":
+        return optimizers.Adagrad(learning_rate=learning_rate)
+    if name == "adam":
+        return optimizers.Adam(learning_rate=learning_rate)
+    raise ValueError(f"unknown optimizer {name!r} (sgd, adagrad, adam)")
+
+
+def build_model(config: DLRMConfig, optimizer="sgd", learning_rate: float = 0.1,
+                name: Optional[str] = None) -> DLRM:
+    """A compiled, built DLRM (variables exist, so a checkpoint can be restored into it)."""
+    model = DLRM(config, name=name)
+    if isinstance(optimizer, str):
+        optimizer = make_optimizer(optimizer, learning_rate)
+    model.compile(optimizer=optimizer)
+    model(dummy_features(config), training=False)
+    return model
+
+
+def dense_param_count(model: DLRM) -> int:
+    """Trainable parameters outside the embedding tables (the MLPs)."""
+    return int(sum(int(tf.size(v)) for v in model.dense_trainable_variables))

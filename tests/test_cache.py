@@ -1,0 +1,709 @@
+"""The hot-row cache (docs/cache.md): the cached lookup on both backends, the counter, and
+the layer's cache life cycle, all against the NumPy oracle. Run under Keras 3 and under
+TF_USE_LEGACY_KERAS=1."""
+
+import os
+import threading
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tt_keras
+from tests import oracle
+from tt_keras import cache as tt_cache
+from tt_keras import tt_math
+from tt_keras._keras import IS_KERAS_3, keras
+from tt_keras.cache import EMPTY_ID
+from tt_keras.lookup import lookup_backend_scope, tt_embedding_bag_cached
+
+SHAPES = {
+    2: tt_math.TTShape((7, 9), (2, 3), (1, 5, 1)),
+    3: tt_math.TTShape((5, 6, 7), (2, 2, 2), (1, 4, 3, 1)),
+    4: tt_math.TTShape((3, 4, 2, 5), (2, 1, 3, 2), (1, 3, 4, 2, 1)),
+}
+N, D = 300, 12  # the layer tests' table
+
+
+# ---------------------------------------------------------------- oracle helpers
+
+def mixed_table(cores, num_rows, cache):
+    """The table a cached layer represents: the TT product, cached ids replaced.
+
+    cache: {id: row}."""
+    table = oracle.dense_table(cores, num_rows)
+    for i, row in cache.items():
+        table[i] = row
+    return table
+
+
+def cached_grads_oracle(cores, cache_ids, bags, weights, combiner, upstream):
+    """(core grads, {id: cache row grad}) of L = sum(upstream * pooled lookup).
+
+    The table gradient of the cached ids goes to their cache rows; the rest reaches the
+    cores (as a lookup of each remaining row with its own gradient as upstream)."""
+    tt_shape = tt_math.shape_of_cores(cores)
+    d_table = oracle.pooled_grad_wrt_table((tt_shape.padded_rows, tt_shape.dim), bags,
+                                           weights, combiner, upstream)
+    cache_grads = {int(i): d_table[i].copy() for i in cache_ids}
+    d_table[list(cache_ids)] = 0.0
+    rows = np.flatnonzero(np.abs(d_table).sum(axis=1))
+    if rows.size == 0:
+        return [np.zeros(c.shape) for c in cores], cache_grads
+    core_grads = oracle.core_grads_oracle(cores, [[r] for r in rows], None, "none",
+                                          d_table[rows])
+    return core_grads, cache_grads
+
+
+def make_bags(rng, num_rows, cached):
+    """Bags (with empty ones) mixing cached ids, repeated and fresh uncached ids."""
+    sizes = [3, 0, 5, 1, 0, 7, 2, 4]
+    uncached = np.setdiff1d(np.arange(num_rows), cached)
+    pool = np.concatenate([cached, rng.choice(uncached, size=6, replace=False)])
+    flat = rng.choice(pool, size=sum(sizes)).astype(np.int64)
+    splits = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    bags = [flat[splits[b]:splits[b + 1]].tolist() for b in range(len(sizes))]
+    return flat, splits, bags
+
+
+def cache_arrays(rng, num_rows, dim, cached, empty_slots=2):
+    ids = np.concatenate([np.sort(cached), np.full(empty_slots, EMPTY_ID)]).astype(np.int64)
+    rows = rng.normal(size=(len(ids), dim)).astype(np.float32)
+    return ids, rows
+
+
+# ---------------------------------------------------------------- the cached lookup
+
+@pytest.mark.parametrize("k", [2, 3, 4])
+@pytest.mark.parametrize("combiner", ["none", "sum", "mean", "sqrtn"])
+@pytest.mark.parametrize("with_weights", [False, True])
+def test_cached_lookup_and_gradients_match_oracle(backend, k, combiner, with_weights):
+    if combiner == "none" and with_weights:
+        pytest.skip("weights need a combiner")
+    rng = np.random.default_rng(10 * k + len(combiner))
+    shape = SHAPES[k]
+    num_rows = shape.padded_rows - 2
+    cores = oracle.random_cores(shape, rng)
+    cached = rng.choice(num_rows, size=4, replace=False)
+    cache_ids, cache_rows = cache_arrays(rng, num_rows, shape.dim, cached)
+    ids, splits, bags = make_bags(rng, num_rows, cached)
+    if combiner == "none":
+        bags = [[i] for i in ids]
+    w_bags = [rng.uniform(0.1, 2.0, size=len(b)) for b in bags] if with_weights else None
+
+    core_vars = [tf.Variable(c) for c in cores]
+    rows_var = tf.Variable(cache_rows)
+    w_var = tf.Variable(np.concatenate(w_bags).astype(np.float32)) if with_weights else None
+    with tf.GradientTape() as tape:
+        out, hits = tt_embedding_bag_cached(
+            core_vars, cache_ids, rows_var, ids, splits if combiner != "none" else None,
+            w_var, combiner, num_rows, backend, return_num_hits=True)
+        upstream = tf.constant(np.linspace(-1, 1, out.shape[0] * out.shape[1])
+                               .reshape(out.shape).astype(np.float32))
+        loss = tf.reduce_sum(out * upstream)
+    sources = core_vars + [rows_var] + ([w_var] if with_weights else [])
+    grads = tape.gradient(loss, sources)
+
+    cache = dict(zip(cache_ids[:4].tolist(), cache_rows[:4]))
+    table = mixed_table(cores, num_rows, cache)
+    np.testing.assert_allclose(out.numpy(), oracle.pooled_oracle(table, bags, w_bags, combiner),
+                               rtol=1e-4, atol=1e-5)
+    assert int(hits) == int(np.isin(ids, cached).sum())
+    want_cores, want_cache = cached_grads_oracle(cores, cached, bags, w_bags, combiner,
+                                                 upstream.numpy())
+    for got, want in zip(grads[:k], want_cores):
+        np.testing.assert_allclose(tf.convert_to_tensor(got).numpy(), want, rtol=1e-4,
+                                   atol=1e-4)
+    # The cache rows' gradient is sparse: only slots that were hit, as IndexedSlices.
+    assert isinstance(grads[k], tf.IndexedSlices)
+    hit_slots = np.unique(grads[k].indices.numpy())
+    assert set(cache_ids[hit_slots].tolist()) == set(np.intersect1d(ids, cached).tolist())
+    dense = tf.convert_to_tensor(grads[k]).numpy()
+    for slot, i in enumerate(cache_ids):
+        want = want_cache.get(int(i), np.zeros(shape.dim))
+        np.testing.assert_allclose(dense[slot], want, rtol=1e-4, atol=1e-5)
+    if with_weights:
+        want_w = np.concatenate(oracle.pooled_grad_wrt_weights(table, bags, w_bags, combiner,
+                                                               upstream.numpy()))
+        np.testing.assert_allclose(grads[k + 1].numpy(), want_w, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", ["all_hits", "no_hits", "empty_cache", "empty_batch"])
+def test_cached_lookup_edge_cases(backend, case):
+    rng = np.random.default_rng(7)
+    shape = SHAPES[3]
+    cores = oracle.random_cores(shape, rng)
+    cached = np.array([3, 50, 120])
+    cache_ids, cache_rows = cache_arrays(rng, shape.padded_rows, shape.dim, cached)
+    ids = {"all_hits": [50, 3, 3, 120], "no_hits": [0, 1, 2, 199], "empty_cache": [3, 4],
+           "empty_batch": []}[case]
+    if case == "empty_cache":
+        cache_ids, cache_rows = cache_ids[:0], cache_rows[:0]
+    ids = np.array(ids, np.int64)
+    splits = np.array([0, len(ids) // 2, len(ids)], np.int64)
+    core_vars = [tf.Variable(c) for c in cores]
+    rows_var = tf.Variable(cache_rows)
+    with tf.GradientTape() as tape:
+        out = tt_embedding_bag_cached(core_vars, cache_ids, rows_var, ids, splits, None, "sum",
+                                      backend=backend)
+        loss = tf.reduce_sum(out * out)
+    grads = tape.gradient(loss, core_vars + [rows_var])
+    cache = dict(zip(cache_ids[:3].tolist(), cache_rows[:3]))
+    bags = [ids[:len(ids) // 2], ids[len(ids) // 2:]]
+    table = mixed_table(cores, None, cache)
+    expect = oracle.pooled_oracle(table, bags, None, "sum")
+    np.testing.assert_allclose(out.numpy(), expect, rtol=1e-4, atol=1e-5)
+    want_cores, _ = cached_grads_oracle(cores, cache_ids[:len(cache)], bags, None, "sum",
+                                        2 * expect)
+    for got, want in zip(grads[:3], want_cores):
+        np.testing.assert_allclose(tf.convert_to_tensor(got).numpy(), want, rtol=1e-4,
+                                   atol=1e-4)
+    if case == "all_hits":
+        assert all(not tf.convert_to_tensor(g).numpy().any() for g in grads[:3])
+
+
+def test_backends_agree_on_a_skewed_batch():
+    """A bigger Zipf batch: the op and the pure-TF path give the same rows and gradients."""
+    rng = np.random.default_rng(8)
+    shape = tt_math.TTShape((20, 30, 40), (2, 2, 4), (1, 8, 8, 1))
+    cores = [tf.Variable(c) for c in oracle.random_cores(shape, rng)]
+    ids = np.minimum(rng.zipf(1.2, size=3000) - 1, shape.padded_rows - 1)
+    hot = np.unique(ids)[:50]
+    cache_ids = np.concatenate([hot, [EMPTY_ID] * 14]).astype(np.int64)
+    rows = tf.Variable(rng.normal(size=(64, 16)).astype(np.float32))
+    splits = np.arange(0, 3001, 30)
+    results = {}
+    for backend in ("op", "reference"):
+        with tf.GradientTape() as tape:
+            out = tt_embedding_bag_cached(cores, cache_ids, rows, ids, splits, None, "mean",
+                                          backend=backend)
+            loss = tf.reduce_sum(out * out)
+        grads = tape.gradient(loss, cores + [rows])
+        results[backend] = [out.numpy()] + [tf.convert_to_tensor(g).numpy() for g in grads]
+    for a, b in zip(results["op"], results["reference"]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_concurrent_calls_give_identical_results(backend):
+    rng = np.random.default_rng(9)
+    shape = tt_math.TTShape((20, 30, 40), (2, 2, 4), (1, 8, 8, 1))
+    cores = [tf.constant(c) for c in oracle.random_cores(shape, rng)]
+    cache_ids = np.sort(rng.choice(shape.padded_rows, size=40, replace=False))
+    rows = tf.constant(rng.normal(size=(40, 16)).astype(np.float32))
+    batches = [np.where(rng.random(600) < 0.5, rng.choice(cache_ids, 600),
+                        rng.integers(0, shape.padded_rows, 600)) for _ in range(4)]
+    splits = np.arange(0, 601, 6)
+
+    @tf.function
+    def lookup(ids):
+        return tt_embedding_bag_cached(cores, cache_ids, rows, ids, splits, None, "sum",
+                                       backend=backend)
+
+    serial = [lookup(tf.constant(b)).numpy() for b in batches]
+    results = [None] * 8
+
+    def work(i):
+        results[i] = lookup(tf.constant(batches[i % 4])).numpy()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, r in enumerate(results):
+        np.testing.assert_array_equal(r, serial[i % 4])
+
+
+@pytest.mark.parametrize("graph", [False, True])
+@pytest.mark.parametrize("bad,needle", [
+    ([5, 3, EMPTY_ID], "sorted"),
+    ([3, 3, EMPTY_ID], "row"),
+    ([-4, 3, EMPTY_ID], "negative"),
+])
+def test_bad_cache_ids_are_rejected(backend, graph, bad, needle):
+    cores = oracle.random_cores(SHAPES[3], np.random.default_rng(0))
+    rows = np.zeros((3, 8), np.float32)
+
+    def call():
+        return tt_embedding_bag_cached(cores, tf.constant(bad, tf.int64), rows, [1, 2], [0, 2],
+                                       None, "sum", num_rows=200, backend=backend)
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match=needle):
+        (tf.function(call) if graph else call)()
+
+
+@pytest.mark.parametrize("bad_id", [-1, 200])
+def test_out_of_range_ids_name_position_and_value(backend, bad_id):
+    cores = oracle.random_cores(SHAPES[3], np.random.default_rng(0))
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=rf"indices\[2\] = {bad_id} is out of range \[0, 200\)"):
+        tt_embedding_bag_cached(cores, [3, EMPTY_ID], np.zeros((2, 8), np.float32),
+                                [0, 3, bad_id], [0, 3], None, "sum", num_rows=200,
+                                backend=backend)
+
+
+def test_cached_lookup_argument_errors(backend):
+    cores = oracle.random_cores(SHAPES[3], np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"cache_rows must have shape \[cache_size, 8\]"):
+        tt_embedding_bag_cached(cores, [3], np.zeros((1, 7), np.float32), [1], backend=backend)
+    with pytest.raises(ValueError, match="cache_ids has 2 slots but cache_rows has 1 rows"):
+        tt_embedding_bag_cached(cores, [3, 4], np.zeros((1, 8), np.float32), [1],
+                                backend=backend)
+    with pytest.raises(TypeError, match="cache_ids must be integers"):
+        tt_embedding_bag_cached(cores, [3.0], np.zeros((1, 8), np.float32), [1],
+                                backend=backend)
+    with pytest.raises(ValueError, match="cache_ids must be a vector"):
+        tt_embedding_bag_cached(cores, [[3]], np.zeros((1, 8), np.float32), [1],
+                                backend=backend)
+
+
+def test_reference_backend_graph_has_standard_ops_only():
+    cores = [tf.constant(c) for c in oracle.random_cores(SHAPES[3], np.random.default_rng(0))]
+    rows = tf.Variable(np.zeros((2, 8), np.float32))
+
+    @tf.function
+    def lookup(ids):
+        with tf.GradientTape() as tape:
+            out = tt_embedding_bag_cached(cores, [3, EMPTY_ID], rows, ids, [0, 2], None, "sum")
+        return out, tape.gradient(out, rows)
+
+    with lookup_backend_scope("reference"):
+        graph = lookup.get_concrete_function(tf.TensorSpec([2], tf.int64)).graph
+    types = {op.type for op in graph.get_operations()}
+    assert not any(t.startswith("TTKeras>") for t in types)
+    assert {"LowerBound", "DynamicStitch"} <= types  # tf.searchsorted is LowerBound
+
+
+# ---------------------------------------------------------------- the counter
+
+def test_space_saving_counts_exactly_while_there_is_room():
+    keys = tf.fill([6], tf.constant(EMPTY_ID, tf.int64))
+    counts = tf.zeros([6], tf.int64)
+    for batch in ([5, 5, 9, 1], [9, 5, 2]):
+        keys, counts = tt_cache.space_saving_update(keys, counts, tf.constant(batch, tf.int64))
+    got = {int(k): int(c) for k, c in zip(keys.numpy(), counts.numpy()) if k != EMPTY_ID}
+    assert got == {5: 3, 9: 2, 1: 1, 2: 1}
+    assert (keys.numpy() == EMPTY_ID).sum() == 2
+
+
+@pytest.mark.parametrize("order", ["rank", "shuffled"])
+def test_counter_finds_the_true_top_c_of_a_zipf_stream(order):
+    rng = np.random.default_rng(11)
+    num_rows, cache_size, batches, batch = 100_000, 50, 20, 4096
+    p = np.arange(1, num_rows + 1, dtype=np.float64) ** -1.1
+    ranks = rng.choice(num_rows, size=batches * batch, p=p / p.sum())
+    stream = rng.permutation(num_rows)[ranks] if order == "shuffled" else ranks
+    layer = tt_keras.TTEmbedding(num_rows, 4, tt_rank=2, cache_size=cache_size,
+                                 cache_warmup_steps=batches - 1)
+    layer.build()
+    step = tf.function(lambda ids: layer(ids, training=True))
+    for b in range(batches):
+        step(tf.constant(stream[b * batch:(b + 1) * batch], tf.int64))
+    truth = np.bincount(stream, minlength=num_rows)
+    cached = np.asarray(layer.cache_ids)
+    assert (cached != EMPTY_ID).all() and len(np.unique(cached)) == cache_size
+    # Ties at the boundary may pick either id: compare the counts, which are unambiguous.
+    np.testing.assert_array_equal(np.sort(truth[cached]), np.sort(truth)[-cache_size:])
+    # Space-Saving never undercounts (the population halved the counts once).
+    keys = np.asarray(layer.cache_counter_keys)
+    counts = np.asarray(layer.cache_counter_counts)
+    kept = keys != EMPTY_ID
+    assert (2 * counts[kept] + 1 >= truth[keys[kept]]).all()
+    assert layer.cache_hit_rate > 0.3
+
+
+def test_counter_memory_does_not_grow_with_input_dim():
+    sizes = {}
+    for input_dim in (10**6, 10**9):
+        layer = tt_keras.TTEmbedding(input_dim, 16, tt_rank=4, cache_size=1000)
+        layer.build()
+        sizes[input_dim] = {v.name.split("/")[-1].split(":")[0]: tuple(v.shape)
+                            for v in layer.weights if "cache" in v.name}
+        sizes[input_dim]["bytes"] = layer.cache_bytes
+    assert sizes[10**6] == sizes[10**9]
+    assert sizes[10**6]["cache_counter_keys"] == (4000,)
+    assert sizes[10**6]["cache_rows"] == (1000, 16)
+
+
+# ---------------------------------------------------------------- the layer
+
+def make_layer(backend="auto", combiner="sum", seed=0, **cache_args):
+    layer = tt_keras.TTEmbedding(N, D, tt_rank=[3, 4], tt_row_shape=(5, 6, 10),
+                                 tt_col_shape=(2, 2, 3), combiner=combiner,
+                                 lookup_backend=backend, **cache_args)
+    layer.build()
+    layer.set_cores(oracle.random_cores(layer.tt_shape, np.random.default_rng(seed)))
+    return layer
+
+
+def cores_of(layer):
+    return [np.asarray(c, np.float64) for c in layer.cores]
+
+
+def cache_of(layer):
+    ids = np.asarray(layer.cache_ids)
+    rows = np.asarray(layer.cache_rows, np.float64)
+    return {int(i): rows[s] for s, i in enumerate(ids) if i != EMPTY_ID}
+
+
+def full_table(layer):
+    """Every row as the layer serves it (an inference call: it must not change state)."""
+    return layer(tf.reshape(tf.range(N, dtype=tf.int64), [N, 1]), training=False).numpy()
+
+
+def sgd_step_fn(layer, lr):
+    optimizer = keras.optimizers.SGD(learning_rate=lr)
+    optimizer.build(layer.trainable_variables)
+
+    @tf.function
+    def step(ids, upstream):
+        with tf.GradientTape() as tape:
+            out = layer(ids, training=True)
+            loss = tf.reduce_sum(out * upstream)
+        grads = tape.gradient(loss, layer.trainable_variables)
+        optimizer.apply_gradients(zip(grads, layer.trainable_variables))
+        return out
+
+    return step
+
+
+# Three training calls of warm-up-and-fill: 1, 2, 7 lead the counts (7, 6, 5) when the cache
+# of 3 is filled at the start of call 3.
+FILL_BATCHES = [
+    [[1, 1, 1], [2, 2, 2], [7, 7, 5]],
+    [[1, 1, 1], [2, 2, 7], [7, 9, 5]],
+    [[1, 7, 3], [299, 0, 2], [5, 8, 8]],
+    [[1, 2, 3], [4, 5, 6], [7, 7, 299]],
+    [[2, 2, 2], [1, 40, 41], [3, 3, 9]],
+]
+
+
+def test_training_follows_the_oracle_through_warmup_fill_and_sgd(backend):
+    lr = 0.1
+    layer = make_layer(backend, cache_size=3, cache_warmup_steps=2)
+    step = sgd_step_fn(layer, lr)
+    rng = np.random.default_rng(12)
+    for n, batch in enumerate(FILL_BATCHES, start=1):
+        cores = cores_of(layer)
+        cache_before = cache_of(layer)
+        table_before = mixed_table(cores, N, cache_before)
+        if n <= 2:
+            assert not cache_before
+            # Before the fill every output is the TT product.
+            np.testing.assert_allclose(full_table(layer), oracle.dense_table(cores, N),
+                                       rtol=1e-4, atol=1e-5)
+        upstream = rng.normal(size=(3, D)).astype(np.float32)
+        out = step(tf.constant(batch, tf.int64), tf.constant(upstream)).numpy()
+        cache = cache_of(layer)
+        if n == 3:
+            assert sorted(cache) == [1, 2, 7]
+            assert layer.cache_hit_rate == pytest.approx(3 / 9)
+        # The call's output is computed after the fill: unchanged by it.
+        np.testing.assert_allclose(out, oracle.pooled_oracle(table_before, batch, None, "sum"),
+                                   rtol=1e-4, atol=1e-5)
+        # SGD: cached rows move by their own gradient, the cores by the misses' gradient.
+        core_grads, cache_grads = cached_grads_oracle(cores, list(cache), batch, None, "sum",
+                                                      upstream)
+        want_cores = [c - lr * g for c, g in zip(cores, core_grads)]
+        for got, want in zip(cores_of(layer), want_cores):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+        source = cache_before if cache_before else dict(
+            (i, oracle.dense_table(cores, N)[i]) for i in cache)
+        for i, row in cache.items():
+            np.testing.assert_allclose(row, source[i] - lr * cache_grads[i], rtol=1e-4,
+                                       atol=1e-5)
+        # Uncached rows follow the cores; cached rows are the cache's.
+        np.testing.assert_allclose(full_table(layer),
+                                   mixed_table(want_cores, N, cache), rtol=1e-4, atol=1e-5)
+    assert int(np.asarray(layer.cache_step)) == len(FILL_BATCHES)
+
+
+def test_refresh_keeps_rows_that_stay(backend):
+    layer = make_layer(backend, cache_size=2, cache_warmup_steps=1, cache_refresh_steps=2)
+    step = sgd_step_fn(layer, 0.5)
+    upstream = tf.ones([2, D])
+    step(tf.constant([[1, 1, 1], [2, 2, 3]], tf.int64), upstream)   # call 1: count
+    step(tf.constant([[1, 2, 4], [1, 2, 5]], tf.int64), upstream)   # call 2: fill {1, 2}
+    assert sorted(cache_of(layer)) == [1, 2]
+    step(tf.constant([[1, 2, 3], [3, 4, 4]], tf.int64), upstream)   # call 3: train
+    learned = cache_of(layer)
+    tt_before = oracle.dense_table(cores_of(layer), N)
+    assert not np.allclose(learned[2], tt_before[2])
+    # Call 4 refreshes to {2, 3}; a zero upstream leaves everything as the refresh made it.
+    out = step(tf.constant([[3, 3, 3], [3, 3, 2]], tf.int64), tf.zeros([2, D])).numpy()
+    cache = cache_of(layer)
+    assert sorted(cache) == [2, 3]
+    np.testing.assert_allclose(cache[2], learned[2], rtol=0, atol=0)   # stays: keeps learning
+    np.testing.assert_allclose(cache[3], tt_before[3], rtol=1e-5, atol=1e-6)  # new: TT product
+    table = full_table(layer)
+    np.testing.assert_allclose(table[1], tt_before[1], rtol=1e-5, atol=1e-6)  # left: TT again
+    np.testing.assert_allclose(table[2], learned[2], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out[0], 3 * tt_before[3], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out[1], 2 * tt_before[3] + learned[2], rtol=1e-5, atol=1e-5)
+
+
+def test_counter_runs_before_each_refresh_only(backend):
+    """W = 2, R = 6: counting in calls 1-3 (fill at 3), then 7-9 (refresh at 9)."""
+    layer = make_layer(backend, cache_size=2, cache_warmup_steps=2, cache_refresh_steps=6,
+                       cache_counter_decay=1.0)
+
+    def counted():
+        keys = np.asarray(layer.cache_counter_keys)
+        counts = np.asarray(layer.cache_counter_counts)
+        return {int(k): int(c) for k, c in zip(keys, counts) if k != EMPTY_ID}
+
+    for n in range(1, 10):
+        before = counted()
+        layer(tf.constant([[100 + n, 100 + n, 50]]), training=True)
+        after = counted()
+        if n <= 3 or n >= 7:
+            assert after[100 + n] == 2 and after[50] == before.get(50, 0) + 1
+        else:
+            assert after == before
+        if n == 3:  # 50 leads (3 counts); 101-103 tie for the second slot
+            cache = sorted(cache_of(layer))
+            assert cache[0] == 50 and cache[1] in (101, 102, 103)
+    # The refresh at call 9 ranks 50 (6 counts) first; the ids of calls 1-3, 7-9 tie at 2.
+    assert 50 in cache_of(layer) and int(np.asarray(layer.cache_step)) == 9
+
+
+def test_inference_never_changes_the_cache(backend):
+    layer = make_layer(backend, cache_size=2, cache_warmup_steps=0)
+    layer(tf.constant([[4, 4, 5]]), training=True)
+    state = [np.asarray(v).copy() for v in layer.weights]
+    for training in (False, None):
+        layer(tf.constant([[7, 7, 7]]), training=training)
+    tf.function(lambda x: layer(x))(tf.constant([[8, 8, 8]]))
+    for before, v in zip(state, layer.weights):
+        np.testing.assert_array_equal(before, np.asarray(v))
+    assert sorted(cache_of(layer)) == [4, 5]
+
+
+def test_training_flag_given_as_a_tensor(backend):
+    """Legacy Keras can pass `training` as a boolean tensor: decided at run time."""
+    layer = make_layer(backend, cache_size=2, cache_warmup_steps=1)
+    call = tf.function(lambda ids, training: layer(ids, training=training))
+    ids = tf.constant([[4, 4, 5]])
+    call(ids, tf.constant(False))
+    assert int(np.asarray(layer.cache_step)) == 0
+    call(ids, tf.constant(True))
+    call(ids, tf.constant(True))  # call 2: fill
+    assert int(np.asarray(layer.cache_step)) == 2 and sorted(cache_of(layer)) == [4, 5]
+    assert layer.cache_hit_rate == 1.0
+
+
+def test_a_rejected_training_call_leaves_no_trace(backend):
+    layer = make_layer(backend, cache_size=2, cache_warmup_steps=3)
+    layer(tf.constant([[4, 4, 5]]), training=True)
+    state = [np.asarray(v).copy() for v in layer.weights]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="out of range"):
+        layer(tf.constant([[4, N, 5]]), training=True)
+    for before, v in zip(state, layer.weights):
+        np.testing.assert_array_equal(before, np.asarray(v))
+
+
+@pytest.mark.parametrize("kind", ["ragged", "sparse", "dense_none"])
+def test_cached_layer_takes_every_input_kind(backend, kind):
+    layer = make_layer(backend, combiner=None if kind == "dense_none" else "mean",
+                       cache_size=3, cache_warmup_steps=0)
+    bags = [[1, 5, 5], [], [299, 0], [5]]
+    layer(tf.constant([[5, 5, 1]]), training=True)  # fills {1, 5}
+    cache = cache_of(layer)
+    assert sorted(cache) == [1, 5]
+    table = mixed_table(cores_of(layer), N, cache)
+    if kind == "dense_none":
+        ids = np.array([[1, 5], [299, 0]])
+        np.testing.assert_allclose(layer(tf.constant(ids)).numpy(), table[ids], rtol=1e-4,
+                                   atol=1e-5)
+        return
+    ragged = tf.ragged.constant(bags, dtype=tf.int64)
+    ids = ragged if kind == "ragged" else ragged.to_sparse()
+    np.testing.assert_allclose(layer(ids).numpy(),
+                               oracle.pooled_oracle(table, bags, None, "mean"),
+                               rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adagrad"])
+def test_model_fit_with_keras_optimizers(backend, optimizer):
+    """model.fit compiles the cache's step logic into its tf.function; rows that are cached
+    but never hit after the fill keep their values (sparse updates)."""
+    inputs = keras.Input(shape=(3,), dtype="int64")
+    layer = make_layer(backend, cache_size=6, cache_warmup_steps=2, seed=3)
+    # Table entries of about 0.1 and a seeded head keep plain SGD well inside its stable range.
+    layer.set_cores([0.5 * np.asarray(c) for c in layer.cores])
+    head = keras.layers.Dense(1, kernel_initializer=keras.initializers.GlorotUniform(seed=1))
+    model = keras.Model(inputs, head(layer(inputs)))
+    opt = {"sgd": keras.optimizers.SGD(0.05), "adam": keras.optimizers.Adam(0.01),
+           "adagrad": keras.optimizers.Adagrad(0.05)}[optimizer]
+    model.compile(optimizer=opt, loss="mse")
+    # Warm-up: ids 0-5 five or six times each, 10-19 at most twice; afterwards only 0-2 (hot)
+    # and 10-19, so that the fill at call 3 caches exactly 0-5 and 3-5 are never hit again.
+    cold = (np.arange(16) % 10 + 10)[:, None]
+    warm = np.concatenate([(np.arange(32) % 6).reshape(16, 2), cold], axis=1)
+    later = np.concatenate([(np.arange(32) % 3).reshape(16, 2), cold], axis=1)
+    y = np.random.default_rng(13).normal(size=(16, 1)).astype(np.float32)
+    model.fit(warm, y, batch_size=8, epochs=1, verbose=0, shuffle=False)  # calls 1, 2
+    assert not cache_of(layer)
+    model.fit(later[:8], y[:8], batch_size=8, epochs=1, verbose=0)  # call 3: fill
+    filled = cache_of(layer)
+    assert sorted(filled) == [0, 1, 2, 3, 4, 5]
+    history = model.fit(later, y, batch_size=8, epochs=3, verbose=0, shuffle=False)
+    assert np.isfinite(history.history["loss"]).all()
+    trained = cache_of(layer)
+    for i in (0, 1, 2):
+        assert not np.allclose(trained[i], filled[i])
+    for i in (3, 4, 5):
+        np.testing.assert_array_equal(trained[i], filled[i])
+    assert layer.cache_hit_rate == pytest.approx((later[8:, :2] < 6).sum() / 24)
+    step = int(np.asarray(layer.cache_step))
+    model.predict(later, verbose=0)
+    assert int(np.asarray(layer.cache_step)) == step
+
+
+def test_missing_library_falls_back_to_the_pure_tf_cache(tmp_path, monkeypatch):
+    import tt_keras.lookup as lookup
+    from tt_keras.ops.loader import LazyOpLibrary
+    monkeypatch.setattr(lookup, "tt_ops_library", LazyOpLibrary(str(tmp_path)))
+    layer = make_layer("auto", cache_size=2, cache_warmup_steps=0)
+    with pytest.warns(RuntimeWarning, match="missing"):
+        out = layer(tf.constant([[4, 4, 5]]), training=True).numpy()
+    assert sorted(cache_of(layer)) == [4, 5]
+    table = oracle.dense_table(cores_of(layer), N)
+    np.testing.assert_allclose(out[0], 2 * table[4] + table[5], rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------- saving
+
+def trained_layer(backend="auto", seed=0):
+    layer = make_layer(backend, seed=seed, cache_size=3, cache_warmup_steps=1,
+                       cache_refresh_steps=2)
+    step = sgd_step_fn(layer, 0.1)
+    for batch in FILL_BATCHES:
+        step(tf.constant(batch, tf.int64), tf.ones([3, D]))
+    assert cache_of(layer)
+    return layer
+
+
+def test_checkpoint_round_trip(tmp_path):
+    a = trained_layer(seed=5)
+    b = make_layer(seed=6, cache_size=3, cache_warmup_steps=1, cache_refresh_steps=2)
+    prefix = tf.train.Checkpoint(embedding=a).save(str(tmp_path / "ckpt"))
+    tf.train.Checkpoint(embedding=b).restore(prefix).assert_consumed()
+    for va, vb in zip(a.weights, b.weights):
+        np.testing.assert_array_equal(np.asarray(va), np.asarray(vb))
+    np.testing.assert_array_equal(full_table(a), full_table(b))
+    # Training goes on identically: the step, counter and cache were all restored.
+    batch, upstream = tf.constant(FILL_BATCHES[1], tf.int64), tf.ones([3, D])
+    np.testing.assert_array_equal(sgd_step_fn(a, 0.1)(batch, upstream).numpy(),
+                                  sgd_step_fn(b, 0.1)(batch, upstream).numpy())
+    np.testing.assert_array_equal(full_table(a), full_table(b))
+
+
+def test_config_round_trip():
+    layer = make_layer(cache_size=3, cache_warmup_steps=7, cache_refresh_steps=5,
+                       cache_counter_size=20, cache_counter_decay=0.25)
+    config = layer.get_config()
+    assert config["cache_size"] == 3 and config["cache_counter_size"] == 20
+    clone = tt_keras.TTEmbedding.from_config(config)
+    assert clone.get_config() == config
+
+
+def _saved_op_types(path):
+    from tensorflow.core.protobuf import saved_model_pb2
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    types = set()
+    for meta in proto.meta_graphs:
+        types.update(n.op for n in meta.graph_def.node)
+        for fn in meta.graph_def.library.function:
+            types.update(n.op for n in fn.node_def)
+    return types
+
+
+@pytest.mark.parametrize("portable", [False, True])
+def test_savedmodel_round_trip(tmp_path, portable):
+    layer = trained_layer()
+    module = tf.Module()
+    module.embedding = layer
+    module.serve = tf.function(lambda ids: layer(ids, training=False),
+                               input_signature=[tf.TensorSpec([None, 3], tf.int64)])
+    path = str(tmp_path / "saved")
+    if portable:
+        with lookup_backend_scope("reference"):
+            module.serve.get_concrete_function()
+            tf.saved_model.save(module, path)
+    else:
+        tf.saved_model.save(module, path)
+    types = _saved_op_types(path)
+    assert any(t.startswith("TTKeras>") for t in types) != portable
+    ids = tf.constant([[1, 2, 7], [0, 4, 299]], tf.int64)
+    loaded = tf.saved_model.load(path)
+    np.testing.assert_allclose(loaded.serve(ids).numpy(), layer(ids).numpy(), rtol=1e-5,
+                               atol=1e-6)
+    # The cache's variables travel in the SavedModel's checkpoint.
+    prefix = os.path.join(path, "variables", "variables")
+    names = [n for n, _ in tf.train.list_variables(prefix) if "cache_ids" in n]
+    assert names, tf.train.list_variables(prefix)
+    np.testing.assert_array_equal(tf.train.load_variable(prefix, names[0]),
+                                  np.asarray(layer.cache_ids))
+
+
+def test_keras_savedmodel_round_trip(tmp_path):
+    inputs = keras.Input(shape=(3,), dtype="int64")
+    layer = trained_layer()
+    model = keras.Model(inputs, layer(inputs))
+    ids = np.array([[1, 2, 7], [0, 4, 299]])
+    path = str(tmp_path / "saved")
+    if IS_KERAS_3:
+        model.export(path)
+        restored = tf.saved_model.load(path)
+        got = restored.serve(tf.constant(ids)).numpy()
+    else:
+        model.save(path, save_format="tf")
+        got = keras.models.load_model(path).predict(ids, verbose=0)
+    np.testing.assert_allclose(got, model.predict(ids, verbose=0), rtol=1e-6, atol=1e-6)
+
+
+def test_keras_file_round_trip(tmp_path):
+    if not IS_KERAS_3:
+        pytest.skip(".keras files are Keras 3's format")
+    inputs = keras.Input(shape=(3,), dtype="int64")
+    model = keras.Model(inputs, trained_layer()(inputs))
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    ids = np.array([[1, 2, 7], [0, 4, 299]])
+    np.testing.assert_array_equal(loaded.predict(ids, verbose=0), model.predict(ids, verbose=0))
+
+
+# ---------------------------------------------------------------- sizes and arguments
+
+def test_sizes_count_the_cache():
+    plain = tt_keras.TTEmbedding(10_131_227, 16, tt_rank=32)
+    cached = tt_keras.TTEmbedding(10_131_227, 16, tt_rank=32, cache_size=1013)
+    assert plain.cache_bytes == 0 and plain.cache_size == 0
+    # rows (float32) + ids + counter keys and counts (int64) + step and two statistics.
+    expected = 1013 * 16 * 4 + 1013 * 8 + 2 * 4052 * 8 + 3 * 8
+    assert cached.cache_bytes == expected
+    assert cached.embedding_bytes == 495_360 * 4 + expected
+    assert cached.compression_ratio == pytest.approx(
+        10_131_227 * 16 * 4 / (495_360 * 4 + expected))
+    assert cached.compression_ratio < plain.compression_ratio
+    assert plain.compression_ratio == pytest.approx(10_131_227 * 16 / 495_360)
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    ({"cache_size": -1}, "cache_size must be >= 0, got -1"),
+    ({"cache_size": N + 1}, f"cache_size = {N + 1} exceeds input_dim = {N}"),
+    ({"cache_size": 2.5}, "cache_size must be an integer, got 2.5"),
+    ({"cache_size": 3, "cache_warmup_steps": -2}, "cache_warmup_steps must be >= 0, got -2"),
+    ({"cache_size": 3, "cache_refresh_steps": -1}, "cache_refresh_steps must be >= 0, got -1"),
+    ({"cache_size": 3, "cache_counter_size": 2},
+     "cache_counter_size = 2 is smaller than cache_size = 3"),
+    ({"cache_size": 3, "cache_counter_decay": 0.0}, r"cache_counter_decay must be in \(0, 1\]"),
+    ({"cache_size": 3, "cache_counter_decay": "half"}, "cache_counter_decay must be a number"),
+])
+def test_bad_cache_arguments_name_the_argument(kwargs, needle):
+    with pytest.raises(ValueError, match=needle):
+        tt_keras.TTEmbedding(N, D, tt_rank=4, **kwargs)

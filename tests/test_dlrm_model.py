@@ -1,0 +1,142 @@
+"""examples/dlrm/model.py: the TFRS DLRM with TTEmbedding tables (legacy Keras only)."""
+
+import inspect
+import os
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+try:
+    import tensorflow_recommenders as tfrs  # noqa: F401
+except ImportError as e:  # Keras 3: TFRS 0.7.7 needs TF_USE_LEGACY_KERAS=1
+    pytest.skip(f"tensorflow_recommenders cannot import here ({e}); the DLRM example needs "
+                "TF_USE_LEGACY_KERAS=1", allow_module_level=True)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+import tt_keras  # noqa: E402
+
+from examples.dlrm import data as D  # noqa: E402
+from examples.dlrm import model as M  # noqa: E402
+from examples.dlrm import train as T  # noqa: E402
+
+
+def _batch(cfg, batch_size, seed=0, index=0):
+    src = D.SyntheticCriteo(cfg.table_sizes, seed=seed)
+    return src.batch(index, batch_size)
+
+
+def test_tt_features_are_the_largest_tables():
+    cfg = M.DLRMConfig(tt_tables=3)
+    assert cfg.tt_features == ("C3", "C12", "C21")
+    assert M.DLRMConfig(tt_tables=7).tt_features == ("C3", "C4", "C12", "C16", "C21", "C24",
+                                                      "C26")
+    terabyte = M.DLRMConfig(table_sizes=D.TERABYTE_TABLE_SIZES, tt_tables=5)
+    assert terabyte.tt_features == ("C1", "C10", "C20", "C21", "C22")
+    with pytest.raises(ValueError):
+        M.DLRMConfig(tt_tables=27)
+
+
+def test_layers_and_sizes():
+    cfg = M.tiny_config()
+    model = M.build_model(cfg)
+    emb = model.embeddings
+    for name in M.CAT_FEATURES:
+        layer = emb.tables[name]
+        if name in cfg.tt_features:
+            assert isinstance(layer, tt_keras.TTEmbedding)
+            assert layer.input_dim == cfg.table_sizes[M.CAT_FEATURES.index(name)]
+        else:
+            assert not isinstance(layer, tt_keras.TTEmbedding)
+    tt_bytes = sum(emb.tables[n].embedding_bytes for n in cfg.tt_features)
+    dense_part = 4 * cfg.embedding_dim * sum(
+        n for name, n in zip(M.CAT_FEATURES, cfg.table_sizes) if name not in cfg.tt_features)
+    assert emb.embedding_bytes == tt_bytes + dense_part
+    assert emb.embedding_bytes < emb.uncompressed_bytes
+    dense = M.build_model(cfg.replace(tt_tables=0))
+    assert dense.embeddings.embedding_bytes == dense.embeddings.uncompressed_bytes
+    # Bottom MLP ends at D; top MLP ends at 1.
+    assert model._bottom_stack._sublayers[-1].units == cfg.embedding_dim
+    assert model._top_stack._sublayers[-1].units == 1
+
+
+@pytest.mark.parametrize("kind", ["dense", "tt"])
+def test_one_training_step(kind):
+    cfg = M.tiny_config(tt_tables=3 if kind == "tt" else 0)
+    model = M.build_model(cfg, "sgd", 0.5)
+    watched = [v for v in model.embeddings.trainable_variables]
+    before = [v.numpy().copy() for v in watched]
+    feats, labels = _batch(cfg, 32)
+    logs = model.train_on_batch(feats, labels, return_dict=True)
+    assert np.isfinite(logs["loss"])
+    assert int(model.optimizer.iterations.numpy()) == 1
+    changed = [not np.array_equal(b, v.numpy()) for b, v in zip(before, watched)]
+    assert any(changed)
+    if kind == "tt":
+        for name in cfg.tt_features:
+            cores = model.embeddings.tables[name].cores
+            idx = [i for i, v in enumerate(watched) if any(v is c for c in cores)]
+            assert idx and all(changed[i] for i in idx), name
+    preds = model.predict(feats, verbose=0)
+    assert preds.shape == (32,) and np.all((preds >= 0) & (preds <= 1))
+
+
+@pytest.mark.parametrize("kind", ["dense", "tt"])
+def test_batch_of_one(kind):
+    cfg = M.tiny_config(tt_tables=3 if kind == "tt" else 0)
+    model = M.build_model(cfg)
+    feats, labels = _batch(cfg, 3)
+    full = model(feats, training=False).numpy()
+    one = {k: v[:1] for k, v in feats.items()}
+    out = model(one, training=False)
+    assert out.shape == (1,)
+    np.testing.assert_allclose(out.numpy(), full[:1], rtol=1e-5, atol=1e-6)
+    # Ids shaped [B, 1] work too, and so does TFRS's own input layout.
+    col = {k: (tf.reshape(v, [-1, 1]) if k != "dense" else v) for k, v in one.items()}
+    np.testing.assert_allclose(model(col).numpy(), full[:1], rtol=1e-5, atol=1e-6)
+    tfrs_layout = {"dense_features": one["dense"],
+                   "sparse_features": {k: one[k] for k in M.CAT_FEATURES}}
+    np.testing.assert_allclose(model(tfrs_layout).numpy(), full[:1], rtol=1e-5, atol=1e-6)
+    # Training and evaluation on batches of one.
+    ds = tf.data.Dataset.from_tensor_slices((feats, labels)).batch(1)
+    model.fit(ds, epochs=1, verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 3
+    result = model.evaluate(ds, return_dict=True, verbose=0)
+    assert np.isfinite(result["logloss"])
+
+
+@pytest.mark.parametrize("init", T.INIT_ABLATION)
+def test_ablation_initializers_build(init):
+    cfg = M.tiny_config(tt_initializer=init)
+    model = M.build_model(cfg)
+    feats, _ = _batch(cfg, 4)
+    assert np.all(np.isfinite(model(feats).numpy()))
+
+
+def test_hot_row_cache_is_trained_through_the_model():
+    if "cache_size" not in inspect.signature(tt_keras.TTEmbedding.__init__).parameters:
+        pytest.skip("this TTEmbedding has no hot-row cache (cache_size) yet")
+    cfg = M.tiny_config(cache_size=16, cache_warmup_steps=1)
+    model = M.build_model(cfg)
+    no_cache = M.build_model(cfg.replace(cache_size=0))
+    for name in cfg.tt_features:
+        assert (model.embeddings.tables[name].embedding_bytes
+                >= no_cache.embeddings.tables[name].embedding_bytes + 16 * 4 * cfg.embedding_dim)
+    assert model.embeddings.embedding_bytes > no_cache.embeddings.embedding_bytes
+    src = D.SyntheticCriteo(cfg.table_sizes, seed=2)
+    # fit passes training=True down to the TT tables: warm-up, then the cache fills.
+    model.fit(src.dataset(64), steps_per_epoch=3, epochs=1, verbose=0)
+    rates = model.embeddings.cache_hit_rates()
+    assert set(rates) == set(cfg.tt_features)
+    assert all(r > 0 for r in rates.values()), rates  # power-law ids: hot rows are hit
+    # Inference only reads the cache.
+    layer = model.embeddings.tables[cfg.tt_features[0]]
+    step = int(layer.cache_step.numpy())
+    feats, _ = _batch(cfg, 8)
+    model(feats, training=False)
+    model.predict(feats, verbose=0)
+    assert int(layer.cache_step.numpy()) == step

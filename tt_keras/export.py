@@ -1,0 +1,199 @@
+"""SavedModel export for serving, portable (standard TF ops only) or native (fast custom ops).
+
+Stock TF Serving links its ops statically and cannot run a graph holding a custom op unless
+it is rebuilt with it. So by default (`portable=True`) the serving function is traced inside
+`tt_keras.lookup_backend_scope("reference")`: every TTEmbedding lookup is written with
+standard TF ops (gathers and batched matmuls), and after saving, the export checks that no
+op of ours (type name starting with "TTKeras>") is left in any function of the SavedModel.
+`portable=False` keeps whatever backend the layers use ("auto": the custom op when its
+library is loaded); such a SavedModel only loads in a process that has loaded the op
+library (`import tt_keras` does) or in a TF Serving built with it.
+
+    from tt_keras.export import export_saved_model, graph_op_types
+
+    export_saved_model(model, "/tmp/m", {"ids": tf.TensorSpec([None, 4], tf.int64)})
+    loaded = tf.saved_model.load("/tmp/m")          # no tt_keras needed
+    loaded.signatures["serving_default"](ids=...)   # -> {"predictions": ...}
+    graph_op_types("/tmp/m")                        # ['AddV2', 'BatchMatMulV2', ...]
+
+Only the model's variables and the one serving function are saved (the Keras model object
+itself is not serialized, so no Keras layer code is traced outside the scope and nothing
+Keras-specific is needed at load time).
+"""
+
+import os
+import shutil
+from typing import Callable, Dict, Iterable, List, Mapping, Optional
+
+import tensorflow as tf
+
+CUSTOM_OP_PREFIX = "TTKeras>"
+DEFAULT_OUTPUT_KEY = "predictions"
+
+__all__ = [
+    "CUSTOM_OP_PREFIX",
+    "NonPortableGraphError",
+    "export_saved_model",
+    "graph_op_types",
+    "custom_op_types",
+    "unregistered_op_types",
+    "check_portable",
+]
+
+
+class NonPortableGraphError(RuntimeError):
+    """A SavedModel meant to be portable holds ops that stock TensorFlow does not have."""
+
+
+def _saved_model_proto(saved_model_dir: str):
+    from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
+
+    path = os.path.join(saved_model_dir, "saved_model.pb")
+    proto = saved_model_pb2.SavedModel()
+    with tf.io.gfile.GFile(path, "rb") as f:
+        proto.ParseFromString(f.read())
+    return proto
+
+
+def graph_op_types(saved_model_dir: str) -> List[str]:
+    """All op types used in a SavedModel: every meta graph's nodes and every function in its
+    function library (signatures, restore functions, gradients), sorted and de-duplicated."""
+    ops = set()
+    for meta_graph in _saved_model_proto(saved_model_dir).meta_graphs:
+        graph = meta_graph.graph_def
+        ops.update(node.op for node in graph.node)
+        for function in graph.library.function:
+            ops.update(node.op for node in function.node_def)
+    return sorted(ops)
+
+
+def custom_op_types(saved_model_dir: str) -> List[str]:
+    """The tt_keras op types ("TTKeras>...") in a SavedModel."""
+    return [op for op in graph_op_types(saved_model_dir) if op.startswith(CUSTOM_OP_PREFIX)]
+
+
+def unregistered_op_types(saved_model_dir: str) -> List[str]:
+    """Op types of a SavedModel that are neither TF ops registered in this process nor
+    functions defined in its library (ops from libraries this process has not loaded)."""
+    from tensorflow.python.framework import op_def_registry  # pylint: disable=g-import-not-at-top
+
+    proto = _saved_model_proto(saved_model_dir)
+    function_names = set()
+    for meta_graph in proto.meta_graphs:
+        function_names.update(f.signature.name for f in meta_graph.graph_def.library.function)
+    return [op for op in graph_op_types(saved_model_dir)
+            if op not in function_names and op_def_registry.get(op) is None]
+
+
+def check_portable(saved_model_dir: str) -> List[str]:
+    """Raises NonPortableGraphError if the SavedModel holds a "TTKeras>" op.
+
+    Returns the SavedModel's op types.
+    """
+    ops = graph_op_types(saved_model_dir)
+    bad = [op for op in ops if op.startswith(CUSTOM_OP_PREFIX)]
+    if bad:
+        raise NonPortableGraphError(
+            f"SavedModel {saved_model_dir} is not portable: it holds custom op(s) "
+            f"{', '.join(bad)}; stock TensorFlow / TF Serving cannot run it")
+    return ops
+
+
+def _model_variables(model) -> list:
+    variables = list(getattr(model, "variables", None) or [])
+    if not variables and isinstance(model, tf.Module):
+        variables = list(model.variables)
+    return variables
+
+
+def _default_serving_fn(model, names):
+    def serve(inputs):
+        if len(names) == 1:
+            return model(inputs[names[0]], training=False)
+        return model(inputs, training=False)
+
+    return serve
+
+
+def export_saved_model(
+    model,
+    export_dir: str,
+    input_signature: Mapping[str, tf.TensorSpec],
+    serving_fn: Optional[Callable[[Dict[str, tf.Tensor]], object]] = None,
+    portable: bool = True,
+    variables: Optional[Iterable[tf.Variable]] = None,
+    output_key: str = DEFAULT_OUTPUT_KEY,
+    signature_name: str = "serving_default",
+    overwrite: bool = True,
+    save_options: Optional[tf.saved_model.SaveOptions] = None,
+) -> List[str]:
+    """Exports `model` as a SavedModel with one flat, named serving signature.
+
+    Args:
+      model: a built Keras model (Keras 3 or tf_keras) or any callable; its variables are
+        what the SavedModel stores (or pass `variables`).
+      export_dir: the SavedModel directory.
+      input_signature: {input name: tf.TensorSpec}; one named input per entry, which is what a
+        TF Serving request names ({"instances": [{name: value, ...}]} or {"inputs": {...}}).
+      serving_fn: inputs dict -> a tensor or a {name: tensor} dict. Default: the model on the
+        dict (on the single tensor when there is one input), with training=False.
+      portable: trace with the pure-TF lookup (standard TF ops only) and check the result;
+        False keeps the layers' backend (possibly the custom ops).
+      variables: the variables to store; default: `model.variables`.
+      output_key: the output's name when serving_fn returns a single tensor.
+      signature_name: the signature key ("serving_default" is what TF Serving uses).
+      overwrite: remove an existing export_dir first.
+      save_options: tf.saved_model.SaveOptions; default: for portable exports, no custom
+        gradients are saved (serving never needs them).
+
+    Returns:
+      The SavedModel's op types (graph_op_types).
+
+    Raises:
+      NonPortableGraphError: portable=True and the saved graph still holds a "TTKeras>" op.
+    """
+    input_signature = dict(input_signature)
+    if not input_signature:
+        raise ValueError("input_signature must name at least one input")
+    names = list(input_signature)
+    specs = {}
+    for name, spec in input_signature.items():
+        if not isinstance(spec, tf.TensorSpec):
+            raise TypeError(f"input_signature[{name!r}] must be a tf.TensorSpec, got {spec!r}")
+        specs[name] = tf.TensorSpec(spec.shape, spec.dtype, name=name)
+    fn = serving_fn or _default_serving_fn(model, names)
+
+    def _outputs(inputs):
+        out = fn(inputs)
+        if isinstance(out, Mapping):
+            return {k: tf.convert_to_tensor(v) for k, v in out.items()}
+        return {output_key: tf.convert_to_tensor(out)}
+
+    @tf.function(input_signature=[specs[n] for n in names])
+    def serve(*args):
+        return _outputs(dict(zip(names, args)))
+
+    module = tf.Module()
+    module.tt_keras_variables = list(variables) if variables is not None else _model_variables(model)
+
+    if save_options is None:
+        save_options = tf.saved_model.SaveOptions(experimental_custom_gradients=not portable)
+    if overwrite and tf.io.gfile.exists(export_dir):
+        if os.path.isdir(export_dir):
+            shutil.rmtree(export_dir)
+        else:
+            tf.io.gfile.rmtree(export_dir)
+
+    def _save():
+        concrete = serve.get_concrete_function()
+        tf.saved_model.save(module, export_dir, signatures={signature_name: concrete},
+                            options=save_options)
+
+    if portable:
+        import tt_keras  # pylint: disable=g-import-not-at-top
+
+        with tt_keras.lookup_backend_scope("reference"):
+            _save()
+        return check_portable(export_dir)
+    _save()
+    return graph_op_types(export_dir)

@@ -1,0 +1,62 @@
+"""Python wrapper of `TTKeras>TTEmbeddingBagCached` and its registered gradient.
+
+The gradient op returns dense core gradients (from the cache misses only) and the cache
+rows' gradient as distinct slots plus one summed row per slot; here that pair becomes a
+tf.IndexedSlices, so Keras optimizers update only the cache rows that were hit.
+"""
+
+import tensorflow as tf
+
+from tt_keras.ops.loader import tt_ops_library
+from tt_keras.ops.tt_ops import _weights_grad
+
+
+def tt_embedding_bag_cached(cores, cache_ids, cache_rows, indices, row_splits, weights,
+                            num_rows, combiner):
+    """Calls `TTKeras>TTEmbeddingBagCached` (docs/cache.md); arguments already validated.
+
+    Returns (output, num_hits): the pooled rows and how many indices hit the cache.
+    """
+    return tt_ops_library.ops.tt_keras_tt_embedding_bag_cached(
+        cores=cores,
+        cache_ids=cache_ids,
+        cache_rows=cache_rows,
+        indices=indices,
+        row_splits=row_splits,
+        weights=weights,
+        num_rows=num_rows,
+        combiner=combiner,
+    )
+
+
+@tf.RegisterGradient("TTKeras>TTEmbeddingBagCached")
+def _tt_embedding_bag_cached_grad(op, grad, unused_num_hits_grad):
+    num_cores = op.get_attr("N")
+    cores = list(op.inputs[:num_cores])
+    cache_ids, cache_rows, indices, row_splits, weights = op.inputs[num_cores:]
+    num_rows = op.get_attr("num_rows")
+    combiner = op.get_attr("combiner").decode()
+    outputs = tt_ops_library.ops.tt_keras_tt_embedding_bag_cached_grad(
+        grad=grad,
+        cores=cores,
+        cache_ids=cache_ids,
+        indices=indices,
+        row_splits=row_splits,
+        weights=weights,
+        num_rows=num_rows,
+        combiner=combiner,
+    )
+    core_grads = list(outputs.core_grads)
+    cache_grad = tf.IndexedSlices(
+        outputs.cache_grad_values,
+        outputs.cache_grad_slots,
+        dense_shape=tf.shape(cache_rows, out_type=tf.int64),
+    )
+    weights_grad = None
+    if combiner != "none" and weights.shape.num_elements() != 0:
+        # As for the plain op: per-id rows (from the cache or the chain) are computed once
+        # more, only for this rarely needed gradient.
+        rows, _ = tt_embedding_bag_cached(cores, cache_ids, cache_rows, indices, row_splits,
+                                          weights[:0], num_rows, "none")
+        weights_grad = _weights_grad(op, grad, rows)
+    return core_grads + [None, cache_grad, None, None, weights_grad]
