@@ -9,7 +9,8 @@ the rows, summed per bag. Configurations: ranks 8/16/32/64 and a 64-wide table a
 Every line is one run of all three lookups on the same ids; ratios are relative to the dense
 lookup (tf.nn.embedding_lookup_sparse on the uncompressed table) and to the pure-TF chain.
 
-Timings are medians of --reps calls of a tf.function, after warm-up; "fwd+bwd" computes the
+Timings are medians of --reps calls of a tf.function, after warm-up, the op and the dense
+lookup called in turns so that load from elsewhere falls on both alike; "fwd+bwd" computes the
 output and the gradients of sum(output^2) with respect to the table (cores or dense table).
 
 Cache rows (--cache_fractions, issue 5): for each configuration and each cache of that
@@ -66,14 +67,7 @@ def zipf_ids(num_rows, size, exponent, order, rng):
 
 
 def median_ms(fn, reps):
-    fn()  # trace
-    fn()  # warm caches and per-thread scratch
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
+    return interleaved_median_ms([fn], reps)[0]
 
 
 def config_shape(name):
@@ -122,8 +116,12 @@ def run_config(name, ids, row_splits, rng):
         ("dense", "fwd"): tf.function(dense_fwd),
         ("dense", "fwd+bwd"): tf.function(dense_fwd_bwd),
     }
-    ms = {key: median_ms(fn, FLAGS.reference_reps if key[0] == "tf" else FLAGS.reps)
-          for key, fn in fns.items()}
+    # The op and the dense lookup are timed in turns (load on a shared machine then falls on
+    # both alike); the slow pure-TF chain separately, with fewer calls.
+    fast = [key for key in fns if key[0] != "tf"]
+    ms = dict(zip(fast, interleaved_median_ms([fns[key] for key in fast], FLAGS.reps)))
+    ms.update({key: median_ms(fn, FLAGS.reference_reps) for key, fn in fns.items()
+               if key[0] == "tf"})
     for mode in ("fwd", "fwd+bwd"):
         op, ref, dense_ms = ms[("op", mode)], ms[("tf", mode)], ms[("dense", mode)]
         print(f"{name:>4} {dim:>3} {shape.ranks[1]:>4} {mode:>8} {op:9.2f} {ref:9.2f} "

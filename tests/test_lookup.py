@@ -228,3 +228,35 @@ def test_rejected_call_leaves_no_trace(backend):
     np.testing.assert_array_equal(good, after)
     for b, c in zip(before, cores):
         np.testing.assert_array_equal(b, c.numpy())
+
+
+def test_gradient_op_uses_or_rebuilds_the_forward_residuals():
+    """The gradient from the forward's residuals equals the one rebuilt from scratch, and a
+    corrupted residual is rejected rather than trusted."""
+    from tt_keras.ops import tt_ops_library
+    ops = tt_ops_library.ops
+    rng = np.random.default_rng(6)
+    cores = [tf.constant(c) for c in oracle.random_cores(SHAPES[3], rng)]
+    ids = tf.constant(rng.integers(0, 200, size=60), tf.int64)
+    splits = tf.constant(np.arange(0, 61, 6), tf.int64)
+    weights = tf.zeros([0])
+    out, plan, partials = ops.tt_keras_tt_embedding_bag(
+        cores=cores, indices=ids, row_splits=splits, weights=weights, num_rows=200,
+        combiner="sum")
+    assert plan.shape[0] > 0 and partials.shape[0] > 0
+    grad = tf.constant(rng.normal(size=out.shape).astype(np.float32))
+
+    def grads(plan, partials):
+        return [g.numpy() for g in ops.tt_keras_tt_embedding_bag_grad(
+            grad=grad, cores=cores, indices=ids, row_splits=splits, weights=weights,
+            residual_plan=plan, residual_partials=partials, num_rows=200, combiner="sum")]
+
+    with_residuals = grads(plan, partials)
+    rebuilt = grads(tf.zeros([0], tf.int64), tf.zeros([0]))
+    for a, b in zip(with_residuals, rebuilt):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    bad_plan = tf.tensor_scatter_nd_update(plan, [[5]], [10**9])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="residual_plan"):
+        grads(bad_plan, partials)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="residual_partials"):
+        grads(plan, partials[1:])

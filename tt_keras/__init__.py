@@ -16,8 +16,15 @@ from tt_keras.initializers import (
     TTNaiveUniform,
     TTUniform,
 )
+from tt_keras.export import check_portable, export_saved_model, graph_op_types
 from tt_keras.layer import TTEmbedding
-from tt_keras.lookup import BACKENDS, lookup_backend_scope, resolve_backend, tt_embedding_bag
+from tt_keras.lookup import (
+    BACKENDS,
+    lookup_backend_scope,
+    resolve_backend,
+    tt_embedding_bag,
+    tt_embedding_bag_cached,
+)
 from tt_keras.ops import OpLibraryUnavailable
 from tt_keras.tt_math import TTShape, plan_rank, suggest_shapes, to_dense, tt_svd
 
@@ -33,6 +40,9 @@ __all__ = [
     "TTNaiveUniform",
     "TTShape",
     "TTUniform",
+    "check_portable",
+    "export_saved_model",
+    "graph_op_types",
     "initializers",
     "lookup_backend_scope",
     "plan_rank",
@@ -40,6 +50,7 @@ __all__ = [
     "suggest_shapes",
     "to_dense",
     "tt_embedding_bag",
+    "tt_embedding_bag_cached",
     "tt_math",
     "tt_svd",
 ]

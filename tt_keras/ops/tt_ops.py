@@ -13,7 +13,11 @@ COMBINERS = ("none", "sum", "mean", "sqrtn")
 
 
 def tt_embedding_bag(cores, indices, row_splits, weights, num_rows, combiner):
-    """Calls `TTKeras>TTEmbeddingBag` (see docs/ops.md); arguments already validated."""
+    """Calls `TTKeras>TTEmbeddingBag` (see docs/ops.md); arguments already validated.
+
+    Returns the looked-up rows; the op's other outputs (residuals for its gradient) stay in
+    the graph for the registered gradient to pick up.
+    """
     return tt_ops_library.ops.tt_keras_tt_embedding_bag(
         cores=cores,
         indices=indices,
@@ -21,7 +25,7 @@ def tt_embedding_bag(cores, indices, row_splits, weights, num_rows, combiner):
         weights=weights,
         num_rows=num_rows,
         combiner=combiner,
-    )
+    )[0]
 
 
 def _weights_grad(op, grad, rows):
@@ -52,7 +56,7 @@ def _weights_grad(op, grad, rows):
 
 
 @tf.RegisterGradient("TTKeras>TTEmbeddingBag")
-def _tt_embedding_bag_grad(op, grad):
+def _tt_embedding_bag_grad(op, grad, *unused_residual_grads):
     num_cores = op.get_attr("N")
     cores = list(op.inputs[:num_cores])
     indices, row_splits, weights = op.inputs[num_cores:]
@@ -64,6 +68,8 @@ def _tt_embedding_bag_grad(op, grad):
         indices=indices,
         row_splits=row_splits,
         weights=weights,
+        residual_plan=op.outputs[1],
+        residual_partials=op.outputs[2],
         num_rows=num_rows,
         combiner=combiner,
     )

@@ -10,6 +10,7 @@
 #include "tensorflow/core/lib/core/threadpool.h"
 #include "tt_cached_core.h"
 #include "tt_core.h"
+#include "tt_op_util.h"
 #include "tt_validation.h"
 
 namespace tensorflow {
@@ -19,20 +20,8 @@ using tt_keras::Combiner;
 using tt_keras::LookupPlan;
 using tt_keras::TTDims;
 
-tt_keras::ParallelFor CpuParallelFor(OpKernelContext* ctx) {
-  thread::ThreadPool* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-  return [pool](int64_t total, int64_t cost,
-                const std::function<void(int64_t, int64_t)>& fn) {
-    if (total <= 0) return;
-    pool->ParallelFor(total, cost, fn);
-  };
-}
-
-std::vector<const float*> CorePointers(const OpInputList& cores) {
-  std::vector<const float*> ptrs;
-  for (int t = 0; t < cores.size(); ++t) ptrs.push_back(cores[t].flat<float>().data());
-  return ptrs;
-}
+using tt_keras::CorePointers;
+using tt_keras::CpuParallelFor;
 
 // cache_ids: a vector whose ids are valid (tt_keras::ValidateCacheIds); cache_rows, when
 // given: [cache_size, dim].

@@ -319,6 +319,96 @@ void BuildPlan(const TTDims& dims, const Tid* ids, int64_t nnz, LookupPlan* plan
   }
 }
 
+int64_t SerializedPlanSize(const LookupPlan& plan) {
+  const int k = plan.k;
+  int64_t size = 2 + k + static_cast<int64_t>(plan.sorted_pos.size() + plan.pos_begin.size());
+  for (int level = 1; level <= k; ++level) {
+    size += plan.num_nodes(level);
+    if (level < k) size += static_cast<int64_t>(plan.child_begin[level].size());
+    if (level > 1) size += plan.num_nodes(level);
+  }
+  return size;
+}
+
+void SerializePlan(const LookupPlan& plan, int64_t* out) {
+  const int k = plan.k;
+  *out++ = k;
+  *out++ = static_cast<int64_t>(plan.sorted_pos.size());
+  for (int level = 1; level <= k; ++level) *out++ = plan.num_nodes(level);
+  auto put = [&out](const std::vector<int64_t>& v) {
+    std::memcpy(out, v.data(), sizeof(int64_t) * v.size());
+    out += v.size();
+  };
+  put(plan.sorted_pos);
+  put(plan.pos_begin);
+  for (int level = 1; level <= k; ++level) {
+    put(plan.key[level]);
+    if (level < k) put(plan.child_begin[level]);
+    if (level > 1) put(plan.parent[level]);
+  }
+}
+
+std::string DeserializePlan(const TTDims& dims, int64_t nnz, const int64_t* data,
+                            int64_t size, LookupPlan* plan) {
+  const int k = dims.k;
+  if (size < 2 + k || data[0] != k || data[1] != nnz) {
+    return "residual_plan does not belong to these cores and indices";
+  }
+  int64_t n[kMaxCores + 1] = {0};
+  int64_t expected = 2 + k + nnz;
+  for (int level = 1; level <= k; ++level) {
+    n[level] = data[1 + level];
+    if (n[level] < 0 || n[level] > nnz) return "residual_plan has a bad node count";
+    expected += n[level] + (level < k ? n[level] + 1 : 0) + (level > 1 ? n[level] : 0);
+  }
+  expected += n[k] + 1;
+  if (size != expected) return "residual_plan has the wrong size";
+  const int64_t* p = data + 2 + k;
+  // Every value is range-checked: the backward indexes arrays with them.
+  auto take = [&p](std::vector<int64_t>* v, int64_t count, int64_t lo, int64_t hi) {
+    v->assign(p, p + count);
+    p += count;
+    for (int64_t x : *v) {
+      if (x < lo || x > hi) return false;
+    }
+    return true;
+  };
+  plan->k = k;
+  if (!take(&plan->sorted_pos, nnz, 0, nnz - 1) ||
+      !take(&plan->pos_begin, n[k] + 1, 0, nnz)) {
+    return "residual_plan has an out-of-range position";
+  }
+  for (int64_t i = 0; i < n[k]; ++i) {
+    if (plan->pos_begin[i] > plan->pos_begin[i + 1]) return "residual_plan is not ordered";
+  }
+  for (int level = 1; level <= k; ++level) {
+    const int64_t key_limit = dims.padded_rows / dims.row_stride[level - 1] - 1;
+    if (!take(&plan->key[level], n[level], 0, key_limit)) return "residual_plan has a bad key";
+    if (level < k) {
+      if (!take(&plan->child_begin[level], n[level] + 1, 0, n[level + 1])) {
+        return "residual_plan has a bad child range";
+      }
+      for (int64_t i = 0; i < n[level]; ++i) {
+        if (plan->child_begin[level][i] > plan->child_begin[level][i + 1]) {
+          return "residual_plan is not ordered";
+        }
+      }
+    }
+    if (level > 1 && !take(&plan->parent[level], n[level], 0, n[level - 1] - 1)) {
+      return "residual_plan has a bad parent";
+    }
+  }
+  return "";
+}
+
+int64_t PartialsSize(const TTDims& dims, const LookupPlan& plan) {
+  int64_t size = 0;
+  for (int level = 1; level < dims.k; ++level) {
+    size += plan.num_nodes(level) * dims.PartialSize(level);
+  }
+  return size;
+}
+
 template void BuildPlan<int32_t>(const TTDims&, const int32_t*, int64_t, LookupPlan*);
 template void BuildPlan<int64_t>(const TTDims&, const int64_t*, int64_t, LookupPlan*);
 
@@ -486,11 +576,19 @@ constexpr int64_t kL2Floats = 64 * 1024;
 
 void BackpropCores(const TTDims& dims, const float* const* cores, const LookupPlan& plan,
                    std::vector<float>* partials, std::vector<float>* leaf_grads,
-                   float* const* core_grads, const ParallelFor& pfor) {
+                   float* const* core_grads, const ParallelFor& pfor,
+                   const float* residual_partials) {
   const int k = dims.k;
-  // The forward's partial products are recomputed rather than kept between the ops: they
-  // cost one small GEMM per distinct prefix, far less than keeping them alive in TF.
-  ComputePartials(dims, cores, plan, k - 1, partials, pfor);
+  const float* partial_ptrs[kMaxCores + 1] = {nullptr};
+  if (residual_partials != nullptr) {
+    for (int level = 1; level < k; ++level) {
+      partial_ptrs[level] = residual_partials;
+      residual_partials += plan.num_nodes(level) * dims.PartialSize(level);
+    }
+  } else {
+    ComputePartials(dims, cores, plan, k - 1, partials, pfor);
+    for (int level = 1; level < k; ++level) partial_ptrs[level] = partials[level].data();
+  }
   // Scratch kept per thread (see SortByIds), one buffer per level so that sizes settle and
   // nothing is re-zeroed: level_grads[L] is dL/dP_L of level L's nodes (the leaves' is
   // *leaf_grads); contrib[n] is node n's share of its parent's gradient. Bound to locals so
@@ -535,7 +633,7 @@ void BackpropCores(const TTDims& dims, const float* const* cores, const LookupPl
     // transposed, (q r_out x r_in) = dP_stack^T @ P_stack, so that the output panel stays
     // in registers for the whole group instead of being re-read for every node.
     GroupByDigit(dims, plan, level, &digit_begin, &order);
-    const float* prev = level > 1 ? partials[level - 1].data() : nullptr;
+    const float* prev = level > 1 ? partial_ptrs[level - 1] : nullptr;
     const auto& parent = plan.parent[level];
     const int64_t avg = std::max<int64_t>(1, num_nodes / dims.p[t]);
     pfor(dims.p[t], 4 * avg * m * kk * nn, [&](int64_t lo, int64_t hi) {

@@ -58,6 +58,18 @@ struct LookupPlan {
   int64_t num_nodes(int level) const { return static_cast<int64_t>(key[level].size()); }
 };
 
+// The plan as one int64 array, so a forward op can hand it to its gradient op:
+// [k, nnz, n_1..n_k], sorted_pos, pos_begin, then per level L: key[L], and for L < k
+// child_begin[L], for L > 1 parent[L].
+int64_t SerializedPlanSize(const LookupPlan& plan);
+void SerializePlan(const LookupPlan& plan, int64_t* out);
+// Reads a serialized plan back, checking every size and index against dims and nnz (the
+// array may come from anywhere); returns an error message, or "" on success.
+std::string DeserializePlan(const TTDims& dims, int64_t nnz, const int64_t* data,
+                            int64_t size, LookupPlan* plan);
+// Floats in partials[1..k-1] of a plan: what a forward op hands over with it.
+int64_t PartialsSize(const TTDims& dims, const LookupPlan& plan);
+
 // Builds the plan for `ids` (already range-checked). Ids are radix-sorted: a comparison sort
 // of a 50k-id batch costs more than the whole TT forward.
 template <typename Tid>
@@ -87,9 +99,12 @@ void PoolRows(const TTDims& dims, const LookupPlan& plan, Combiner combiner,
 
 // Core gradients from the gradient of each distinct id's row (leaf_grads: num_nodes(k) x dim).
 // core_grads[t] must hold p[t] * CoreSliceSize(t) floats; every element is written.
+// The partial products of levels 1..k-1 are read from `residual_partials` (the forward's,
+// concatenated by level, PartialsSize floats) when given, else recomputed into `partials`.
 void BackpropCores(const TTDims& dims, const float* const* cores, const LookupPlan& plan,
                    std::vector<float>* partials, std::vector<float>* leaf_grads,
-                   float* const* core_grads, const ParallelFor& pfor);
+                   float* const* core_grads, const ParallelFor& pfor,
+                   const float* residual_partials = nullptr);
 
 // Sums each distinct id's output gradient: leaf_grads[n] = sum over the positions i of id n
 // of scale[i] * grad[bag_of_pos[i]].

@@ -87,9 +87,13 @@ absl::Status MakeLookup(OpKernelContext* ctx, const OpInputList& cores, const TT
   }
   for (int t = 0; t <= dims.k; ++t) lk->shape.ranks[t] = static_cast<int32_t>(dims.r[t]);
   lk->shape.num_rows = num_rows;
-  const Tensor& indices = ctx->input(ctx->num_inputs() - 3);
-  const Tensor& splits = ctx->input(ctx->num_inputs() - 2);
-  const Tensor& weights = ctx->input(ctx->num_inputs() - 1);
+  const Tensor *indices_ptr, *splits_ptr, *weights_ptr;
+  TF_RETURN_IF_ERROR(ctx->input("indices", &indices_ptr));
+  TF_RETURN_IF_ERROR(ctx->input("row_splits", &splits_ptr));
+  TF_RETURN_IF_ERROR(ctx->input("weights", &weights_ptr));
+  const Tensor& indices = *indices_ptr;
+  const Tensor& splits = *splits_ptr;
+  const Tensor& weights = *weights_ptr;
   if (bags.nnz > (int64_t{1} << 31) - 2) {
     return InvalidArgument("the GPU kernel takes at most 2^31 - 2 indices, got ",
                                    bags.nnz);
@@ -174,6 +178,10 @@ class TTEmbeddingBagGpuOp : public TTEmbeddingBagGpuBase {
     const int64_t out_rows = combiner_ == Combiner::kNone ? bags.nnz : bags.num_bags;
     Tensor* output = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({out_rows, dims.dim}), &output));
+    // The GPU backward rebuilds its own dedup, so it hands no residuals to the gradient.
+    Tensor* unused = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({0}), &unused));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({0}), &unused));
     void* stream = nullptr;
     OP_REQUIRES_OK(ctx, GetCudaStream(ctx, &stream));
 

@@ -6,6 +6,7 @@
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/lib/core/threadpool.h"
 #include "tt_core.h"
+#include "tt_op_util.h"
 #include "tt_validation.h"
 
 namespace tensorflow {
@@ -15,32 +16,8 @@ using tt_keras::Combiner;
 using tt_keras::LookupPlan;
 using tt_keras::TTDims;
 
-tt_keras::ParallelFor CpuParallelFor(OpKernelContext* ctx) {
-  thread::ThreadPool* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-  const int threads = pool->NumThreads();
-  return [pool, threads](int64_t total, int64_t cost,
-                         const std::function<void(int64_t, int64_t)>& fn) {
-    if (total <= 0) return;
-    // Fewer, larger shards than the adaptive cost model picks: with a handful of cores,
-    // waking a worker per tiny shard costs more than the shard (measured: the adaptive
-    // split made 2 threads slower than 1). Small loops run inline.
-    constexpr int64_t kInlineFlops = 200000;
-    if (threads <= 1 || total * cost < kInlineFlops) {
-      fn(0, total);
-      return;
-    }
-    const int64_t shards = std::min<int64_t>(total, 2 * threads);
-    pool->ParallelFor(total,
-                      thread::ThreadPool::SchedulingParams::Fixed((total + shards - 1) / shards),
-                      fn);
-  };
-}
-
-std::vector<const float*> CorePointers(const OpInputList& cores) {
-  std::vector<const float*> ptrs;
-  for (int t = 0; t < cores.size(); ++t) ptrs.push_back(cores[t].flat<float>().data());
-  return ptrs;
-}
+using tt_keras::CorePointers;
+using tt_keras::CpuParallelFor;
 
 template <typename Tid>
 class TTEmbeddingBagOp : public OpKernel {
@@ -65,10 +42,12 @@ class TTEmbeddingBagOp : public OpKernel {
     const int64_t out_rows = combiner_ == Combiner::kNone ? bags.nnz : bags.num_bags;
     Tensor* output = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({out_rows, dims.dim}), &output));
-    if (out_rows == 0) return;
     float* out = output->flat<float>().data();
+    Tensor *plan_out = nullptr, *partials_out = nullptr;
     if (bags.nnz == 0) {
       std::fill(out, out + out_rows * dims.dim, 0.f);
+      OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({0}), &plan_out));
+      OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({0}), &partials_out));
       return;
     }
 
@@ -81,6 +60,18 @@ class TTEmbeddingBagOp : public OpKernel {
     tt_keras::ComputeRows(dims, core_ptrs.data(), plan, partials, &rows, pfor);
     tt_keras::PoolRows(dims, plan, combiner_, bags.row_splits, bags.num_bags, bags.weights,
                        bags.nnz, rows.data(), out, pfor);
+
+    // Residuals for the gradient: it then skips the sort and the leading cores' GEMMs.
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                            1, TensorShape({tt_keras::SerializedPlanSize(plan)}), &plan_out));
+    tt_keras::SerializePlan(plan, plan_out->flat<int64_t>().data());
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                            2, TensorShape({tt_keras::PartialsSize(dims, plan)}), &partials_out));
+    float* dst = partials_out->flat<float>().data();
+    for (int level = 1; level < dims.k; ++level) {
+      std::memcpy(dst, partials[level].data(), sizeof(float) * partials[level].size());
+      dst += partials[level].size();
+    }
   }
 
  private:
@@ -133,14 +124,33 @@ class TTEmbeddingBagGradOp : public OpKernel {
     static thread_local std::vector<float> scale, leaf_grads;
     static thread_local std::vector<float> partials[tt_keras::kMaxCores + 1];
     static thread_local std::vector<int64_t> bag_of_pos;
-    tt_keras::BuildPlan(dims, bags.ids, bags.nnz, &plan);
+    // The forward's residuals, when it left them, spare the sort and the leading GEMMs.
+    const Tensor *residual_plan_ptr, *residual_partials_ptr;
+    OP_REQUIRES_OK(ctx, ctx->input("residual_plan", &residual_plan_ptr));
+    OP_REQUIRES_OK(ctx, ctx->input("residual_partials", &residual_partials_ptr));
+    const Tensor& residual_plan = *residual_plan_ptr;
+    const Tensor& residual_partials = *residual_partials_ptr;
+    const float* ready_partials = nullptr;
+    if (residual_plan.NumElements() > 0) {
+      const std::string error = tt_keras::DeserializePlan(
+          dims, bags.nnz, residual_plan.flat<int64_t>().data(), residual_plan.NumElements(),
+          &plan);
+      OP_REQUIRES(ctx, error.empty(), errors::InvalidArgument(error));
+      OP_REQUIRES(ctx, residual_partials.NumElements() == tt_keras::PartialsSize(dims, plan),
+                  errors::InvalidArgument("residual_partials has ",
+                                          residual_partials.NumElements(), " floats; the plan "
+                                          "needs ", tt_keras::PartialsSize(dims, plan)));
+      ready_partials = residual_partials.flat<float>().data();
+    } else {
+      tt_keras::BuildPlan(dims, bags.ids, bags.nnz, &plan);
+    }
     tt_keras::PositionScales(combiner_, bags.row_splits, bags.num_bags, bags.weights,
                              bags.nnz, &scale, &bag_of_pos);
     tt_keras::AggregateLeafGrads(dims, plan, grad.flat<float>().data(), scale, bag_of_pos,
                                  &leaf_grads, pfor);
     const std::vector<const float*> core_ptrs = CorePointers(cores);
     tt_keras::BackpropCores(dims, core_ptrs.data(), plan, partials, &leaf_grads,
-                            grad_ptrs.data(), pfor);
+                            grad_ptrs.data(), pfor, ready_partials);
   }
 
  private:

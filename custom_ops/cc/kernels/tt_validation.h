@@ -62,9 +62,13 @@ template <typename Tid>
 absl::Status ValidateBagShapes(tensorflow::OpKernelContext* ctx, Combiner combiner,
                                BagInputs<Tid>* bags) {
   namespace errors = tensorflow::errors;
-  const tensorflow::Tensor& indices = ctx->input(ctx->num_inputs() - 3);
-  const tensorflow::Tensor& splits = ctx->input(ctx->num_inputs() - 2);
-  const tensorflow::Tensor& weights = ctx->input(ctx->num_inputs() - 1);
+  const tensorflow::Tensor *indices_ptr, *splits_ptr, *weights_ptr;
+  TF_RETURN_IF_ERROR(ctx->input("indices", &indices_ptr));
+  TF_RETURN_IF_ERROR(ctx->input("row_splits", &splits_ptr));
+  TF_RETURN_IF_ERROR(ctx->input("weights", &weights_ptr));
+  const tensorflow::Tensor& indices = *indices_ptr;
+  const tensorflow::Tensor& splits = *splits_ptr;
+  const tensorflow::Tensor& weights = *weights_ptr;
   if (indices.dims() != 1) {
     return errors::InvalidArgument("indices must be a vector, got shape ",
                                    indices.shape().DebugString());
@@ -97,9 +101,13 @@ absl::Status ValidateBagInputs(tensorflow::OpKernelContext* ctx, Combiner combin
                                int64_t num_rows, BagInputs<Tid>* bags) {
   namespace errors = tensorflow::errors;
   TF_RETURN_IF_ERROR(ValidateBagShapes<Tid>(ctx, combiner, bags));
-  const tensorflow::Tensor& indices = ctx->input(ctx->num_inputs() - 3);
-  const tensorflow::Tensor& splits = ctx->input(ctx->num_inputs() - 2);
-  const tensorflow::Tensor& weights = ctx->input(ctx->num_inputs() - 1);
+  const tensorflow::Tensor *indices_ptr, *splits_ptr, *weights_ptr;
+  TF_RETURN_IF_ERROR(ctx->input("indices", &indices_ptr));
+  TF_RETURN_IF_ERROR(ctx->input("row_splits", &splits_ptr));
+  TF_RETURN_IF_ERROR(ctx->input("weights", &weights_ptr));
+  const tensorflow::Tensor& indices = *indices_ptr;
+  const tensorflow::Tensor& splits = *splits_ptr;
+  const tensorflow::Tensor& weights = *weights_ptr;
   bags->ids = indices.flat<Tid>().data();
   for (int64_t i = 0; i < bags->nnz; ++i) {
     const int64_t id = static_cast<int64_t>(bags->ids[i]);

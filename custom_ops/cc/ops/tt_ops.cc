@@ -38,6 +38,8 @@ Status ForwardShape(InferenceContext* c) {
     TF_RETURN_IF_ERROR(c->Subtract(c->Dim(splits, 0), 1, &rows));
   }
   c->set_output(0, c->Matrix(rows, dim));
+  c->set_output(1, c->Vector(c->UnknownDim()));
+  c->set_output(2, c->Vector(c->UnknownDim()));
   return OkStatus();
 }
 
@@ -49,6 +51,8 @@ REGISTER_OP("TTKeras>TTEmbeddingBag")
     .Input("row_splits: int64")
     .Input("weights: float")
     .Output("output: float")
+    .Output("residual_plan: int64")
+    .Output("residual_partials: float")
     .Attr("N: int >= 2")
     .Attr("Tindices: {int32, int64}")
     .Attr("num_rows: int >= 1")
@@ -62,6 +66,9 @@ indices: flat ids in [0, num_rows).
 row_splits: bag boundaries (ignored when combiner is "none").
 weights: per-id weights, or an empty vector for all ones.
 output: [num_bags, D] pooled rows, or [nnz, D] per-id rows when combiner is "none".
+residual_plan, residual_partials: the distinct-id prefix tree and the partial products of
+  the leading cores, handed to TTEmbeddingBagGrad so it need not rebuild them (a kernel may
+  leave them empty; the gradient then recomputes them).
 )doc");
 
 REGISTER_OP("TTKeras>TTEmbeddingBagGrad")
@@ -70,6 +77,8 @@ REGISTER_OP("TTKeras>TTEmbeddingBagGrad")
     .Input("indices: Tindices")
     .Input("row_splits: int64")
     .Input("weights: float")
+    .Input("residual_plan: int64")
+    .Input("residual_partials: float")
     .Output("core_grads: N * float")
     .Attr("N: int >= 2")
     .Attr("Tindices: {int32, int64}")
