@@ -51,26 +51,10 @@ absl::Status ValidateCache(const Tensor& cache_ids, const Tensor* cache_rows, in
   return absl::OkStatus();
 }
 
-class CachedKernelBase : public OpKernel {
- public:
-  explicit CachedKernelBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_rows", &num_rows_));
-    std::string combiner;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("combiner", &combiner));
-    OP_REQUIRES(ctx, tt_keras::ParseCombiner(combiner, &combiner_),
-                errors::InvalidArgument("combiner = '", combiner, "' is not one of none, sum, "
-                                        "mean, sqrtn"));
-  }
-
- protected:
-  int64_t num_rows_;
-  Combiner combiner_;
-};
-
 template <typename Tid>
-class TTEmbeddingBagCachedOp : public CachedKernelBase {
+class TTEmbeddingBagCachedOp : public tt_keras::BagKernelBase {
  public:
-  using CachedKernelBase::CachedKernelBase;
+  using BagKernelBase::BagKernelBase;
 
   void Compute(OpKernelContext* ctx) override {
     OpInputList cores;
@@ -125,9 +109,9 @@ class TTEmbeddingBagCachedOp : public CachedKernelBase {
 };
 
 template <typename Tid>
-class TTEmbeddingBagCachedGradOp : public CachedKernelBase {
+class TTEmbeddingBagCachedGradOp : public tt_keras::BagKernelBase {
  public:
-  using CachedKernelBase::CachedKernelBase;
+  using BagKernelBase::BagKernelBase;
 
   void Compute(OpKernelContext* ctx) override {
     OpInputList cores;

@@ -20,6 +20,7 @@
 #include "tensorflow/core/framework/tensor_shape.h"
 #include "tt_core.h"
 #include "tt_kernels.h"
+#include "tt_op_util.h"
 #include "tt_validation.h"
 #include "xla/stream_executor/stream.h"
 
@@ -144,26 +145,10 @@ absl::Status CheckDeviceErrors(const TTCudaErrorInfo* device_error, void* stream
   return absl::OkStatus();
 }
 
-class TTEmbeddingBagGpuBase : public OpKernel {
- public:
-  explicit TTEmbeddingBagGpuBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_rows", &num_rows_));
-    std::string combiner;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("combiner", &combiner));
-    OP_REQUIRES(ctx, tt_keras::ParseCombiner(combiner, &combiner_),
-                InvalidArgument("combiner = '", combiner, "' is not one of none, sum, "
-                                        "mean, sqrtn"));
-  }
-
- protected:
-  int64_t num_rows_;
-  Combiner combiner_;
-};
-
 template <typename Tid>
-class TTEmbeddingBagGpuOp : public TTEmbeddingBagGpuBase {
+class TTEmbeddingBagGpuOp : public tt_keras::BagKernelBase {
  public:
-  using TTEmbeddingBagGpuBase::TTEmbeddingBagGpuBase;
+  using BagKernelBase::BagKernelBase;
 
   void Compute(OpKernelContext* ctx) override {
     OpInputList cores;
@@ -200,9 +185,9 @@ class TTEmbeddingBagGpuOp : public TTEmbeddingBagGpuBase {
 };
 
 template <typename Tid>
-class TTEmbeddingBagGradGpuOp : public TTEmbeddingBagGpuBase {
+class TTEmbeddingBagGradGpuOp : public tt_keras::BagKernelBase {
  public:
-  using TTEmbeddingBagGpuBase::TTEmbeddingBagGpuBase;
+  using BagKernelBase::BagKernelBase;
 
   void Compute(OpKernelContext* ctx) override {
     OpInputList cores;

@@ -20,16 +20,9 @@ using tt_keras::CorePointers;
 using tt_keras::CpuParallelFor;
 
 template <typename Tid>
-class TTEmbeddingBagOp : public OpKernel {
+class TTEmbeddingBagOp : public tt_keras::BagKernelBase {
  public:
-  explicit TTEmbeddingBagOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_rows", &num_rows_));
-    std::string combiner;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("combiner", &combiner));
-    OP_REQUIRES(ctx, tt_keras::ParseCombiner(combiner, &combiner_),
-                errors::InvalidArgument("combiner = '", combiner, "' is not one of none, sum, "
-                                        "mean, sqrtn"));
-  }
+  using BagKernelBase::BagKernelBase;
 
   void Compute(OpKernelContext* ctx) override {
     OpInputList cores;
@@ -73,23 +66,12 @@ class TTEmbeddingBagOp : public OpKernel {
       dst += partials[level].size();
     }
   }
-
- private:
-  int64_t num_rows_;
-  Combiner combiner_;
 };
 
 template <typename Tid>
-class TTEmbeddingBagGradOp : public OpKernel {
+class TTEmbeddingBagGradOp : public tt_keras::BagKernelBase {
  public:
-  explicit TTEmbeddingBagGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_rows", &num_rows_));
-    std::string combiner;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("combiner", &combiner));
-    OP_REQUIRES(ctx, tt_keras::ParseCombiner(combiner, &combiner_),
-                errors::InvalidArgument("combiner = '", combiner, "' is not one of none, sum, "
-                                        "mean, sqrtn"));
-  }
+  using BagKernelBase::BagKernelBase;
 
   void Compute(OpKernelContext* ctx) override {
     OpInputList cores;
@@ -152,10 +134,6 @@ class TTEmbeddingBagGradOp : public OpKernel {
     tt_keras::BackpropCores(dims, core_ptrs.data(), plan, partials, &leaf_grads,
                             grad_ptrs.data(), pfor, ready_partials);
   }
-
- private:
-  int64_t num_rows_;
-  Combiner combiner_;
 };
 
 #define REGISTER_CPU(Tid)                                                          \

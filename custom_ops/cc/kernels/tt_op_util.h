@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "tensorflow/core/framework/op_kernel.h"
@@ -35,6 +36,23 @@ inline ParallelFor CpuParallelFor(tensorflow::OpKernelContext* ctx) {
         fn);
   };
 }
+
+// What every TT bag kernel reads from its attrs: the table's rows and the combiner.
+class BagKernelBase : public tensorflow::OpKernel {
+ public:
+  explicit BagKernelBase(tensorflow::OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_rows", &num_rows_));
+    std::string combiner;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("combiner", &combiner));
+    OP_REQUIRES(ctx, ParseCombiner(combiner, &combiner_),
+                tensorflow::errors::InvalidArgument("combiner = '", combiner,
+                                                    "' is not one of none, sum, mean, sqrtn"));
+  }
+
+ protected:
+  int64_t num_rows_ = 0;
+  Combiner combiner_ = Combiner::kNone;
+};
 
 inline std::vector<const float*> CorePointers(const tensorflow::OpInputList& cores) {
   std::vector<const float*> ptrs;
