@@ -197,13 +197,7 @@ class TTEmbeddingBagGradGpuOp : public tt_keras::BagKernelBase {
     tt_keras::BagInputs<Tid> bags;
     OP_REQUIRES_OK(ctx, tt_keras::ValidateBagShapes<Tid>(ctx, combiner_, &bags));
     const Tensor& grad = ctx->input(0);
-    const int64_t out_rows = combiner_ == Combiner::kNone ? bags.nnz : bags.num_bags;
-    OP_REQUIRES(ctx,
-                grad.dims() == 2 && grad.dim_size(0) == out_rows &&
-                    grad.dim_size(1) == dims.dim,
-                InvalidArgument("grad has shape ", grad.shape().DebugString(),
-                                        " but the forward output has shape [", out_rows, ",",
-                                        dims.dim, "]"));
+    OP_REQUIRES_OK(ctx, tt_keras::ValidateGradShape<Tid>(grad, combiner_, bags, dims.dim));
     TTCudaLookup lk;
     OP_REQUIRES_OK(ctx, MakeLookup<Tid>(ctx, cores, dims, num_rows_, combiner_, bags, &lk));
 

@@ -134,6 +134,19 @@ absl::Status ValidateBagInputs(tensorflow::OpKernelContext* ctx, Combiner combin
   return absl::OkStatus();
 }
 
+// The gradient fed to a backward op must have the forward output's shape.
+template <typename Tid>
+absl::Status ValidateGradShape(const tensorflow::Tensor& grad, Combiner combiner,
+                               const BagInputs<Tid>& bags, int64_t dim) {
+  const int64_t out_rows = combiner == Combiner::kNone ? bags.nnz : bags.num_bags;
+  if (grad.dims() != 2 || grad.dim_size(0) != out_rows || grad.dim_size(1) != dim) {
+    return tensorflow::errors::InvalidArgument("grad has shape ", grad.shape().DebugString(),
+                                               " but the forward output has shape [",
+                                               out_rows, ",", dim, "]");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace tt_keras
 
 #endif  // TT_KERAS_CUSTOM_OPS_CC_KERNELS_TT_VALIDATION_H_

@@ -2,6 +2,7 @@
 #include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
+#include "tt_shape_fns.h"
 
 namespace tensorflow {
 namespace {
@@ -9,18 +10,6 @@ namespace {
 using shape_inference::DimensionHandle;
 using shape_inference::InferenceContext;
 using shape_inference::ShapeHandle;
-
-// D = prod over the cores of dim 2 (q_t); unknown if any core's q_t is unknown.
-Status CachedEmbeddingDim(InferenceContext* c, int first_core, int num_cores,
-                          DimensionHandle* dim) {
-  *dim = c->MakeDim(1);
-  for (int t = 0; t < num_cores; ++t) {
-    ShapeHandle core;
-    TF_RETURN_IF_ERROR(c->WithRank(c->input(first_core + t), 4, &core));
-    TF_RETURN_IF_ERROR(c->Multiply(*dim, c->Dim(core, 2), dim));
-  }
-  return OkStatus();
-}
 
 Status CachedForwardShape(InferenceContext* c) {
   int num_cores;
@@ -34,7 +23,7 @@ Status CachedForwardShape(InferenceContext* c) {
   TF_RETURN_IF_ERROR(c->WithRank(c->input(num_cores + 3), 1, &splits));
   TF_RETURN_IF_ERROR(c->WithRank(c->input(num_cores + 4), 1, &weights));
   DimensionHandle dim, rows, unused;
-  TF_RETURN_IF_ERROR(CachedEmbeddingDim(c, 0, num_cores, &dim));
+  TF_RETURN_IF_ERROR(tt_keras::EmbeddingDim(c, 0, num_cores, &dim));
   TF_RETURN_IF_ERROR(c->Merge(c->Dim(cache_rows, 0), c->Dim(cache_ids, 0), &unused));
   TF_RETURN_IF_ERROR(c->Merge(c->Dim(cache_rows, 1), dim, &dim));
   if (combiner == "none") {
@@ -95,7 +84,7 @@ REGISTER_OP("TTKeras>TTEmbeddingBagCachedGrad")
       TF_RETURN_IF_ERROR(c->GetAttr("N", &num_cores));
       for (int t = 0; t < num_cores; ++t) c->set_output(t, c->input(1 + t));
       DimensionHandle dim;
-      TF_RETURN_IF_ERROR(CachedEmbeddingDim(c, 1, num_cores, &dim));
+      TF_RETURN_IF_ERROR(tt_keras::EmbeddingDim(c, 1, num_cores, &dim));
       DimensionHandle hits = c->UnknownDim();
       c->set_output(num_cores, c->Vector(hits));
       c->set_output(num_cores + 1, c->Matrix(hits, dim));

@@ -2,6 +2,7 @@
 #include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
+#include "tt_shape_fns.h"
 
 namespace tensorflow {
 namespace {
@@ -9,17 +10,6 @@ namespace {
 using shape_inference::DimensionHandle;
 using shape_inference::InferenceContext;
 using shape_inference::ShapeHandle;
-
-// D = prod over cores of dim 2 (q_t); unknown if any core's q_t is unknown.
-Status EmbeddingDim(InferenceContext* c, int first_core, int num_cores, DimensionHandle* dim) {
-  *dim = c->MakeDim(1);
-  for (int t = 0; t < num_cores; ++t) {
-    ShapeHandle core;
-    TF_RETURN_IF_ERROR(c->WithRank(c->input(first_core + t), 4, &core));
-    TF_RETURN_IF_ERROR(c->Multiply(*dim, c->Dim(core, 2), dim));
-  }
-  return OkStatus();
-}
 
 Status ForwardShape(InferenceContext* c) {
   int num_cores;
@@ -31,7 +21,7 @@ Status ForwardShape(InferenceContext* c) {
   TF_RETURN_IF_ERROR(c->WithRank(c->input(num_cores + 1), 1, &splits));
   TF_RETURN_IF_ERROR(c->WithRank(c->input(num_cores + 2), 1, &weights));
   DimensionHandle dim, rows;
-  TF_RETURN_IF_ERROR(EmbeddingDim(c, 0, num_cores, &dim));
+  TF_RETURN_IF_ERROR(tt_keras::EmbeddingDim(c, 0, num_cores, &dim));
   if (combiner == "none") {
     rows = c->Dim(indices, 0);
   } else {
