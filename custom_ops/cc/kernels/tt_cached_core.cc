@@ -151,33 +151,7 @@ void PoolCachedRows(const TTDims& dims, const int32_t* slots, const float* cache
       src[miss_pos[miss_plan.sorted_pos[j]]] = row;
     }
   }
-  if (combiner == Combiner::kNone) {
-    pfor(nnz, D, [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; ++i) std::memcpy(out + i * D, src[i], sizeof(float) * D);
-    });
-    return;
-  }
-  const int64_t avg_bag = num_bags > 0 ? std::max<int64_t>(1, nnz / num_bags) : 1;
-  pfor(num_bags, 2 * avg_bag * D, [&](int64_t lo, int64_t hi) {
-    for (int64_t b = lo; b < hi; ++b) {
-      float* o = out + b * D;
-      std::fill(o, o + D, 0.f);
-      // The norm is accumulated in double, as PoolRows does, so that a cache that holds a
-      // row's exact TT value pools to the plain op's result bit for bit.
-      double norm = 0.0;
-      for (int64_t i = row_splits[b]; i < row_splits[b + 1]; ++i) {
-        const float w = weights ? weights[i] : 1.f;
-        norm += combiner == Combiner::kSqrtn ? double(w) * w : w;
-        const float* row = src[i];
-#pragma omp simd
-        for (int64_t j = 0; j < D; ++j) o[j] += w * row[j];
-      }
-      if (combiner == Combiner::kSum) continue;
-      if (combiner == Combiner::kSqrtn) norm = std::sqrt(norm);
-      const float inv = norm == 0.0 ? 0.f : static_cast<float>(1.0 / norm);
-      for (int64_t j = 0; j < D; ++j) o[j] *= inv;
-    }
-  });
+  PoolRowPointers(D, src.data(), combiner, row_splits, num_bags, weights, nnz, out, pfor);
 }
 
 void BuildCacheGradPlan(const int32_t* slots, int64_t nnz, int64_t cache_size,

@@ -508,22 +508,14 @@ void ComputeRows(const TTDims& dims, const float* const* cores, const LookupPlan
   ExtendLevel(dims, cores, plan, dims.k, partials[dims.k - 1], rows, pfor);
 }
 
-void PoolRows(const TTDims& dims, const LookupPlan& plan, Combiner combiner,
-              const int64_t* row_splits, int64_t num_bags, const float* weights,
-              int64_t nnz, const float* rows, float* out, const ParallelFor& pfor) {
-  const int64_t D = dims.dim;
-  static thread_local std::vector<int64_t> tl_leaf_of_pos;
-  std::vector<int64_t>& leaf_of_pos = tl_leaf_of_pos;  // see ExtendLevel
-  leaf_of_pos.resize(nnz);
-  for (int64_t leaf = 0; leaf < plan.num_nodes(dims.k); ++leaf) {
-    for (int64_t j = plan.pos_begin[leaf]; j < plan.pos_begin[leaf + 1]; ++j) {
-      leaf_of_pos[plan.sorted_pos[j]] = leaf;
-    }
-  }
+void PoolRowPointers(int64_t dim, const float* const* row_of_pos, Combiner combiner,
+                     const int64_t* row_splits, int64_t num_bags, const float* weights,
+                     int64_t nnz, float* out, const ParallelFor& pfor) {
+  const int64_t D = dim;
   if (combiner == Combiner::kNone) {
     pfor(nnz, D, [&](int64_t lo, int64_t hi) {
       for (int64_t i = lo; i < hi; ++i) {
-        std::memcpy(out + i * D, rows + leaf_of_pos[i] * D, sizeof(float) * D);
+        std::memcpy(out + i * D, row_of_pos[i], sizeof(float) * D);
       }
     });
     return;
@@ -533,11 +525,12 @@ void PoolRows(const TTDims& dims, const LookupPlan& plan, Combiner combiner,
     for (int64_t b = lo; b < hi; ++b) {
       float* o = out + b * D;
       std::fill(o, o + D, 0.f);
+      // The norm is accumulated in double so long bags lose nothing to rounding.
       double norm = 0.0;
       for (int64_t i = row_splits[b]; i < row_splits[b + 1]; ++i) {
         const float w = weights ? weights[i] : 1.f;
         norm += combiner == Combiner::kSqrtn ? double(w) * w : w;
-        const float* row = rows + leaf_of_pos[i] * D;
+        const float* row = row_of_pos[i];
 #pragma omp simd
         for (int64_t j = 0; j < D; ++j) o[j] += w * row[j];
       }
@@ -547,6 +540,22 @@ void PoolRows(const TTDims& dims, const LookupPlan& plan, Combiner combiner,
       for (int64_t j = 0; j < D; ++j) o[j] *= inv;
     }
   });
+}
+
+void PoolRows(const TTDims& dims, const LookupPlan& plan, Combiner combiner,
+              const int64_t* row_splits, int64_t num_bags, const float* weights,
+              int64_t nnz, const float* rows, float* out, const ParallelFor& pfor) {
+  const int64_t D = dims.dim;
+  static thread_local std::vector<const float*> tl_row_of_pos;
+  std::vector<const float*>& row_of_pos = tl_row_of_pos;
+  row_of_pos.resize(nnz);
+  for (int64_t leaf = 0; leaf < plan.num_nodes(dims.k); ++leaf) {
+    for (int64_t j = plan.pos_begin[leaf]; j < plan.pos_begin[leaf + 1]; ++j) {
+      row_of_pos[plan.sorted_pos[j]] = rows + leaf * D;
+    }
+  }
+  PoolRowPointers(D, row_of_pos.data(), combiner, row_splits, num_bags, weights, nnz, out,
+                  pfor);
 }
 
 void AggregateLeafGrads(const TTDims& dims, const LookupPlan& plan, const float* grad,

@@ -92,7 +92,13 @@ void ComputeRows(const TTDims& dims, const float* const* cores, const LookupPlan
                  std::vector<float>* partials, std::vector<float>* rows,
                  const ParallelFor& pfor);
 
-// Pools rows into out: [num_bags, dim], or [nnz, dim] for Combiner::kNone.
+// Pools the row of each position (row_of_pos[i], dim floats) into out: [num_bags, dim], or
+// [nnz, dim] for Combiner::kNone. The one pooling routine every op uses.
+void PoolRowPointers(int64_t dim, const float* const* row_of_pos, Combiner combiner,
+                     const int64_t* row_splits, int64_t num_bags, const float* weights,
+                     int64_t nnz, float* out, const ParallelFor& pfor);
+
+// Pools the plan's rows (one per distinct id) into out, as PoolRowPointers.
 void PoolRows(const TTDims& dims, const LookupPlan& plan, Combiner combiner,
               const int64_t* row_splits, int64_t num_bags, const float* weights,
               int64_t nnz, const float* rows, float* out, const ParallelFor& pfor);
