@@ -87,6 +87,42 @@ def test_id_dtypes(backend, dtype):
     np.testing.assert_allclose(out.numpy(), expect, rtol=1e-4, atol=1e-5)
 
 
+# Shapes that steer the CPU kernels down each of their paths (docs/ops.md): the last core
+# read parent by parent with 8-wide dot products (rank % 8 == 0, core within L2) or digit by
+# digit (a bigger core, or another rank); dP @ G^T as dot products (q * r_out % 8 == 0) or
+# through transposed slices; a parent's gradient summed directly or through per-node shares
+# (an inner core bigger than L2); odd row counts and q < 4 for the tiles' tails.
+KERNEL_PATH_SHAPES = {
+    "siblings": tt_math.TTShape((30, 40, 50), (2, 2, 4), (1, 16, 16, 1)),
+    "tile_tails": tt_math.TTShape((30, 40, 50), (1, 3, 3), (1, 8, 8, 1)),
+    "big_last_core": tt_math.TTShape((2, 3, 300), (1, 1, 16), (1, 4, 16, 1)),
+    "big_inner_core": tt_math.TTShape((40, 300, 6), (2, 2, 2), (1, 16, 16, 1)),
+    "k4": tt_math.TTShape((5, 6, 7, 8), (2, 1, 3, 2), (1, 8, 16, 8, 1)),
+    "k2": tt_math.TTShape((50, 60), (4, 4), (1, 8, 1)),
+    "mixed_ranks": tt_math.TTShape((30, 40, 50), (2, 3, 2), (1, 12, 8, 1)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(KERNEL_PATH_SHAPES))
+def test_kernel_paths_match_oracle(backend, name):
+    shape = KERNEL_PATH_SHAPES[name]
+    rng = np.random.default_rng(len(name))
+    cores = oracle.random_cores(shape, rng)
+    num_rows = shape.padded_rows
+    # Zipf-like ids: repeats, siblings under one prefix, and lone ids.
+    ids = np.minimum(rng.zipf(1.3, size=600) - 1, num_rows - 1)
+    ids[::7] = rng.integers(0, num_rows, size=ids[::7].size)
+    splits = np.arange(0, 601, 12)
+    bags = [ids[splits[b]:splits[b + 1]].tolist() for b in range(50)]
+    out, upstream, grads = run_lookup(cores, ids.astype(np.int64), splits, None, "sum",
+                                      num_rows, backend)
+    table = oracle.dense_table(cores, num_rows)
+    np.testing.assert_allclose(out, oracle.pooled_oracle(table, bags, None, "sum"),
+                               rtol=1e-4, atol=1e-5)
+    for got, want in zip(grads, oracle.core_grads_oracle(cores, bags, None, "sum", upstream)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_backends_agree_on_a_skewed_batch(backend):
     """A bigger, Zipf-like batch: many repeats and shared leading digits."""
     rng = np.random.default_rng(2)

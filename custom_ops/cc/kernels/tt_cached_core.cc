@@ -181,7 +181,7 @@ void BuildCacheGradPlan(const int32_t* slots, int64_t nnz, int64_t cache_size,
 }
 
 void AccumulateCacheGrads(int64_t dim, const CacheGradPlan& plan, const float* grad,
-                          const std::vector<float>& scale,
+                          const Floats& scale,
                           const std::vector<int64_t>& bag_of_pos, float* values,
                           const ParallelFor& pfor) {
   const int64_t n = plan.num_slots();

@@ -57,7 +57,7 @@ void BuildCacheGradPlan(const int32_t* slots, int64_t nnz, int64_t cache_size,
 // values[n] = sum over the positions i of plan slot n of scale[i] * grad[bag_of_pos[i]]
 // (values: plan.num_slots() x dim, every element written; fixed summation order).
 void AccumulateCacheGrads(int64_t dim, const CacheGradPlan& plan, const float* grad,
-                          const std::vector<float>& scale,
+                          const Floats& scale,
                           const std::vector<int64_t>& bag_of_pos, float* values,
                           const ParallelFor& pfor);
 

@@ -88,7 +88,7 @@ class TTEmbeddingBagCachedOp : public tt_keras::BagKernelBase {
     static thread_local std::vector<int64_t> miss_pos;
     static thread_local std::vector<Tid> miss_ids;
     static thread_local LookupPlan plan;
-    static thread_local std::vector<float> partials[tt_keras::kMaxCores + 1], rows;
+    static thread_local tt_keras::Floats partials[tt_keras::kMaxCores + 1], rows;
     slots.resize(bags.nnz);
     num_hits->scalar<int64_t>()() =
         tt_keras::FindCacheSlots(cache_ids->flat<int64_t>().data(), cache_ids->dim_size(0),
@@ -132,11 +132,11 @@ class TTEmbeddingBagCachedGradOp : public tt_keras::BagKernelBase {
     static thread_local std::vector<int32_t> slots;
     static thread_local std::vector<int64_t> miss_pos;
     static thread_local std::vector<Tid> miss_ids;
-    static thread_local std::vector<float> scale, miss_scale, leaf_grads;
+    static thread_local tt_keras::Floats scale, miss_scale, leaf_grads;
     static thread_local std::vector<int64_t> bag_of_pos, miss_bag;
     static thread_local tt_keras::CacheGradPlan cache_plan;
     static thread_local LookupPlan plan;
-    static thread_local std::vector<float> partials[tt_keras::kMaxCores + 1];
+    static thread_local tt_keras::Floats partials[tt_keras::kMaxCores + 1];
     slots.resize(bags.nnz);
     tt_keras::FindCacheSlots(cache_ids->flat<int64_t>().data(), cache_size, bags.ids,
                              bags.nnz, slots.data(), pfor);

@@ -5,7 +5,14 @@
 #include <cmath>
 #include <cstring>
 
+#include "tt_gemm.h"
+
 namespace tt_keras {
+
+using gemm::GatherGemm;
+using gemm::MatMul;
+using gemm::MatMulAcc;
+using gemm::TransposeSlice;
 
 std::string TTDims::Finalize() {
   if (k < 2 || k > kMaxCores) return "expected 2 to 4 cores, got " + std::to_string(k);
@@ -100,162 +107,6 @@ void SortByIds(const Tid* ids, int64_t nnz, int64_t max_id, std::vector<int64_t>
   for (int64_t i = 0; i < nnz; ++i) {
     (*sorted_ids)[i] = static_cast<int64_t>(a[i] >> pos_bits);
     (*sorted_pos)[i] = static_cast<int64_t>(a[i] & pos_mask);
-  }
-}
-
-// Small-GEMM microkernels. The matrices here are tiny (2-128 per side), where library GEMMs
-// spend more time dispatching than computing; these keep an output panel in registers
-// across the whole contraction. GCC vector types compile to AVX with -march=native and to
-// SSE pairs elsewhere. Loads and stores go through memcpy: the operands are not 32-byte
-// aligned, and memcpy is how to say so (it compiles to one unaligned vector move).
-typedef float v8f __attribute__((vector_size(32)));
-typedef float v4f __attribute__((vector_size(16)));
-
-template <typename V>
-inline V Load(const float* p) {
-  V v;
-  std::memcpy(&v, p, sizeof(V));
-  return v;
-}
-template <typename V>
-inline void Store(float* p, V v) {
-  std::memcpy(p, &v, sizeof(V));
-}
-template <typename V>
-inline V Splat(float x) {
-  return V{} + x;  // a scalar operand is broadcast: one vbroadcastss
-}
-
-// C[0:m, j0:j0+NB*W] (+)= A[0:m, 0:kk] @ B[0:kk, j0:...]; rows in pairs to share B loads.
-// A(i, l) is A[i * a_rs + l * a_cs], so a transposed A costs nothing.
-template <typename V, int NB, bool kAcc>
-inline void GemmPanel(const float* __restrict A, int64_t a_rs, int64_t a_cs,
-                      const float* __restrict B, int64_t ldb, float* __restrict C, int64_t ldc,
-                      int64_t m, int64_t kk) {
-  constexpr int W = sizeof(V) / sizeof(float);
-  int64_t i = 0;
-  for (; i + 2 <= m; i += 2) {
-    V c0[NB], c1[NB];
-    for (int b = 0; b < NB; ++b) {
-      c0[b] = kAcc ? Load<V>(C + i * ldc + b * W) : Splat<V>(0.f);
-      c1[b] = kAcc ? Load<V>(C + (i + 1) * ldc + b * W) : Splat<V>(0.f);
-    }
-    const float* a0 = A + i * a_rs;
-    const float* a1 = a0 + a_rs;
-    for (int64_t l = 0; l < kk; ++l) {
-      const V x0 = Splat<V>(a0[l * a_cs]), x1 = Splat<V>(a1[l * a_cs]);
-      const float* b = B + l * ldb;
-      for (int bb = 0; bb < NB; ++bb) {
-        const V y = Load<V>(b + bb * W);
-        c0[bb] += x0 * y;
-        c1[bb] += x1 * y;
-      }
-    }
-    for (int b = 0; b < NB; ++b) {
-      Store<V>(C + i * ldc + b * W, c0[b]);
-      Store<V>(C + (i + 1) * ldc + b * W, c1[b]);
-    }
-  }
-  for (; i < m; ++i) {
-    V c0[NB];
-    for (int b = 0; b < NB; ++b) c0[b] = kAcc ? Load<V>(C + i * ldc + b * W) : Splat<V>(0.f);
-    const float* a0 = A + i * a_rs;
-    for (int64_t l = 0; l < kk; ++l) {
-      const V x0 = Splat<V>(a0[l * a_cs]);
-      const float* b = B + l * ldb;
-      for (int bb = 0; bb < NB; ++bb) c0[bb] += x0 * Load<V>(b + bb * W);
-    }
-    for (int b = 0; b < NB; ++b) Store<V>(C + i * ldc + b * W, c0[b]);
-  }
-}
-
-// C (m x n) = sum over l of outer(a_rows[l][0:m], b_rows[l][0:n]): a GEMM whose
-// contraction runs over rows scattered in memory (one per stacked node), so the stack is
-// never copied. The output panel stays in registers across the whole contraction.
-template <typename V, int NB>
-inline void GatherGemmPanel(const float* const* a_rows, const float* const* b_rows,
-                            int64_t b_off, float* __restrict C, int64_t ldc, int64_t m,
-                            int64_t kk) {
-  constexpr int W = sizeof(V) / sizeof(float);
-  int64_t i = 0;
-  for (; i + 2 <= m; i += 2) {
-    V c0[NB], c1[NB];
-    for (int b = 0; b < NB; ++b) c0[b] = c1[b] = Splat<V>(0.f);
-    for (int64_t l = 0; l < kk; ++l) {
-      const V x0 = Splat<V>(a_rows[l][i]), x1 = Splat<V>(a_rows[l][i + 1]);
-      const float* b = b_rows[l] + b_off;
-      for (int bb = 0; bb < NB; ++bb) {
-        const V y = Load<V>(b + bb * W);
-        c0[bb] += x0 * y;
-        c1[bb] += x1 * y;
-      }
-    }
-    for (int b = 0; b < NB; ++b) {
-      Store<V>(C + i * ldc + b * W, c0[b]);
-      Store<V>(C + (i + 1) * ldc + b * W, c1[b]);
-    }
-  }
-  for (; i < m; ++i) {
-    V c0[NB];
-    for (int b = 0; b < NB; ++b) c0[b] = Splat<V>(0.f);
-    for (int64_t l = 0; l < kk; ++l) {
-      const V x0 = Splat<V>(a_rows[l][i]);
-      const float* b = b_rows[l] + b_off;
-      for (int bb = 0; bb < NB; ++bb) c0[bb] += x0 * Load<V>(b + bb * W);
-    }
-    for (int b = 0; b < NB; ++b) Store<V>(C + i * ldc + b * W, c0[b]);
-  }
-}
-
-inline void GatherGemm(const float* const* a_rows, const float* const* b_rows, float* C,
-                       int64_t m, int64_t kk, int64_t n) {
-  int64_t j = 0;
-  for (; j + 32 <= n; j += 32) GatherGemmPanel<v8f, 4>(a_rows, b_rows, j, C + j, n, m, kk);
-  for (; j + 8 <= n; j += 8) GatherGemmPanel<v8f, 1>(a_rows, b_rows, j, C + j, n, m, kk);
-  for (; j + 4 <= n; j += 4) GatherGemmPanel<v4f, 1>(a_rows, b_rows, j, C + j, n, m, kk);
-  for (; j < n; ++j) {
-    for (int64_t i = 0; i < m; ++i) {
-      float s = 0.f;
-      for (int64_t l = 0; l < kk; ++l) s += a_rows[l][i] * b_rows[l][j];
-      C[i * n + j] = s;
-    }
-  }
-}
-
-// C (m x n) (+)= A (m x kk) @ B (kk x n); B and C row-major and contiguous, A(i, l) at
-// A[i * a_rs + l * a_cs].
-template <bool kAcc>
-inline void Gemm(const float* __restrict A, int64_t a_rs, int64_t a_cs,
-                 const float* __restrict B, float* __restrict C, int64_t m, int64_t kk,
-                 int64_t n) {
-  int64_t j = 0;
-  for (; j + 32 <= n; j += 32) GemmPanel<v8f, 4, kAcc>(A, a_rs, a_cs, B + j, n, C + j, n, m, kk);
-  for (; j + 8 <= n; j += 8) GemmPanel<v8f, 1, kAcc>(A, a_rs, a_cs, B + j, n, C + j, n, m, kk);
-  for (; j + 4 <= n; j += 4) GemmPanel<v4f, 1, kAcc>(A, a_rs, a_cs, B + j, n, C + j, n, m, kk);
-  for (; j < n; ++j) {
-    for (int64_t i = 0; i < m; ++i) {
-      float s = kAcc ? C[i * n + j] : 0.f;
-      for (int64_t l = 0; l < kk; ++l) s += A[i * a_rs + l * a_cs] * B[l * n + j];
-      C[i * n + j] = s;
-    }
-  }
-}
-
-inline void MatMulAcc(const float* A, const float* B, float* C, int64_t m, int64_t kk,
-                      int64_t n) {
-  Gemm<true>(A, kk, 1, B, C, m, kk, n);
-}
-
-inline void MatMul(const float* A, const float* B, float* C, int64_t m, int64_t kk,
-                   int64_t n) {
-  Gemm<false>(A, kk, 1, B, C, m, kk, n);
-}
-
-// One core slice transposed: (r_in, q*r_out) -> (q*r_out, r_in), so that the backward's
-// G @ slice^T becomes a plain GEMM whose r_in output columns vectorise.
-inline void TransposeSlice(const float* src, int64_t rows, int64_t cols, float* dst) {
-  for (int64_t a = 0; a < rows; ++a) {
-    for (int64_t b = 0; b < cols; ++b) dst[b * rows + a] = src[a * cols + b];
   }
 }
 
@@ -413,7 +264,7 @@ template void BuildPlan<int32_t>(const TTDims&, const int32_t*, int64_t, LookupP
 template void BuildPlan<int64_t>(const TTDims&, const int64_t*, int64_t, LookupPlan*);
 
 void PositionScales(Combiner combiner, const int64_t* row_splits, int64_t num_bags,
-                    const float* weights, int64_t nnz, std::vector<float>* scale,
+                    const float* weights, int64_t nnz, Floats* scale,
                     std::vector<int64_t>* bag_of_pos) {
   scale->resize(nnz);
   bag_of_pos->resize(nnz);
@@ -449,7 +300,7 @@ namespace {
 // visited grouped by digit so each core slice is loaded once and then served from L1: in
 // key order, consecutive nodes hit different slices of a megabyte-sized core.
 void ExtendLevel(const TTDims& dims, const float* const* cores, const LookupPlan& plan,
-                 int level, const std::vector<float>& prev, std::vector<float>* out,
+                 int level, const Floats& prev, Floats* out,
                  const ParallelFor& pfor) {
   const int t = level - 1;
   const int64_t n = plan.num_nodes(level);
@@ -469,11 +320,132 @@ void ExtendLevel(const TTDims& dims, const float* const* cores, const LookupPlan
   float* dst = out->data();
   const int64_t avg = std::max<int64_t>(1, n / dims.p[t]);
   pfor(dims.p[t], 2 * avg * m * kk * nn, [&](int64_t lo, int64_t hi) {
+    // The rows of all nodes of digit d form one GEMM with slice d (see RowsGemm).
+    static thread_local std::vector<const float*> a_rows;
+    static thread_local std::vector<float*> c_rows;
     for (int64_t d = lo; d < hi; ++d) {
-      for (int64_t j = digit_begin[d]; j < digit_begin[d + 1]; ++j) {
-        const int64_t node = order[j];
-        MatMul(prev.data() + parent[node] * prev_size, core + d * slice,
-               dst + node * out_size, m, kk, nn);
+      const int64_t begin = digit_begin[d], count = digit_begin[d + 1] - begin;
+      a_rows.resize(count * m);
+      c_rows.resize(count * m);
+      for (int64_t j = 0; j < count; ++j) {
+        const int64_t node = order[begin + j];
+        for (int64_t i = 0; i < m; ++i) {
+          a_rows[j * m + i] = prev.data() + parent[node] * prev_size + i * kk;
+          c_rows[j * m + i] = dst + node * out_size + i * nn;
+        }
+      }
+      gemm::RowsGemm(a_rows.data(), core + d * slice, c_rows.data(), count * m, kk, nn);
+    }
+  });
+}
+
+// Floats of a core that stay resident in a typical per-core L2 (256 KiB).
+constexpr int64_t kL2Floats = 64 * 1024;
+
+// The last core (r_k = 1) turns each distinct id's (Q x r) partial into its (Q x q) row: a
+// long contraction over the rank and a short output. Read in the plan's order, siblings
+// share their parent's partial, and when the core fits in L2 its slices can be read in any
+// order; computed as dot products along the rank (both operands contiguous there) it runs
+// 8-wide instead of q-wide. Needs r % 8 == 0; otherwise the digit-grouped path is used.
+bool LastLevelBySiblings(const TTDims& dims) {
+  const int t = dims.k - 1;
+  return dims.r[t] % 8 == 0 && dims.p[t] * dims.CoreSliceSize(t) <= kL2Floats;
+}
+
+// The last core with each slice transposed, (q, r) per digit: the layout both passes read.
+const Floats& TransposedLastCore(const TTDims& dims, const float* core) {
+  const int t = dims.k - 1;
+  const int64_t slice = dims.CoreSliceSize(t);
+  static thread_local Floats transposed;
+  transposed.resize(dims.p[t] * slice);
+  for (int64_t d = 0; d < dims.p[t]; ++d) {
+    TransposeSlice(core + d * slice, dims.r[t], dims.q[t], transposed.data() + d * slice);
+  }
+  return transposed;
+}
+
+// Rows of the leaves, parent by parent (LastLevelBySiblings).
+void ExtendLastLevelBySiblings(const TTDims& dims, const float* const* cores,
+                               const LookupPlan& plan, const float* prev,
+                               Floats* rows, const ParallelFor& pfor) {
+  const int k = dims.k, t = k - 1;
+  const int64_t m = dims.col_prefix[t], kk = dims.r[t], nn = dims.q[t];
+  const int64_t slice = dims.CoreSliceSize(t), prev_size = dims.PartialSize(k - 1);
+  const float* gt = TransposedLastCore(dims, cores[t]).data();
+  const int64_t num_parents = plan.num_nodes(k - 1);
+  const auto& child_begin = plan.child_begin[k - 1];
+  rows->resize(plan.num_nodes(k) * dims.dim);
+  float* out = rows->data();
+  const int64_t per_parent = 2 * m * kk * nn * std::max<int64_t>(1, plan.num_nodes(k) / num_parents);
+  pfor(num_parents, per_parent, [&](int64_t lo, int64_t hi) {
+    for (int64_t par = lo; par < hi; ++par) {
+      for (int64_t c = child_begin[par]; c < child_begin[par + 1]; ++c) {
+        gemm::MatMulBt<false>(prev + par * prev_size, gt + NodeDigit(dims, plan, k, c) * slice,
+                       out + c * dims.dim, m, kk, nn);
+      }
+    }
+  });
+}
+
+// Backward of ExtendLastLevelBySiblings, one pass over the parents: each child's row
+// gradient g (Q x q) adds g @ G[d] to its parent's dP and g^T @ P into dG[d]. The latter
+// is accumulated per part of the parents (each part has its own copy of dG, so that no two
+// workers write the same slice) and the copies are summed at the end.
+void BackpropLastLevelBySiblings(const TTDims& dims, const float* const* cores,
+                                 const LookupPlan& plan, const float* prev,
+                                 const float* leaf_grads, float* core_grad,
+                                 Floats* parent_grads, const ParallelFor& pfor) {
+  const int k = dims.k, t = k - 1;
+  const int64_t m = dims.col_prefix[t], kk = dims.r[t], nn = dims.q[t];
+  const int64_t slice = dims.CoreSliceSize(t), prev_size = dims.PartialSize(k - 1);
+  const int64_t core_size = dims.p[t] * slice, dim = dims.dim;
+  const float* gt = TransposedLastCore(dims, cores[t]).data();
+  const int64_t num_parents = plan.num_nodes(k - 1), num_leaves = plan.num_nodes(k);
+  const auto& child_begin = plan.child_begin[k - 1];
+  // Parts of about equal leaf counts; a few suffice for the thread pools of CPU hosts, and
+  // each costs one zeroed copy of dG.
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(4, num_leaves / 1024));
+  static thread_local std::vector<int64_t> tl_part_begin;
+  std::vector<int64_t>& part_begin = tl_part_begin;
+  part_begin.assign(parts + 1, num_parents);
+  part_begin[0] = 0;
+  for (int64_t s = 1, par = 0; s < parts; ++s) {
+    while (par < num_parents && child_begin[par] < s * num_leaves / parts) ++par;
+    part_begin[s] = par;
+  }
+  static thread_local Floats tl_part_grads;
+  Floats& part_grads = tl_part_grads;
+  part_grads.resize(parts * core_size);
+  parent_grads->resize(num_parents * prev_size);
+  float* upper = parent_grads->data();
+  pfor(parts, 4 * m * kk * nn * num_leaves / parts, [&](int64_t lo, int64_t hi) {
+    for (int64_t s = lo; s < hi; ++s) {
+      float* dgt = part_grads.data() + s * core_size;
+      std::fill(dgt, dgt + core_size, 0.f);
+      for (int64_t par = part_begin[s]; par < part_begin[s + 1]; ++par) {
+        const float* p = prev + par * prev_size;
+        float* dp = upper + par * prev_size;
+        for (int64_t c = child_begin[par]; c < child_begin[par + 1]; ++c) {
+          const float* g = leaf_grads + c * dim;
+          const int64_t off = NodeDigit(dims, plan, k, c) * slice;
+          if (c == child_begin[par]) {
+            gemm::Gemm<false>(g, nn, 1, gt + off, dp, m, nn, kk);
+          } else {
+            gemm::Gemm<true>(g, nn, 1, gt + off, dp, m, nn, kk);
+          }
+          gemm::Gemm<true>(g, 1, nn, p, dgt + off, nn, m, kk);
+        }
+      }
+    }
+  });
+  pfor(dims.p[t], 2 * parts * slice, [&](int64_t lo, int64_t hi) {
+    for (int64_t d = lo; d < hi; ++d) {
+      for (int64_t j = 0; j < nn; ++j) {
+        for (int64_t l = 0; l < kk; ++l) {
+          float sum = 0.f;
+          for (int64_t s = 0; s < parts; ++s) sum += part_grads[s * core_size + d * slice + j * kk + l];
+          core_grad[d * slice + l * nn + j] = sum;
+        }
       }
     }
   });
@@ -482,7 +454,7 @@ void ExtendLevel(const TTDims& dims, const float* const* cores, const LookupPlan
 }  // namespace
 
 void ComputePartials(const TTDims& dims, const float* const* cores, const LookupPlan& plan,
-                     int last_level, std::vector<float>* partials, const ParallelFor& pfor) {
+                     int last_level, Floats* partials, const ParallelFor& pfor) {
   for (int level = 1; level <= last_level; ++level) {
     if (level == 1) {
       // P_1 is the core slice itself: (1 x q_0 r_1) read as (q_0 x r_1).
@@ -501,11 +473,15 @@ void ComputePartials(const TTDims& dims, const float* const* cores, const Lookup
 }
 
 void ComputeRows(const TTDims& dims, const float* const* cores, const LookupPlan& plan,
-                 std::vector<float>* partials, std::vector<float>* rows,
+                 Floats* partials, Floats* rows,
                  const ParallelFor& pfor) {
   ComputePartials(dims, cores, plan, dims.k - 1, partials, pfor);
   // With r_k = 1 the last partial product is the row itself.
-  ExtendLevel(dims, cores, plan, dims.k, partials[dims.k - 1], rows, pfor);
+  if (LastLevelBySiblings(dims)) {
+    ExtendLastLevelBySiblings(dims, cores, plan, partials[dims.k - 1].data(), rows, pfor);
+  } else {
+    ExtendLevel(dims, cores, plan, dims.k, partials[dims.k - 1], rows, pfor);
+  }
 }
 
 void PoolRowPointers(int64_t dim, const float* const* row_of_pos, Combiner combiner,
@@ -559,9 +535,9 @@ void PoolRows(const TTDims& dims, const LookupPlan& plan, Combiner combiner,
 }
 
 void AggregateLeafGrads(const TTDims& dims, const LookupPlan& plan, const float* grad,
-                        const std::vector<float>& scale,
+                        const Floats& scale,
                         const std::vector<int64_t>& bag_of_pos,
-                        std::vector<float>* leaf_grads, const ParallelFor& pfor) {
+                        Floats* leaf_grads, const ParallelFor& pfor) {
   const int64_t D = dims.dim;
   const int64_t n = plan.num_nodes(dims.k);
   leaf_grads->assign(n * D, 0.f);
@@ -580,11 +556,8 @@ void AggregateLeafGrads(const TTDims& dims, const LookupPlan& plan, const float*
   });
 }
 
-// Floats of a core that stay resident in a typical per-core L2 (256 KiB).
-constexpr int64_t kL2Floats = 64 * 1024;
-
 void BackpropCores(const TTDims& dims, const float* const* cores, const LookupPlan& plan,
-                   std::vector<float>* partials, std::vector<float>* leaf_grads,
+                   Floats* partials, Floats* leaf_grads,
                    float* const* core_grads, const ParallelFor& pfor,
                    const float* residual_partials) {
   const int k = dims.k;
@@ -602,15 +575,21 @@ void BackpropCores(const TTDims& dims, const float* const* cores, const LookupPl
   // nothing is re-zeroed: level_grads[L] is dL/dP_L of level L's nodes (the leaves' is
   // *leaf_grads); contrib[n] is node n's share of its parent's gradient. Bound to locals so
   // the worker lambdas see this thread's buffers (see ExtendLevel).
-  static thread_local std::vector<float> tl_level_grads[kMaxCores + 1];
-  static thread_local std::vector<float> tl_contrib, tl_transposed;
+  static thread_local Floats tl_level_grads[kMaxCores + 1];
+  static thread_local Floats tl_contrib, tl_transposed;
   static thread_local std::vector<int64_t> tl_digit_begin, tl_order;
-  std::vector<float>* level_grads = tl_level_grads;
-  std::vector<float>& contrib = tl_contrib;
-  std::vector<float>& transposed = tl_transposed;
+  Floats* level_grads = tl_level_grads;
+  Floats& contrib = tl_contrib;
+  Floats& transposed = tl_transposed;
   std::vector<int64_t>& digit_begin = tl_digit_begin;
   std::vector<int64_t>& order = tl_order;
-  for (int level = k; level >= 1; --level) {
+  int top = k;
+  if (LastLevelBySiblings(dims)) {
+    BackpropLastLevelBySiblings(dims, cores, plan, partial_ptrs[k - 1], leaf_grads->data(),
+                                core_grads[k - 1], &level_grads[k - 1], pfor);
+    top = k - 1;
+  }
+  for (int level = top; level >= 1; --level) {
     const int t = level - 1;
     const int64_t slice = dims.CoreSliceSize(t);
     const int64_t m = dims.col_prefix[t], kk = dims.r[t], nn = dims.q[t] * dims.r[t + 1];
@@ -624,30 +603,49 @@ void BackpropCores(const TTDims& dims, const float* const* cores, const LookupPl
     // So a parent sums its children's dP_L[c] @ G_t[d_c]^T directly when the core is small,
     // and otherwise each child's share goes through `contrib`, written in digit order.
     const bool direct_to_parent = dims.p[t] * slice <= kL2Floats;
-    if (level > 1) {
+    // With q r_out a multiple of 8, dP @ G^T runs as dot products along it (MatMulBt), and
+    // dG_t[d] comes out in the core's own layout; otherwise through transposed slices.
+    const bool dot_form = nn % 8 == 0;
+    if (level > 1 && !dot_form) {
       transposed.resize(dims.p[t] * slice);
-      if (!direct_to_parent) contrib.resize(num_nodes * prev_size);
       pfor(dims.p[t], 2 * slice, [&](int64_t lo, int64_t hi) {
         for (int64_t d = lo; d < hi; ++d) {
           TransposeSlice(core + d * slice, kk, nn, transposed.data() + d * slice);
         }
       });
     }
+    if (level > 1 && !direct_to_parent) contrib.resize(num_nodes * prev_size);
+    // out (+)= dP_L[node] @ G_t[d]^T: node's share of its parent's gradient.
+    auto parent_share = [&](int64_t node, int64_t d, bool accumulate, float* out) {
+      const float* dp = g + node * size;
+      if (dot_form) {
+        if (accumulate) {
+          gemm::MatMulBt<true>(dp, core + d * slice, out, m, nn, kk);
+        } else {
+          gemm::MatMulBt<false>(dp, core + d * slice, out, m, nn, kk);
+        }
+      } else if (accumulate) {
+        MatMulAcc(dp, transposed.data() + d * slice, out, m, nn, kk);
+      } else {
+        MatMul(dp, transposed.data() + d * slice, out, m, nn, kk);
+      }
+    };
 
     // Per digit d (one worker owns slice d: no atomics, a fixed summation order, and each
     // slice of dG written exactly once):
     //   dG_t[d] = sum over nodes n with digit d of P_{L-1}[parent(n)]^T @ dP_L[n]
     //   contrib[n] = dP_L[n] @ G_t[d]^T, summed into the parent's gradient below.
-    // The first is one GEMM over the group's nodes stacked along the contraction, computed
-    // transposed, (q r_out x r_in) = dP_stack^T @ P_stack, so that the output panel stays
-    // in registers for the whole group instead of being re-read for every node.
+    // The first is one GEMM over the group's nodes stacked along the contraction, so that the
+    // output panel stays in registers for the whole group instead of being re-read for
+    // every node; when q r_out is not a multiple of 8 it is computed transposed,
+    // (q r_out x r_in) = dP_stack^T @ P_stack, for 8-wide panels along r_in.
     GroupByDigit(dims, plan, level, &digit_begin, &order);
     const float* prev = level > 1 ? partial_ptrs[level - 1] : nullptr;
     const auto& parent = plan.parent[level];
     const int64_t avg = std::max<int64_t>(1, num_nodes / dims.p[t]);
     pfor(dims.p[t], 4 * avg * m * kk * nn, [&](int64_t lo, int64_t hi) {
       static thread_local std::vector<const float*> grad_rows, prev_rows;
-      static thread_local std::vector<float> dgt;
+      static thread_local Floats dgt;
       for (int64_t d = lo; d < hi; ++d) {
         const int64_t begin = digit_begin[d], count = digit_begin[d + 1] - begin;
         float* dst = dcore + d * slice;
@@ -666,7 +664,6 @@ void BackpropCores(const TTDims& dims, const float* const* cores, const LookupPl
         // Row x of the stack is row i of node j's dP (nn wide) and of its parent's P (kk).
         grad_rows.resize(count * m);
         prev_rows.resize(count * m);
-        dgt.resize(nn * kk);
         for (int64_t j = 0; j < count; ++j) {
           const int64_t node = order[begin + j];
           for (int64_t i = 0; i < m; ++i) {
@@ -674,10 +671,14 @@ void BackpropCores(const TTDims& dims, const float* const* cores, const LookupPl
             prev_rows[j * m + i] = prev + parent[node] * prev_size + i * kk;
           }
           if (!direct_to_parent) {
-            MatMul(g + node * size, transposed.data() + d * slice,
-                   contrib.data() + node * prev_size, m, nn, kk);
+            parent_share(node, d, false, contrib.data() + node * prev_size);
           }
         }
+        if (dot_form) {
+          GatherGemm(prev_rows.data(), grad_rows.data(), dst, kk, count * m, nn);
+          continue;
+        }
+        dgt.resize(nn * kk);
         GatherGemm(grad_rows.data(), prev_rows.data(), dgt.data(), nn, count * m, kk);
         for (int64_t a = 0; a < kk; ++a) {
           for (int64_t b = 0; b < nn; ++b) dst[a * nn + b] = dgt[b * kk + a];
@@ -689,7 +690,7 @@ void BackpropCores(const TTDims& dims, const float* const* cores, const LookupPl
     // Children of a parent are contiguous, so each parent sums its own range.
     const int64_t num_parents = plan.num_nodes(level - 1);
     const auto& child_begin = plan.child_begin[level - 1];
-    std::vector<float>& upper = level_grads[level - 1];
+    Floats& upper = level_grads[level - 1];
     upper.resize(num_parents * prev_size);
     const int64_t per_child = direct_to_parent ? 2 * m * nn * kk : prev_size;
     pfor(num_parents, per_child * std::max<int64_t>(1, num_nodes / num_parents),
@@ -699,12 +700,7 @@ void BackpropCores(const TTDims& dims, const float* const* cores, const LookupPl
              const int64_t first = child_begin[par], last = child_begin[par + 1];
              if (direct_to_parent) {
                for (int64_t c = first; c < last; ++c) {
-                 const float* gt = transposed.data() + NodeDigit(dims, plan, level, c) * slice;
-                 if (c == first) {
-                   MatMul(g + c * size, gt, dst, m, nn, kk);
-                 } else {
-                   MatMulAcc(g + c * size, gt, dst, m, nn, kk);
-                 }
+                 parent_share(c, NodeDigit(dims, plan, level, c), c != first, dst);
                }
                continue;
              }

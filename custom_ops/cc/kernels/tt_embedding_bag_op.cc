@@ -47,7 +47,7 @@ class TTEmbeddingBagOp : public tt_keras::BagKernelBase {
     const auto pfor = CpuParallelFor(ctx);
     // Per-thread scratch: reused across calls so large batches do not page-fault afresh.
     static thread_local LookupPlan plan;
-    static thread_local std::vector<float> partials[tt_keras::kMaxCores + 1], rows;
+    static thread_local tt_keras::Floats partials[tt_keras::kMaxCores + 1], rows;
     tt_keras::BuildPlan(dims, bags.ids, bags.nnz, &plan);
     const std::vector<const float*> core_ptrs = CorePointers(cores);
     tt_keras::ComputeRows(dims, core_ptrs.data(), plan, partials, &rows, pfor);
@@ -97,8 +97,8 @@ class TTEmbeddingBagGradOp : public tt_keras::BagKernelBase {
 
     const auto pfor = CpuParallelFor(ctx);
     static thread_local LookupPlan plan;
-    static thread_local std::vector<float> scale, leaf_grads;
-    static thread_local std::vector<float> partials[tt_keras::kMaxCores + 1];
+    static thread_local tt_keras::Floats scale, leaf_grads;
+    static thread_local tt_keras::Floats partials[tt_keras::kMaxCores + 1];
     static thread_local std::vector<int64_t> bag_of_pos;
     // The forward's residuals, when it left them, spare the sort and the leading GEMMs.
     const Tensor *residual_plan_ptr, *residual_partials_ptr;
