@@ -162,6 +162,49 @@ def test_cached_lookup_edge_cases(backend, case):
         assert all(not tf.convert_to_tensor(g).numpy().any() for g in grads[:3])
 
 
+def test_cached_gradient_op_uses_or_rebuilds_the_forward_residuals():
+    """The cached gradient from the forward's residuals (slots, the misses' plan and partials)
+    equals the one rebuilt from scratch; corrupted residuals are rejected, never trusted."""
+    from tt_keras.ops import tt_ops_library
+    ops = tt_ops_library.ops
+    rng = np.random.default_rng(11)
+    shape = tt_math.TTShape((20, 30, 40), (2, 2, 4), (1, 8, 8, 1))
+    cores = [tf.constant(c) for c in oracle.random_cores(shape, rng)]
+    cache_ids, cache_rows = cache_arrays(rng, shape.padded_rows, shape.dim,
+                                         np.array([0, 1, 2, 45, 900]))
+    ids = tf.constant(np.concatenate([[0, 0, 1, 45, 2], rng.integers(0, 5000, size=55)]))
+    splits = tf.constant(np.arange(0, 61, 6), tf.int64)
+    args = dict(cores=cores, cache_ids=cache_ids, indices=ids, row_splits=splits,
+                weights=tf.zeros([0]), num_rows=shape.padded_rows, combiner="sum")
+    fwd = ops.tt_keras_tt_embedding_bag_cached(cache_rows=cache_rows, **args)
+    assert fwd.residual_plan.shape[0] > 0 and fwd.residual_partials.shape[0] > 0
+    np.testing.assert_array_equal(fwd.residual_slots.numpy()[:5], [0, 0, 1, 3, 2])
+    grad = tf.constant(rng.normal(size=fwd.output.shape).astype(np.float32))
+
+    def grads(slots, plan, partials):
+        out = ops.tt_keras_tt_embedding_bag_cached_grad(
+            grad=grad, residual_slots=slots, residual_plan=plan, residual_partials=partials,
+            **args)
+        return [g.numpy() for g in out.core_grads] + [out.cache_grad_slots.numpy(),
+                                                      out.cache_grad_values.numpy()]
+
+    with_residuals = grads(fwd.residual_slots, fwd.residual_plan, fwd.residual_partials)
+    rebuilt = grads(tf.zeros([0], tf.int32), tf.zeros([0], tf.int64), tf.zeros([0]))
+    for a, b in zip(with_residuals, rebuilt):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    slots = fwd.residual_slots
+    for bad, needle in [(tf.tensor_scatter_nd_update(slots, [[7]], [99]), "residual_slots"),
+                        (tf.tensor_scatter_nd_update(slots, [[0]], [1]), "residual_slots"),
+                        (slots[1:], "residual_slots")]:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=needle):
+            grads(bad, fwd.residual_plan, fwd.residual_partials)
+    bad_plan = tf.tensor_scatter_nd_update(fwd.residual_plan, [[5]], [10**9])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="residual_plan"):
+        grads(slots, bad_plan, fwd.residual_partials)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="residual_partials"):
+        grads(slots, fwd.residual_plan, fwd.residual_partials[1:])
+
+
 def test_backends_agree_on_a_skewed_batch():
     """A bigger Zipf batch: the op and the pure-TF path give the same rows and gradients."""
     rng = np.random.default_rng(8)

@@ -15,9 +15,10 @@ def tt_embedding_bag_cached(cores, cache_ids, cache_rows, indices, row_splits, w
                             num_rows, combiner):
     """Calls `TTKeras>TTEmbeddingBagCached` (docs/cache.md); arguments already validated.
 
-    Returns (output, num_hits): the pooled rows and how many indices hit the cache.
+    Returns (output, num_hits): the pooled rows and how many indices hit the cache; the op's
+    other outputs (residuals for its gradient) stay in the graph for the gradient.
     """
-    return tt_ops_library.ops.tt_keras_tt_embedding_bag_cached(
+    outputs = tt_ops_library.ops.tt_keras_tt_embedding_bag_cached(
         cores=cores,
         cache_ids=cache_ids,
         cache_rows=cache_rows,
@@ -27,10 +28,11 @@ def tt_embedding_bag_cached(cores, cache_ids, cache_rows, indices, row_splits, w
         num_rows=num_rows,
         combiner=combiner,
     )
+    return outputs.output, outputs.num_hits
 
 
 @tf.RegisterGradient("TTKeras>TTEmbeddingBagCached")
-def _tt_embedding_bag_cached_grad(op, grad, unused_num_hits_grad):
+def _tt_embedding_bag_cached_grad(op, grad, *unused_other_grads):
     num_cores = op.get_attr("N")
     cores = list(op.inputs[:num_cores])
     cache_ids, cache_rows, indices, row_splits, weights = op.inputs[num_cores:]
@@ -43,6 +45,9 @@ def _tt_embedding_bag_cached_grad(op, grad, unused_num_hits_grad):
         indices=indices,
         row_splits=row_splits,
         weights=weights,
+        residual_slots=op.outputs[2],
+        residual_plan=op.outputs[3],
+        residual_partials=op.outputs[4],
         num_rows=num_rows,
         combiner=combiner,
     )

@@ -51,6 +51,30 @@ absl::Status ValidateCache(const Tensor& cache_ids, const Tensor* cache_rows, in
   return absl::OkStatus();
 }
 
+// Copies the forward's slots into `slots`, checking each against the cache: a slot must be
+// -1 or one whose id is the position's id (the slots index cache rows).
+template <typename Tid>
+absl::Status CheckResidualSlots(const Tensor& residual_slots, const int64_t* cache_ids,
+                                int64_t cache_size, const Tid* ids, int64_t nnz,
+                                int32_t* slots) {
+  if (residual_slots.dims() != 1 || residual_slots.dim_size(0) != nnz) {
+    return errors::InvalidArgument("residual_slots has shape ",
+                                   residual_slots.shape().DebugString(), "; expected [", nnz,
+                                   "], one slot per index");
+  }
+  const int32_t* in = residual_slots.flat<int32_t>().data();
+  for (int64_t i = 0; i < nnz; ++i) {
+    const int32_t s = in[i];
+    if (s < -1 || s >= cache_size || (s >= 0 && cache_ids[s] != static_cast<int64_t>(ids[i]))) {
+      return errors::InvalidArgument("residual_slots[", i, "] = ", s,
+                                     " is not the cache slot of indices[", i, "] = ",
+                                     static_cast<int64_t>(ids[i]));
+    }
+    slots[i] = s;
+  }
+  return absl::OkStatus();
+}
+
 template <typename Tid>
 class TTEmbeddingBagCachedOp : public tt_keras::BagKernelBase {
  public:
@@ -75,25 +99,31 @@ class TTEmbeddingBagCachedOp : public tt_keras::BagKernelBase {
     Tensor* num_hits = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({}), &num_hits));
     num_hits->scalar<int64_t>()() = 0;
-    if (out_rows == 0) return;
-    float* out = output->flat<float>().data();
+    // The residuals for the gradient: every position's slot now, the misses' plan and
+    // partials once they exist (left empty when there are no misses).
+    Tensor* slots_out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({bags.nnz}), &slots_out));
     if (bags.nnz == 0) {
-      std::fill(out, out + out_rows * dims.dim, 0.f);
+      std::fill(output->flat<float>().data(),
+                output->flat<float>().data() + out_rows * dims.dim, 0.f);
+      Tensor* empty = nullptr;
+      OP_REQUIRES_OK(ctx, ctx->allocate_output(3, TensorShape({0}), &empty));
+      OP_REQUIRES_OK(ctx, ctx->allocate_output(4, TensorShape({0}), &empty));
       return;
     }
+    float* out = output->flat<float>().data();
+    int32_t* slots = slots_out->flat<int32_t>().data();
 
     const auto pfor = CpuParallelFor(ctx);
     // Per-thread scratch, reused across calls (as the plain op's).
-    static thread_local std::vector<int32_t> slots;
     static thread_local std::vector<int64_t> miss_pos;
     static thread_local std::vector<Tid> miss_ids;
     static thread_local LookupPlan plan;
     static thread_local tt_keras::Floats partials[tt_keras::kMaxCores + 1], rows;
-    slots.resize(bags.nnz);
     num_hits->scalar<int64_t>()() =
         tt_keras::FindCacheSlots(cache_ids->flat<int64_t>().data(), cache_ids->dim_size(0),
-                                 bags.ids, bags.nnz, slots.data(), pfor);
-    tt_keras::CollectMisses(bags.ids, slots.data(), bags.nnz, &miss_pos, &miss_ids);
+                                 bags.ids, bags.nnz, slots, pfor);
+    tt_keras::CollectMisses(bags.ids, slots, bags.nnz, &miss_pos, &miss_ids);
     const int64_t num_misses = static_cast<int64_t>(miss_ids.size());
     const float* tt_rows = nullptr;
     if (num_misses > 0) {
@@ -102,9 +132,11 @@ class TTEmbeddingBagCachedOp : public tt_keras::BagKernelBase {
       tt_keras::ComputeRows(dims, core_ptrs.data(), plan, partials, &rows, pfor);
       tt_rows = rows.data();
     }
-    tt_keras::PoolCachedRows(dims, slots.data(), cache_rows->flat<float>().data(), plan,
+    tt_keras::PoolCachedRows(dims, slots, cache_rows->flat<float>().data(), plan,
                              miss_pos.data(), tt_rows, combiner_, bags.row_splits,
                              bags.num_bags, bags.weights, bags.nnz, out, pfor);
+    OP_REQUIRES_OK(ctx, tt_keras::OutputResiduals(ctx, 3, dims,
+                                                  num_misses > 0 ? &plan : nullptr, partials));
   }
 };
 
@@ -137,9 +169,18 @@ class TTEmbeddingBagCachedGradOp : public tt_keras::BagKernelBase {
     static thread_local tt_keras::CacheGradPlan cache_plan;
     static thread_local LookupPlan plan;
     static thread_local tt_keras::Floats partials[tt_keras::kMaxCores + 1];
+    const Tensor* residual_slots;
+    OP_REQUIRES_OK(ctx, ctx->input("residual_slots", &residual_slots));
     slots.resize(bags.nnz);
-    tt_keras::FindCacheSlots(cache_ids->flat<int64_t>().data(), cache_size, bags.ids,
-                             bags.nnz, slots.data(), pfor);
+    if (residual_slots->NumElements() > 0) {
+      // The forward's slots, checked: they index cache rows.
+      OP_REQUIRES_OK(ctx, CheckResidualSlots(
+                              *residual_slots, cache_ids->flat<int64_t>().data(), cache_size,
+                              bags.ids, bags.nnz, slots.data()));
+    } else {
+      tt_keras::FindCacheSlots(cache_ids->flat<int64_t>().data(), cache_size, bags.ids,
+                               bags.nnz, slots.data(), pfor);
+    }
     tt_keras::PositionScales(combiner_, bags.row_splits, bags.num_bags, bags.weights,
                              bags.nnz, &scale, &bag_of_pos);
 
@@ -181,11 +222,13 @@ class TTEmbeddingBagCachedGradOp : public tt_keras::BagKernelBase {
       miss_scale[m] = scale[miss_pos[m]];
       miss_bag[m] = bag_of_pos[miss_pos[m]];
     }
-    tt_keras::BuildPlan(dims, miss_ids.data(), num_misses, &plan);
+    const float* ready_partials = nullptr;
+    OP_REQUIRES_OK(ctx, tt_keras::ReadOrBuildPlan(ctx, dims, miss_ids.data(), num_misses,
+                                                  &plan, &ready_partials));
     tt_keras::AggregateLeafGrads(dims, plan, g, miss_scale, miss_bag, &leaf_grads, pfor);
     const std::vector<const float*> core_ptrs = CorePointers(cores);
     tt_keras::BackpropCores(dims, core_ptrs.data(), plan, partials, &leaf_grads,
-                            grad_ptrs.data(), pfor);
+                            grad_ptrs.data(), pfor, ready_partials);
   }
 };
 

@@ -36,11 +36,9 @@ class TTEmbeddingBagOp : public tt_keras::BagKernelBase {
     Tensor* output = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({out_rows, dims.dim}), &output));
     float* out = output->flat<float>().data();
-    Tensor *plan_out = nullptr, *partials_out = nullptr;
     if (bags.nnz == 0) {
       std::fill(out, out + out_rows * dims.dim, 0.f);
-      OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({0}), &plan_out));
-      OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({0}), &partials_out));
+      OP_REQUIRES_OK(ctx, tt_keras::OutputResiduals(ctx, 1, dims, nullptr, nullptr));
       return;
     }
 
@@ -55,16 +53,7 @@ class TTEmbeddingBagOp : public tt_keras::BagKernelBase {
                        bags.nnz, rows.data(), out, pfor);
 
     // Residuals for the gradient: it then skips the sort and the leading cores' GEMMs.
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(
-                            1, TensorShape({tt_keras::SerializedPlanSize(plan)}), &plan_out));
-    tt_keras::SerializePlan(plan, plan_out->flat<int64_t>().data());
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(
-                            2, TensorShape({tt_keras::PartialsSize(dims, plan)}), &partials_out));
-    float* dst = partials_out->flat<float>().data();
-    for (int level = 1; level < dims.k; ++level) {
-      std::memcpy(dst, partials[level].data(), sizeof(float) * partials[level].size());
-      dst += partials[level].size();
-    }
+    OP_REQUIRES_OK(ctx, tt_keras::OutputResiduals(ctx, 1, dims, &plan, partials));
   }
 };
 
@@ -101,25 +90,9 @@ class TTEmbeddingBagGradOp : public tt_keras::BagKernelBase {
     static thread_local tt_keras::Floats partials[tt_keras::kMaxCores + 1];
     static thread_local std::vector<int64_t> bag_of_pos;
     // The forward's residuals, when it left them, spare the sort and the leading GEMMs.
-    const Tensor *residual_plan_ptr, *residual_partials_ptr;
-    OP_REQUIRES_OK(ctx, ctx->input("residual_plan", &residual_plan_ptr));
-    OP_REQUIRES_OK(ctx, ctx->input("residual_partials", &residual_partials_ptr));
-    const Tensor& residual_plan = *residual_plan_ptr;
-    const Tensor& residual_partials = *residual_partials_ptr;
     const float* ready_partials = nullptr;
-    if (residual_plan.NumElements() > 0) {
-      const std::string error = tt_keras::DeserializePlan(
-          dims, bags.nnz, residual_plan.flat<int64_t>().data(), residual_plan.NumElements(),
-          &plan);
-      OP_REQUIRES(ctx, error.empty(), errors::InvalidArgument(error));
-      OP_REQUIRES(ctx, residual_partials.NumElements() == tt_keras::PartialsSize(dims, plan),
-                  errors::InvalidArgument("residual_partials has ",
-                                          residual_partials.NumElements(), " floats; the plan "
-                                          "needs ", tt_keras::PartialsSize(dims, plan)));
-      ready_partials = residual_partials.flat<float>().data();
-    } else {
-      tt_keras::BuildPlan(dims, bags.ids, bags.nnz, &plan);
-    }
+    OP_REQUIRES_OK(ctx, tt_keras::ReadOrBuildPlan(ctx, dims, bags.ids, bags.nnz, &plan,
+                                                  &ready_partials));
     tt_keras::PositionScales(combiner_, bags.row_splits, bags.num_bags, bags.weights,
                              bags.nnz, &scale, &bag_of_pos);
     tt_keras::AggregateLeafGrads(dims, plan, grad.flat<float>().data(), scale, bag_of_pos,

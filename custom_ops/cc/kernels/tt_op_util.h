@@ -54,6 +54,58 @@ class BagKernelBase : public tensorflow::OpKernel {
   Combiner combiner_ = Combiner::kNone;
 };
 
+// Writes a forward op's residual outputs (first_output: the plan, then the partials) for its
+// gradient; with plan == nullptr both are empty, which tells the gradient to rebuild them.
+inline tensorflow::Status OutputResiduals(tensorflow::OpKernelContext* ctx, int first_output,
+                                          const TTDims& dims, const LookupPlan* plan,
+                                          const Floats* partials) {
+  tensorflow::Tensor* plan_out = nullptr;
+  tensorflow::Tensor* partials_out = nullptr;
+  const int64_t plan_size = plan ? SerializedPlanSize(*plan) : 0;
+  const int64_t partials_size = plan ? PartialsSize(dims, *plan) : 0;
+  TF_RETURN_IF_ERROR(ctx->allocate_output(first_output, tensorflow::TensorShape({plan_size}),
+                                          &plan_out));
+  TF_RETURN_IF_ERROR(ctx->allocate_output(
+      first_output + 1, tensorflow::TensorShape({partials_size}), &partials_out));
+  if (plan == nullptr) return tensorflow::OkStatus();
+  SerializePlan(*plan, plan_out->flat<int64_t>().data());
+  float* dst = partials_out->flat<float>().data();
+  for (int level = 1; level < dims.k; ++level) {
+    std::copy(partials[level].begin(), partials[level].end(), dst);
+    dst += partials[level].size();
+  }
+  return tensorflow::OkStatus();
+}
+
+// A gradient op's plan: the forward's (inputs "residual_plan" / "residual_partials"), checked,
+// when it left one; else built afresh from ids (then *ready_partials stays nullptr and the
+// backward recomputes the partial products).
+template <typename Tid>
+tensorflow::Status ReadOrBuildPlan(tensorflow::OpKernelContext* ctx, const TTDims& dims,
+                                   const Tid* ids, int64_t nnz, LookupPlan* plan,
+                                   const float** ready_partials) {
+  const tensorflow::Tensor* residual_plan;
+  const tensorflow::Tensor* residual_partials;
+  TF_RETURN_IF_ERROR(ctx->input("residual_plan", &residual_plan));
+  TF_RETURN_IF_ERROR(ctx->input("residual_partials", &residual_partials));
+  *ready_partials = nullptr;
+  if (residual_plan->NumElements() == 0) {
+    BuildPlan(dims, ids, nnz, plan);
+    return tensorflow::OkStatus();
+  }
+  const std::string error =
+      DeserializePlan(dims, nnz, residual_plan->flat<int64_t>().data(),
+                      residual_plan->NumElements(), plan);
+  if (!error.empty()) return tensorflow::errors::InvalidArgument(error);
+  if (residual_partials->NumElements() != PartialsSize(dims, *plan)) {
+    return tensorflow::errors::InvalidArgument(
+        "residual_partials has ", residual_partials->NumElements(),
+        " floats; the plan needs ", PartialsSize(dims, *plan));
+  }
+  *ready_partials = residual_partials->flat<float>().data();
+  return tensorflow::OkStatus();
+}
+
 inline std::vector<const float*> CorePointers(const tensorflow::OpInputList& cores) {
   std::vector<const float*> ptrs;
   for (int t = 0; t < cores.size(); ++t) ptrs.push_back(cores[t].flat<float>().data());

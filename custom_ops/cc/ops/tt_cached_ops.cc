@@ -33,6 +33,9 @@ Status CachedForwardShape(InferenceContext* c) {
   }
   c->set_output(0, c->Matrix(rows, dim));
   c->set_output(1, c->Scalar());
+  c->set_output(2, c->Vector(c->UnknownDim()));
+  c->set_output(3, c->Vector(c->UnknownDim()));
+  c->set_output(4, c->Vector(c->UnknownDim()));
   return OkStatus();
 }
 
@@ -47,6 +50,9 @@ REGISTER_OP("TTKeras>TTEmbeddingBagCached")
     .Input("weights: float")
     .Output("output: float")
     .Output("num_hits: int64")
+    .Output("residual_slots: int32")
+    .Output("residual_plan: int64")
+    .Output("residual_partials: float")
     .Attr("N: int >= 2")
     .Attr("Tindices: {int32, int64}")
     .Attr("num_rows: int >= 1")
@@ -63,6 +69,9 @@ row_splits: bag boundaries (ignored when combiner is "none").
 weights: per-id weights, or an empty vector for all ones.
 output: [num_bags, D] pooled rows, or [nnz, D] per-id rows when combiner is "none".
 num_hits: how many of the indices were served by the cache.
+residual_slots, residual_plan, residual_partials: each index's cache slot (-1 for a miss),
+  the misses' prefix tree and partial products, handed to TTEmbeddingBagCachedGrad so it
+  need not rebuild them (a kernel may leave them empty; the gradient then recomputes them).
 )doc");
 
 REGISTER_OP("TTKeras>TTEmbeddingBagCachedGrad")
@@ -72,6 +81,9 @@ REGISTER_OP("TTKeras>TTEmbeddingBagCachedGrad")
     .Input("indices: Tindices")
     .Input("row_splits: int64")
     .Input("weights: float")
+    .Input("residual_slots: int32")
+    .Input("residual_plan: int64")
+    .Input("residual_partials: float")
     .Output("core_grads: N * float")
     .Output("cache_grad_slots: int64")
     .Output("cache_grad_values: float")
