@@ -106,9 +106,7 @@ class TTEmbeddingBagCachedOp : public tt_keras::BagKernelBase {
     if (bags.nnz == 0) {
       std::fill(output->flat<float>().data(),
                 output->flat<float>().data() + out_rows * dims.dim, 0.f);
-      Tensor* empty = nullptr;
-      OP_REQUIRES_OK(ctx, ctx->allocate_output(3, TensorShape({0}), &empty));
-      OP_REQUIRES_OK(ctx, ctx->allocate_output(4, TensorShape({0}), &empty));
+      OP_REQUIRES_OK(ctx, tt_keras::AllocateResiduals(ctx, 3, dims, nullptr, nullptr));
       return;
     }
     float* out = output->flat<float>().data();
@@ -119,7 +117,7 @@ class TTEmbeddingBagCachedOp : public tt_keras::BagKernelBase {
     static thread_local std::vector<int64_t> miss_pos;
     static thread_local std::vector<Tid> miss_ids;
     static thread_local LookupPlan plan;
-    static thread_local tt_keras::Floats partials[tt_keras::kMaxCores + 1], rows;
+    static thread_local tt_keras::Floats rows;
     num_hits->scalar<int64_t>()() =
         tt_keras::FindCacheSlots(cache_ids->flat<int64_t>().data(), cache_ids->dim_size(0),
                                  bags.ids, bags.nnz, slots, pfor);
@@ -129,14 +127,17 @@ class TTEmbeddingBagCachedOp : public tt_keras::BagKernelBase {
     if (num_misses > 0) {
       tt_keras::BuildPlan(dims, miss_ids.data(), num_misses, &plan);
       const std::vector<const float*> core_ptrs = CorePointers(cores);
+      float* partials = nullptr;
+      OP_REQUIRES_OK(ctx, tt_keras::AllocateResiduals(ctx, 3, dims, &plan, &partials));
       tt_keras::ComputeRows(dims, core_ptrs.data(), plan, partials, &rows, pfor);
       tt_rows = rows.data();
     }
     tt_keras::PoolCachedRows(dims, slots, cache_rows->flat<float>().data(), plan,
                              miss_pos.data(), tt_rows, combiner_, bags.row_splits,
                              bags.num_bags, bags.weights, bags.nnz, out, pfor);
-    OP_REQUIRES_OK(ctx, tt_keras::OutputResiduals(ctx, 3, dims,
-                                                  num_misses > 0 ? &plan : nullptr, partials));
+    if (num_misses == 0) {
+      OP_REQUIRES_OK(ctx, tt_keras::AllocateResiduals(ctx, 3, dims, nullptr, nullptr));
+    }
   }
 };
 
@@ -168,7 +169,6 @@ class TTEmbeddingBagCachedGradOp : public tt_keras::BagKernelBase {
     static thread_local std::vector<int64_t> bag_of_pos, miss_bag;
     static thread_local tt_keras::CacheGradPlan cache_plan;
     static thread_local LookupPlan plan;
-    static thread_local tt_keras::Floats partials[tt_keras::kMaxCores + 1];
     const Tensor* residual_slots;
     OP_REQUIRES_OK(ctx, ctx->input("residual_slots", &residual_slots));
     slots.resize(bags.nnz);
@@ -227,7 +227,7 @@ class TTEmbeddingBagCachedGradOp : public tt_keras::BagKernelBase {
                                                   &plan, &ready_partials));
     tt_keras::AggregateLeafGrads(dims, plan, g, miss_scale, miss_bag, &leaf_grads, pfor);
     const std::vector<const float*> core_ptrs = CorePointers(cores);
-    tt_keras::BackpropCores(dims, core_ptrs.data(), plan, partials, &leaf_grads,
+    tt_keras::BackpropCores(dims, core_ptrs.data(), plan, &leaf_grads,
                             grad_ptrs.data(), pfor, ready_partials);
   }
 };

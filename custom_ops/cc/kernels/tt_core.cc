@@ -334,15 +334,13 @@ namespace {
 // visited grouped by digit so each core slice is loaded once and then served from L1: in
 // key order, consecutive nodes hit different slices of a megabyte-sized core.
 void ExtendLevel(const TTDims& dims, const float* const* cores, const LookupPlan& plan,
-                 int level, const Floats& prev, Floats* out,
-                 const ParallelFor& pfor) {
+                 int level, const float* prev, float* dst, const ParallelFor& pfor) {
   const int t = level - 1;
   const int64_t n = plan.num_nodes(level);
   const int64_t out_size = dims.PartialSize(level);
   const int64_t prev_size = dims.PartialSize(level - 1);
   const int64_t slice = dims.CoreSliceSize(t);
   const int64_t m = dims.col_prefix[t], kk = dims.r[t], nn = dims.q[t] * dims.r[t + 1];
-  out->resize(n * out_size);
   // Per-thread scratch, bound to locals: a lambda that names a thread_local directly
   // would see the worker thread's instance, not this one.
   static thread_local std::vector<int64_t> tl_digit_begin, tl_order;
@@ -351,7 +349,6 @@ void ExtendLevel(const TTDims& dims, const float* const* cores, const LookupPlan
   GroupByDigit(dims, plan, level, &digit_begin, &order);
   const auto& parent = plan.parent[level];
   const float* core = cores[t];
-  float* dst = out->data();
   const int64_t avg = std::max<int64_t>(1, n / dims.p[t]);
   pfor(dims.p[t], 2 * avg * m * kk * nn, [&](int64_t lo, int64_t hi) {
     // The rows of all nodes of digit d form one GEMM with slice d (see RowsGemm).
@@ -364,7 +361,7 @@ void ExtendLevel(const TTDims& dims, const float* const* cores, const LookupPlan
       for (int64_t j = 0; j < count; ++j) {
         const int64_t node = order[begin + j];
         for (int64_t i = 0; i < m; ++i) {
-          a_rows[j * m + i] = prev.data() + parent[node] * prev_size + i * kk;
+          a_rows[j * m + i] = prev + parent[node] * prev_size + i * kk;
           c_rows[j * m + i] = dst + node * out_size + i * nn;
         }
       }
@@ -487,34 +484,41 @@ void BackpropLastLevelBySiblings(const TTDims& dims, const float* const* cores,
 
 }  // namespace
 
+// Where each level's partials start in a buffer that holds levels 1..k-1 back to back.
+void PartialOffsets(const TTDims& dims, const LookupPlan& plan, float* partials,
+                    float** at) {
+  for (int level = 1; level < dims.k; ++level) {
+    at[level] = partials;
+    partials += plan.num_nodes(level) * dims.PartialSize(level);
+  }
+}
+
 void ComputePartials(const TTDims& dims, const float* const* cores, const LookupPlan& plan,
-                     int last_level, Floats* partials, const ParallelFor& pfor) {
-  for (int level = 1; level <= last_level; ++level) {
-    if (level == 1) {
-      // P_1 is the core slice itself: (1 x q_0 r_1) read as (q_0 x r_1).
-      const int64_t n = plan.num_nodes(1);
-      const int64_t size = dims.PartialSize(1);
-      partials[1].resize(n * size);
-      for (int64_t i = 0; i < n; ++i) {
-        std::memcpy(partials[1].data() + i * size,
-                    cores[0] + NodeDigit(dims, plan, 1, i) * dims.CoreSliceSize(0),
-                    sizeof(float) * size);
-      }
-      continue;
-    }
-    ExtendLevel(dims, cores, plan, level, partials[level - 1], &partials[level], pfor);
+                     float* partials, const ParallelFor& pfor) {
+  float* at[kMaxCores + 1] = {nullptr};
+  PartialOffsets(dims, plan, partials, at);
+  // P_1 is the core slice itself: (1 x q_0 r_1) read as (q_0 x r_1).
+  const int64_t size = dims.PartialSize(1);
+  for (int64_t i = 0; i < plan.num_nodes(1); ++i) {
+    std::memcpy(at[1] + i * size, cores[0] + NodeDigit(dims, plan, 1, i) * dims.CoreSliceSize(0),
+                sizeof(float) * size);
+  }
+  for (int level = 2; level < dims.k; ++level) {
+    ExtendLevel(dims, cores, plan, level, at[level - 1], at[level], pfor);
   }
 }
 
 void ComputeRows(const TTDims& dims, const float* const* cores, const LookupPlan& plan,
-                 Floats* partials, Floats* rows,
-                 const ParallelFor& pfor) {
-  ComputePartials(dims, cores, plan, dims.k - 1, partials, pfor);
+                 float* partials, Floats* rows, const ParallelFor& pfor) {
+  ComputePartials(dims, cores, plan, partials, pfor);
+  float* at[kMaxCores + 1] = {nullptr};
+  PartialOffsets(dims, plan, partials, at);
   // With r_k = 1 the last partial product is the row itself.
+  rows->resize(plan.num_nodes(dims.k) * dims.dim);
   if (LastLevelBySiblings(dims)) {
-    ExtendLastLevelBySiblings(dims, cores, plan, partials[dims.k - 1].data(), rows, pfor);
+    ExtendLastLevelBySiblings(dims, cores, plan, at[dims.k - 1], rows, pfor);
   } else {
-    ExtendLevel(dims, cores, plan, dims.k, partials[dims.k - 1], rows, pfor);
+    ExtendLevel(dims, cores, plan, dims.k, at[dims.k - 1], rows->data(), pfor);
   }
 }
 
@@ -591,20 +595,19 @@ void AggregateLeafGrads(const TTDims& dims, const LookupPlan& plan, const float*
 }
 
 void BackpropCores(const TTDims& dims, const float* const* cores, const LookupPlan& plan,
-                   Floats* partials, Floats* leaf_grads,
-                   float* const* core_grads, const ParallelFor& pfor,
+                   Floats* leaf_grads, float* const* core_grads, const ParallelFor& pfor,
                    const float* residual_partials) {
   const int k = dims.k;
-  const float* partial_ptrs[kMaxCores + 1] = {nullptr};
-  if (residual_partials != nullptr) {
-    for (int level = 1; level < k; ++level) {
-      partial_ptrs[level] = residual_partials;
-      residual_partials += plan.num_nodes(level) * dims.PartialSize(level);
-    }
-  } else {
-    ComputePartials(dims, cores, plan, k - 1, partials, pfor);
-    for (int level = 1; level < k; ++level) partial_ptrs[level] = partials[level].data();
+  static thread_local Floats tl_partials;
+  if (residual_partials == nullptr) {
+    tl_partials.resize(PartialsSize(dims, plan));
+    ComputePartials(dims, cores, plan, tl_partials.data(), pfor);
+    residual_partials = tl_partials.data();
   }
+  float* at[kMaxCores + 1] = {nullptr};
+  PartialOffsets(dims, plan, const_cast<float*>(residual_partials), at);
+  const float* partial_ptrs[kMaxCores + 1] = {nullptr};
+  for (int level = 1; level < k; ++level) partial_ptrs[level] = at[level];
   // Scratch kept per thread (see SortByIds), one buffer per level so that sizes settle and
   // nothing is re-zeroed: level_grads[L] is dL/dP_L of level L's nodes (the leaves' is
   // *leaf_grads); contrib[n] is node n's share of its parent's gradient. Bound to locals so

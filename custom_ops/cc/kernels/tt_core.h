@@ -109,15 +109,15 @@ void PositionScales(Combiner combiner, const int64_t* row_splits, int64_t num_ba
                     const float* weights, int64_t nnz, Floats* scale,
                     std::vector<int64_t>* bag_of_pos);
 
-// Partial products of every level 1..k-1 (the leaves' rows are level k). partials[L] holds
-// num_nodes(L) blocks of PartialSize(L) floats.
+// Partial products of every level 1..k-1 (the leaves' rows are level k) into `partials`:
+// PartialsSize floats, level by level, num_nodes(L) blocks of PartialSize(L) floats each.
 void ComputePartials(const TTDims& dims, const float* const* cores, const LookupPlan& plan,
-                     int last_level, Floats* partials, const ParallelFor& pfor);
+                     float* partials, const ParallelFor& pfor);
 
-// Rows (dim floats) of every distinct id, in plan order.
+// Rows (dim floats) of every distinct id, in plan order; fills `partials` on the way (as
+// ComputePartials), which is what a forward op hands to its gradient.
 void ComputeRows(const TTDims& dims, const float* const* cores, const LookupPlan& plan,
-                 Floats* partials, Floats* rows,
-                 const ParallelFor& pfor);
+                 float* partials, Floats* rows, const ParallelFor& pfor);
 
 // Pools the row of each position (row_of_pos[i], dim floats) into out: [num_bags, dim], or
 // [nnz, dim] for Combiner::kNone. The one pooling routine every op uses.
@@ -133,10 +133,9 @@ void PoolRows(const TTDims& dims, const LookupPlan& plan, Combiner combiner,
 // Core gradients from the gradient of each distinct id's row (leaf_grads: num_nodes(k) x dim).
 // core_grads[t] must hold p[t] * CoreSliceSize(t) floats; every element is written.
 // The partial products of levels 1..k-1 are read from `residual_partials` (the forward's,
-// concatenated by level, PartialsSize floats) when given, else recomputed into `partials`.
+// as ComputePartials lays them out) when given, else recomputed.
 void BackpropCores(const TTDims& dims, const float* const* cores, const LookupPlan& plan,
-                   Floats* partials, Floats* leaf_grads,
-                   float* const* core_grads, const ParallelFor& pfor,
+                   Floats* leaf_grads, float* const* core_grads, const ParallelFor& pfor,
                    const float* residual_partials = nullptr);
 
 // Sums each distinct id's output gradient: leaf_grads[n] = sum over the positions i of id n

@@ -38,22 +38,23 @@ class TTEmbeddingBagOp : public tt_keras::BagKernelBase {
     float* out = output->flat<float>().data();
     if (bags.nnz == 0) {
       std::fill(out, out + out_rows * dims.dim, 0.f);
-      OP_REQUIRES_OK(ctx, tt_keras::OutputResiduals(ctx, 1, dims, nullptr, nullptr));
+      OP_REQUIRES_OK(ctx, tt_keras::AllocateResiduals(ctx, 1, dims, nullptr, nullptr));
       return;
     }
 
     const auto pfor = CpuParallelFor(ctx);
     // Per-thread scratch: reused across calls so large batches do not page-fault afresh.
     static thread_local LookupPlan plan;
-    static thread_local tt_keras::Floats partials[tt_keras::kMaxCores + 1], rows;
+    static thread_local tt_keras::Floats rows;
     tt_keras::BuildPlan(dims, bags.ids, bags.nnz, &plan);
     const std::vector<const float*> core_ptrs = CorePointers(cores);
+    // The partial products go straight into the residual output for the gradient, which
+    // then skips the sort and the leading cores' GEMMs.
+    float* partials = nullptr;
+    OP_REQUIRES_OK(ctx, tt_keras::AllocateResiduals(ctx, 1, dims, &plan, &partials));
     tt_keras::ComputeRows(dims, core_ptrs.data(), plan, partials, &rows, pfor);
     tt_keras::PoolRows(dims, plan, combiner_, bags.row_splits, bags.num_bags, bags.weights,
                        bags.nnz, rows.data(), out, pfor);
-
-    // Residuals for the gradient: it then skips the sort and the leading cores' GEMMs.
-    OP_REQUIRES_OK(ctx, tt_keras::OutputResiduals(ctx, 1, dims, &plan, partials));
   }
 };
 
@@ -87,7 +88,6 @@ class TTEmbeddingBagGradOp : public tt_keras::BagKernelBase {
     const auto pfor = CpuParallelFor(ctx);
     static thread_local LookupPlan plan;
     static thread_local tt_keras::Floats scale, leaf_grads;
-    static thread_local tt_keras::Floats partials[tt_keras::kMaxCores + 1];
     static thread_local std::vector<int64_t> bag_of_pos;
     // The forward's residuals, when it left them, spare the sort and the leading GEMMs.
     const float* ready_partials = nullptr;
@@ -98,7 +98,7 @@ class TTEmbeddingBagGradOp : public tt_keras::BagKernelBase {
     tt_keras::AggregateLeafGrads(dims, plan, grad.flat<float>().data(), scale, bag_of_pos,
                                  &leaf_grads, pfor);
     const std::vector<const float*> core_ptrs = CorePointers(cores);
-    tt_keras::BackpropCores(dims, core_ptrs.data(), plan, partials, &leaf_grads,
+    tt_keras::BackpropCores(dims, core_ptrs.data(), plan, &leaf_grads,
                             grad_ptrs.data(), pfor, ready_partials);
   }
 };

@@ -54,11 +54,12 @@ class BagKernelBase : public tensorflow::OpKernel {
   Combiner combiner_ = Combiner::kNone;
 };
 
-// Writes a forward op's residual outputs (first_output: the plan, then the partials) for its
-// gradient; with plan == nullptr both are empty, which tells the gradient to rebuild them.
-inline tensorflow::Status OutputResiduals(tensorflow::OpKernelContext* ctx, int first_output,
-                                          const TTDims& dims, const LookupPlan* plan,
-                                          const Floats* partials) {
+// Allocates a forward op's residual outputs for its gradient (first_output: the serialized
+// plan, then the partial products, which the caller computes straight into *partials).
+// With plan == nullptr both are empty, which tells the gradient to rebuild them.
+inline tensorflow::Status AllocateResiduals(tensorflow::OpKernelContext* ctx, int first_output,
+                                            const TTDims& dims, const LookupPlan* plan,
+                                            float** partials) {
   tensorflow::Tensor* plan_out = nullptr;
   tensorflow::Tensor* partials_out = nullptr;
   const int64_t plan_size = plan ? SerializedPlanSize(*plan) : 0;
@@ -67,13 +68,8 @@ inline tensorflow::Status OutputResiduals(tensorflow::OpKernelContext* ctx, int 
                                           &plan_out));
   TF_RETURN_IF_ERROR(ctx->allocate_output(
       first_output + 1, tensorflow::TensorShape({partials_size}), &partials_out));
-  if (plan == nullptr) return tensorflow::OkStatus();
-  SerializePlan(*plan, plan_out->flat<int64_t>().data());
-  float* dst = partials_out->flat<float>().data();
-  for (int level = 1; level < dims.k; ++level) {
-    std::copy(partials[level].begin(), partials[level].end(), dst);
-    dst += partials[level].size();
-  }
+  if (plan != nullptr) SerializePlan(*plan, plan_out->flat<int64_t>().data());
+  if (partials != nullptr) *partials = partials_out->flat<float>().data();
   return tensorflow::OkStatus();
 }
 
