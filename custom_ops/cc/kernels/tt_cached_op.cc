@@ -125,7 +125,7 @@ class TTEmbeddingBagCachedOp : public tt_keras::BagKernelBase {
     const int64_t num_misses = static_cast<int64_t>(miss_ids.size());
     const float* tt_rows = nullptr;
     if (num_misses > 0) {
-      tt_keras::BuildPlan(dims, miss_ids.data(), num_misses, &plan);
+      tt_keras::BuildPlan(dims, miss_ids.data(), num_misses, &plan, pfor);
       const std::vector<const float*> core_ptrs = CorePointers(cores);
       float* partials = nullptr;
       OP_REQUIRES_OK(ctx, tt_keras::AllocateResiduals(ctx, 3, dims, &plan, &partials));
@@ -182,7 +182,7 @@ class TTEmbeddingBagCachedGradOp : public tt_keras::BagKernelBase {
                                bags.nnz, slots.data(), pfor);
     }
     tt_keras::PositionScales(combiner_, bags.row_splits, bags.num_bags, bags.weights,
-                             bags.nnz, &scale, &bag_of_pos);
+                             bags.nnz, &scale, &bag_of_pos, pfor);
 
     // Cache rows: one gradient row per distinct slot hit (an IndexedSlices in Python).
     tt_keras::BuildCacheGradPlan(slots.data(), bags.nnz, cache_size, &cache_plan);
@@ -224,7 +224,7 @@ class TTEmbeddingBagCachedGradOp : public tt_keras::BagKernelBase {
     }
     const float* ready_partials = nullptr;
     OP_REQUIRES_OK(ctx, tt_keras::ReadOrBuildPlan(ctx, dims, miss_ids.data(), num_misses,
-                                                  &plan, &ready_partials));
+                                                  pfor, &plan, &ready_partials));
     tt_keras::AggregateLeafGrads(dims, plan, g, miss_scale, miss_bag, &leaf_grads, pfor);
     const std::vector<const float*> core_ptrs = CorePointers(cores);
     tt_keras::BackpropCores(dims, core_ptrs.data(), plan, &leaf_grads,

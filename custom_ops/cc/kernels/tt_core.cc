@@ -60,9 +60,11 @@ int BitLength(uint64_t x) {
 
 // Sorts (id, position) pairs by id. When both fit in 64 bits they are packed into one word
 // and LSD-radix-sorted on the id bits only (stable, so positions stay ascending per id).
+// Each pass splits the keys into a few contiguous chunks, counted and scattered in parallel;
+// chunk c's keys of a digit go after those of chunks < c, which keeps the sort stable.
 template <typename Tid>
 void SortByIds(const Tid* ids, int64_t nnz, int64_t max_id, std::vector<int64_t>* sorted_ids,
-               std::vector<int64_t>* sorted_pos) {
+               std::vector<int64_t>* sorted_pos, const ParallelFor& pfor) {
   sorted_ids->resize(nnz);
   sorted_pos->resize(nnz);
   const int pos_bits = std::max(1, BitLength(static_cast<uint64_t>(nnz)));
@@ -78,38 +80,75 @@ void SortByIds(const Tid* ids, int64_t nnz, int64_t max_id, std::vector<int64_t>
     return;
   }
   // Scratch kept per thread: fresh multi-megabyte buffers each call cost more in page
-  // faults than the sort itself.
-  static thread_local std::vector<uint64_t> a, b;
-  a.resize(nnz);
-  b.resize(nnz);
-  for (int64_t i = 0; i < nnz; ++i) {
-    a[i] = (static_cast<uint64_t>(ids[i]) << pos_bits) | static_cast<uint64_t>(i);
-  }
+  // faults than the sort itself. Bound to pointers: the workers must see this thread's.
+  static thread_local std::vector<uint64_t> tl_a, tl_b;
+  static thread_local std::vector<int64_t> tl_count;
+  tl_a.resize(nnz);
+  tl_b.resize(nnz);
+  uint64_t* a = tl_a.data();
+  uint64_t* b = tl_b.data();
   // Digits of up to 12 bits: two passes cover the ids of a 16M-row table, and 4096 counters
   // still sit in L1 (measured: 0.54 ms vs 0.70 ms with three 8-bit passes, 53k ids).
   const int passes = (id_bits + 11) / 12;
   const int digit_bits = (id_bits + passes - 1) / passes;
   const uint64_t mask = (uint64_t{1} << digit_bits) - 1;
-  static thread_local std::vector<int64_t> count;
-  count.resize(size_t{1} << digit_bits);
+  const int64_t buckets = int64_t{1} << digit_bits;
+  const int64_t chunks = std::min<int64_t>(4, (nnz + 8191) / 8192);
+  const int64_t chunk = (nnz + chunks - 1) / chunks;
+  tl_count.resize(chunks * buckets);
+  int64_t* count = tl_count.data();
+  pfor(chunks, 4 * chunk, [&](int64_t lo, int64_t hi) {
+    uint64_t* dst = a;
+    const int64_t end = std::min(nnz, hi * chunk);
+    for (int64_t i = lo * chunk; i < end; ++i) {
+      dst[i] = (static_cast<uint64_t>(ids[i]) << pos_bits) | static_cast<uint64_t>(i);
+    }
+  });
   for (int pass = 0; pass < passes; ++pass) {
     const int shift = pos_bits + pass * digit_bits;
-    std::fill(count.begin(), count.end(), 0);
-    for (int64_t i = 0; i < nnz; ++i) ++count[(a[i] >> shift) & mask];
+    // The loops read captured pointers into locals first: through the lambda's references
+    // every store would force them to be reloaded (measured: 3x slower).
+    pfor(chunks, 4 * chunk, [&](int64_t lo, int64_t hi) {
+      const uint64_t* src = a;
+      for (int64_t c = lo; c < hi; ++c) {
+        int64_t* cnt = count + c * buckets;
+        std::fill(cnt, cnt + buckets, 0);
+        const int64_t end = std::min(nnz, (c + 1) * chunk);
+        for (int64_t i = c * chunk; i < end; ++i) ++cnt[(src[i] >> shift) & mask];
+      }
+    });
     int64_t sum = 0;
-    for (auto& c : count) {
-      const int64_t n = c;
-      c = sum;
-      sum += n;
+    for (int64_t x = 0; x < buckets; ++x) {
+      for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t n = count[c * buckets + x];
+        count[c * buckets + x] = sum;
+        sum += n;
+      }
     }
-    for (int64_t i = 0; i < nnz; ++i) b[count[(a[i] >> shift) & mask]++] = a[i];
-    a.swap(b);
+    pfor(chunks, 8 * chunk, [&](int64_t lo, int64_t hi) {
+      const uint64_t* src = a;
+      uint64_t* dst = b;
+      for (int64_t c = lo; c < hi; ++c) {
+        int64_t* next = count + c * buckets;
+        const int64_t end = std::min(nnz, (c + 1) * chunk);
+        for (int64_t i = c * chunk; i < end; ++i) dst[next[(src[i] >> shift) & mask]++] = src[i];
+      }
+    });
+    std::swap(a, b);
   }
   const uint64_t pos_mask = (uint64_t{1} << pos_bits) - 1;
-  for (int64_t i = 0; i < nnz; ++i) {
-    (*sorted_ids)[i] = static_cast<int64_t>(a[i] >> pos_bits);
-    (*sorted_pos)[i] = static_cast<int64_t>(a[i] & pos_mask);
-  }
+  int64_t* out_ids = sorted_ids->data();
+  int64_t* out_pos = sorted_pos->data();
+  pfor(chunks, 4 * chunk, [&](int64_t lo, int64_t hi) {
+    const uint64_t* src = a;
+    int64_t* ids_dst = out_ids;
+    int64_t* pos_dst = out_pos;
+    const int64_t end = std::min(nnz, hi * chunk);
+    for (int64_t i = lo * chunk; i < end; ++i) {
+      ids_dst[i] = static_cast<int64_t>(src[i] >> pos_bits);
+      pos_dst[i] = static_cast<int64_t>(src[i] & pos_mask);
+    }
+  });
 }
 
 // Digit of a level-L node (L in 1..k): the index into core L-1.
@@ -153,11 +192,12 @@ void GroupByDigit(const TTDims& dims, const LookupPlan& plan, int level,
 }  // namespace
 
 template <typename Tid>
-void BuildPlan(const TTDims& dims, const Tid* ids, int64_t nnz, LookupPlan* plan) {
+void BuildPlan(const TTDims& dims, const Tid* ids, int64_t nnz, LookupPlan* plan,
+               const ParallelFor& pfor) {
   const int k = dims.k;
   plan->k = k;
   static thread_local std::vector<int64_t> sorted_ids;
-  SortByIds(ids, nnz, dims.padded_rows - 1, &sorted_ids, &plan->sorted_pos);
+  SortByIds(ids, nnz, dims.padded_rows - 1, &sorted_ids, &plan->sorted_pos, pfor);
 
   auto& leaves = plan->key[k];
   leaves.clear();
@@ -294,38 +334,49 @@ int64_t PartialsSize(const TTDims& dims, const LookupPlan& plan) {
   return size;
 }
 
-template void BuildPlan<int32_t>(const TTDims&, const int32_t*, int64_t, LookupPlan*);
-template void BuildPlan<int64_t>(const TTDims&, const int64_t*, int64_t, LookupPlan*);
+template void BuildPlan<int32_t>(const TTDims&, const int32_t*, int64_t, LookupPlan*,
+                                 const ParallelFor&);
+template void BuildPlan<int64_t>(const TTDims&, const int64_t*, int64_t, LookupPlan*,
+                                 const ParallelFor&);
 
 void PositionScales(Combiner combiner, const int64_t* row_splits, int64_t num_bags,
-                    const float* weights, int64_t nnz, Floats* scale,
-                    std::vector<int64_t>* bag_of_pos) {
-  scale->resize(nnz);
-  bag_of_pos->resize(nnz);
+                    const float* weights, int64_t nnz, Floats* scale_out,
+                    std::vector<int64_t>* bag_out, const ParallelFor& pfor) {
+  scale_out->resize(nnz);
+  bag_out->resize(nnz);
+  float* scale = scale_out->data();
+  int64_t* bag_of_pos = bag_out->data();
   if (combiner == Combiner::kNone) {
-    for (int64_t i = 0; i < nnz; ++i) {
-      (*scale)[i] = 1.f;
-      (*bag_of_pos)[i] = i;
-    }
+    pfor(nnz, 2, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        scale[i] = 1.f;
+        bag_of_pos[i] = i;
+      }
+    });
     return;
   }
-  for (int64_t b = 0; b < num_bags; ++b) {
-    const int64_t lo = row_splits[b], hi = row_splits[b + 1];
-    double norm = 1.0;
-    if (combiner == Combiner::kMean) {
-      norm = 0.0;
-      for (int64_t i = lo; i < hi; ++i) norm += weights ? weights[i] : 1.0;
-    } else if (combiner == Combiner::kSqrtn) {
-      norm = 0.0;
-      for (int64_t i = lo; i < hi; ++i) norm += weights ? double(weights[i]) * weights[i] : 1.0;
-      norm = std::sqrt(norm);
+  const int64_t avg_bag = num_bags > 0 ? std::max<int64_t>(1, nnz / num_bags) : 1;
+  pfor(num_bags, 4 * avg_bag, [&](int64_t lo, int64_t hi) {
+    for (int64_t b = lo; b < hi; ++b) {
+      const int64_t first = row_splits[b], last = row_splits[b + 1];
+      double norm = 1.0;
+      if (combiner == Combiner::kMean) {
+        norm = 0.0;
+        for (int64_t i = first; i < last; ++i) norm += weights ? weights[i] : 1.0;
+      } else if (combiner == Combiner::kSqrtn) {
+        norm = 0.0;
+        for (int64_t i = first; i < last; ++i) {
+          norm += weights ? double(weights[i]) * weights[i] : 1.0;
+        }
+        norm = std::sqrt(norm);
+      }
+      const float inv = norm == 0.0 ? 0.f : static_cast<float>(1.0 / norm);
+      for (int64_t i = first; i < last; ++i) {
+        scale[i] = (weights ? weights[i] : 1.f) * inv;
+        bag_of_pos[i] = b;
+      }
     }
-    const float inv = norm == 0.0 ? 0.f : static_cast<float>(1.0 / norm);
-    for (int64_t i = lo; i < hi; ++i) {
-      (*scale)[i] = (weights ? weights[i] : 1.f) * inv;
-      (*bag_of_pos)[i] = b;
-    }
-  }
+  });
 }
 
 namespace {
@@ -563,11 +614,15 @@ void PoolRows(const TTDims& dims, const LookupPlan& plan, Combiner combiner,
   static thread_local std::vector<const float*> tl_row_of_pos;
   std::vector<const float*>& row_of_pos = tl_row_of_pos;
   row_of_pos.resize(nnz);
-  for (int64_t leaf = 0; leaf < plan.num_nodes(dims.k); ++leaf) {
-    for (int64_t j = plan.pos_begin[leaf]; j < plan.pos_begin[leaf + 1]; ++j) {
-      row_of_pos[plan.sorted_pos[j]] = rows + leaf * D;
-    }
-  }
+  const float** row_ptr = row_of_pos.data();
+  pfor(plan.num_nodes(dims.k), 8 * std::max<int64_t>(1, nnz / plan.num_nodes(dims.k)),
+       [&](int64_t lo, int64_t hi) {
+         for (int64_t leaf = lo; leaf < hi; ++leaf) {
+           for (int64_t j = plan.pos_begin[leaf]; j < plan.pos_begin[leaf + 1]; ++j) {
+             row_ptr[plan.sorted_pos[j]] = rows + leaf * D;
+           }
+         }
+       });
   PoolRowPointers(D, row_of_pos.data(), combiner, row_splits, num_bags, weights, nnz, out,
                   pfor);
 }

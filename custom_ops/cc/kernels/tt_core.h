@@ -100,14 +100,15 @@ int64_t PartialsSize(const TTDims& dims, const LookupPlan& plan);
 // Builds the plan for `ids` (already range-checked). Ids are radix-sorted: a comparison sort
 // of a 50k-id batch costs more than the whole TT forward.
 template <typename Tid>
-void BuildPlan(const TTDims& dims, const Tid* ids, int64_t nnz, LookupPlan* plan);
+void BuildPlan(const TTDims& dims, const Tid* ids, int64_t nnz, LookupPlan* plan,
+               const ParallelFor& pfor);
 
 // Per-position scale of a pooled lookup: w_i / norm(bag of i) (1 / norm without weights),
 // zero where the norm is zero, as tf.nn.embedding_lookup_sparse with div_no_nan.
 // Also returns each position's bag. For Combiner::kNone: scale 1, bag = position.
 void PositionScales(Combiner combiner, const int64_t* row_splits, int64_t num_bags,
                     const float* weights, int64_t nnz, Floats* scale,
-                    std::vector<int64_t>* bag_of_pos);
+                    std::vector<int64_t>* bag_of_pos, const ParallelFor& pfor);
 
 // Partial products of every level 1..k-1 (the leaves' rows are level k) into `partials`:
 // PartialsSize floats, level by level, num_nodes(L) blocks of PartialSize(L) floats each.

@@ -46,7 +46,7 @@ class TTEmbeddingBagOp : public tt_keras::BagKernelBase {
     // Per-thread scratch: reused across calls so large batches do not page-fault afresh.
     static thread_local LookupPlan plan;
     static thread_local tt_keras::Floats rows;
-    tt_keras::BuildPlan(dims, bags.ids, bags.nnz, &plan);
+    tt_keras::BuildPlan(dims, bags.ids, bags.nnz, &plan, pfor);
     const std::vector<const float*> core_ptrs = CorePointers(cores);
     // The partial products go straight into the residual output for the gradient, which
     // then skips the sort and the leading cores' GEMMs.
@@ -91,10 +91,10 @@ class TTEmbeddingBagGradOp : public tt_keras::BagKernelBase {
     static thread_local std::vector<int64_t> bag_of_pos;
     // The forward's residuals, when it left them, spare the sort and the leading GEMMs.
     const float* ready_partials = nullptr;
-    OP_REQUIRES_OK(ctx, tt_keras::ReadOrBuildPlan(ctx, dims, bags.ids, bags.nnz, &plan,
+    OP_REQUIRES_OK(ctx, tt_keras::ReadOrBuildPlan(ctx, dims, bags.ids, bags.nnz, pfor, &plan,
                                                   &ready_partials));
     tt_keras::PositionScales(combiner_, bags.row_splits, bags.num_bags, bags.weights,
-                             bags.nnz, &scale, &bag_of_pos);
+                             bags.nnz, &scale, &bag_of_pos, pfor);
     tt_keras::AggregateLeafGrads(dims, plan, grad.flat<float>().data(), scale, bag_of_pos,
                                  &leaf_grads, pfor);
     const std::vector<const float*> core_ptrs = CorePointers(cores);

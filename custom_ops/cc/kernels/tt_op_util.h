@@ -78,15 +78,15 @@ inline tensorflow::Status AllocateResiduals(tensorflow::OpKernelContext* ctx, in
 // backward recomputes the partial products).
 template <typename Tid>
 tensorflow::Status ReadOrBuildPlan(tensorflow::OpKernelContext* ctx, const TTDims& dims,
-                                   const Tid* ids, int64_t nnz, LookupPlan* plan,
-                                   const float** ready_partials) {
+                                   const Tid* ids, int64_t nnz, const ParallelFor& pfor,
+                                   LookupPlan* plan, const float** ready_partials) {
   const tensorflow::Tensor* residual_plan;
   const tensorflow::Tensor* residual_partials;
   TF_RETURN_IF_ERROR(ctx->input("residual_plan", &residual_plan));
   TF_RETURN_IF_ERROR(ctx->input("residual_partials", &residual_partials));
   *ready_partials = nullptr;
   if (residual_plan->NumElements() == 0) {
-    BuildPlan(dims, ids, nnz, plan);
+    BuildPlan(dims, ids, nnz, plan, pfor);
     return tensorflow::OkStatus();
   }
   const std::string error =
