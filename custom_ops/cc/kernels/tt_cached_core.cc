@@ -139,45 +139,51 @@ void PoolCachedRows(const TTDims& dims, const int32_t* slots, const float* cache
   // per thread and bound to a local: a worker lambda naming a thread_local would see its
   // own thread's instance.
   static thread_local std::vector<const float*> tl_src;
-  std::vector<const float*>& src = tl_src;
-  src.resize(nnz);
-  for (int64_t i = 0; i < nnz; ++i) {
-    if (slots[i] >= 0) src[i] = cache_rows + static_cast<int64_t>(slots[i]) * D;
-  }
-  const int64_t num_leaves = tt_rows != nullptr ? miss_plan.num_nodes(dims.k) : 0;
-  for (int64_t leaf = 0; leaf < num_leaves; ++leaf) {
-    const float* row = tt_rows + leaf * D;
-    for (int64_t j = miss_plan.pos_begin[leaf]; j < miss_plan.pos_begin[leaf + 1]; ++j) {
-      src[miss_pos[miss_plan.sorted_pos[j]]] = row;
+  tl_src.resize(nnz);
+  const float** src = tl_src.data();
+  pfor(nnz, 4, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      if (slots[i] >= 0) src[i] = cache_rows + static_cast<int64_t>(slots[i]) * D;
     }
-  }
-  PoolRowPointers(D, src.data(), combiner, row_splits, num_bags, weights, nnz, out, pfor);
+  });
+  const int64_t num_leaves = tt_rows != nullptr ? miss_plan.num_nodes(dims.k) : 0;
+  pfor(num_leaves, 16, [&](int64_t lo, int64_t hi) {
+    for (int64_t leaf = lo; leaf < hi; ++leaf) {
+      const float* row = tt_rows + leaf * D;
+      for (int64_t j = miss_plan.pos_begin[leaf]; j < miss_plan.pos_begin[leaf + 1]; ++j) {
+        src[miss_pos[miss_plan.sorted_pos[j]]] = row;
+      }
+    }
+  });
+  PoolRowPointers(D, src, combiner, row_splits, num_bags, weights, nnz, out, pfor);
 }
 
 void BuildCacheGradPlan(const int32_t* slots, int64_t nnz, int64_t cache_size,
                         CacheGradPlan* plan) {
-  // count[s + 1] = hits of slot s, then prefix sums: the start of slot s in `order`.
-  static thread_local std::vector<int64_t> count;
-  count.assign(cache_size + 1, 0);
-  for (int64_t i = 0; i < nnz; ++i) {
-    if (slots[i] >= 0) ++count[slots[i] + 1];
-  }
+  // A counting sort by slot + 1, misses (slot -1) included as bucket 0: no branch per
+  // position (hits and misses alternate unpredictably), and the hits' part of the order
+  // starts after the misses. start[x] = first entry of bucket x.
+  static thread_local std::vector<int64_t> tl_start, tl_order;
+  std::vector<int64_t>& start = tl_start;
+  start.assign(cache_size + 2, 0);
+  for (int64_t i = 0; i < nnz; ++i) ++start[slots[i] + 2];
+  for (int64_t x = 1; x <= cache_size + 1; ++x) start[x] += start[x - 1];
+  const int64_t num_misses = start[1];
   plan->slots.clear();
   plan->begin.clear();
   for (int64_t s = 0; s < cache_size; ++s) {
-    if (count[s + 1] > 0) {
+    if (start[s + 2] > start[s + 1]) {
       plan->slots.push_back(s);
-      plan->begin.push_back(count[s]);
+      plan->begin.push_back(start[s + 1] - num_misses);
     }
-    count[s + 1] += count[s];
   }
-  plan->begin.push_back(count[cache_size]);
-  plan->order.resize(count[cache_size]);
+  plan->begin.push_back(nnz - num_misses);
   // Filling in position order keeps each slot's positions ascending: a fixed summation
   // order, so results do not depend on the thread count.
-  for (int64_t i = 0; i < nnz; ++i) {
-    if (slots[i] >= 0) plan->order[count[slots[i]]++] = i;
-  }
+  tl_order.resize(nnz);
+  int64_t* order = tl_order.data();
+  for (int64_t i = 0; i < nnz; ++i) order[start[slots[i] + 1]++] = i;
+  plan->order.assign(order + num_misses, order + nnz);
 }
 
 void AccumulateCacheGrads(int64_t dim, const CacheGradPlan& plan, const float* grad,

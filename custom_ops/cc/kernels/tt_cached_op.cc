@@ -1,6 +1,7 @@
 // CPU OpKernels of TTKeras>TTEmbeddingBagCached and its gradient (docs/cache.md): validate,
 // split the batch into cache hits and misses, run tt_core on the misses only.
 #include <algorithm>
+#include <atomic>
 #include <limits>
 #include <string>
 #include <vector>
@@ -56,21 +57,34 @@ absl::Status ValidateCache(const Tensor& cache_ids, const Tensor* cache_rows, in
 template <typename Tid>
 absl::Status CheckResidualSlots(const Tensor& residual_slots, const int64_t* cache_ids,
                                 int64_t cache_size, const Tid* ids, int64_t nnz,
-                                int32_t* slots) {
+                                int32_t* slots, const tt_keras::ParallelFor& pfor) {
   if (residual_slots.dims() != 1 || residual_slots.dim_size(0) != nnz) {
     return errors::InvalidArgument("residual_slots has shape ",
                                    residual_slots.shape().DebugString(), "; expected [", nnz,
                                    "], one slot per index");
   }
   const int32_t* in = residual_slots.flat<int32_t>().data();
-  for (int64_t i = 0; i < nnz; ++i) {
-    const int32_t s = in[i];
-    if (s < -1 || s >= cache_size || (s >= 0 && cache_ids[s] != static_cast<int64_t>(ids[i]))) {
-      return errors::InvalidArgument("residual_slots[", i, "] = ", s,
-                                     " is not the cache slot of indices[", i, "] = ",
-                                     static_cast<int64_t>(ids[i]));
+  std::atomic<int64_t> first_bad{nnz};
+  pfor(nnz, 4, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const int32_t s = in[i];
+      // The range check comes first: only an in-range slot may index cache_ids.
+      const bool bad = s < -1 || s >= cache_size ||
+                       (s >= 0 && cache_ids[s] != static_cast<int64_t>(ids[i]));
+      if (bad) {
+        int64_t seen = first_bad.load();
+        while (i < seen && !first_bad.compare_exchange_weak(seen, i)) {
+        }
+        return;
+      }
+      slots[i] = s;
     }
-    slots[i] = s;
+  });
+  const int64_t i = first_bad.load();
+  if (i < nnz) {
+    return errors::InvalidArgument("residual_slots[", i, "] = ", in[i],
+                                   " is not the cache slot of indices[", i, "] = ",
+                                   static_cast<int64_t>(ids[i]));
   }
   return absl::OkStatus();
 }
@@ -176,7 +190,7 @@ class TTEmbeddingBagCachedGradOp : public tt_keras::BagKernelBase {
       // The forward's slots, checked: they index cache rows.
       OP_REQUIRES_OK(ctx, CheckResidualSlots(
                               *residual_slots, cache_ids->flat<int64_t>().data(), cache_size,
-                              bags.ids, bags.nnz, slots.data()));
+                              bags.ids, bags.nnz, slots.data(), pfor));
     } else {
       tt_keras::FindCacheSlots(cache_ids->flat<int64_t>().data(), cache_size, bags.ids,
                                bags.nnz, slots.data(), pfor);
