@@ -190,21 +190,8 @@ void AccumulateCacheGrads(int64_t dim, const CacheGradPlan& plan, const float* g
                           const Floats& scale,
                           const std::vector<int64_t>& bag_of_pos, float* values,
                           const ParallelFor& pfor) {
-  const int64_t n = plan.num_slots();
-  const int64_t avg = n > 0 ? std::max<int64_t>(1, plan.begin[n] / n) : 1;
-  pfor(n, 2 * avg * dim, [&](int64_t lo, int64_t hi) {
-    for (int64_t s = lo; s < hi; ++s) {
-      float* o = values + s * dim;
-      std::fill(o, o + dim, 0.f);
-      for (int64_t j = plan.begin[s]; j < plan.begin[s + 1]; ++j) {
-        const int64_t pos = plan.order[j];
-        const float sc = scale[pos];
-        const float* g = grad + bag_of_pos[pos] * dim;
-#pragma omp simd
-        for (int64_t c = 0; c < dim; ++c) o[c] += sc * g[c];
-      }
-    }
-  });
+  SumGradRows(dim, plan.num_slots(), plan.begin.data(), plan.order.data(), grad, scale,
+              bag_of_pos, values, pfor);
 }
 
 }  // namespace tt_keras

@@ -586,24 +586,28 @@ void PoolRowPointers(int64_t dim, const float* const* row_of_pos, Combiner combi
     return;
   }
   const int64_t avg_bag = num_bags > 0 ? std::max<int64_t>(1, nnz / num_bags) : 1;
-  pfor(num_bags, 2 * avg_bag * D, [&](int64_t lo, int64_t hi) {
-    for (int64_t b = lo; b < hi; ++b) {
-      float* o = out + b * D;
-      std::fill(o, o + D, 0.f);
-      // The norm is accumulated in double so long bags lose nothing to rounding.
-      double norm = 0.0;
-      for (int64_t i = row_splits[b]; i < row_splits[b + 1]; ++i) {
-        const float w = weights ? weights[i] : 1.f;
-        norm += combiner == Combiner::kSqrtn ? double(w) * w : w;
-        const float* row = row_of_pos[i];
-#pragma omp simd
-        for (int64_t j = 0; j < D; ++j) o[j] += w * row[j];
+  gemm::WithRowWidth(D, [&](auto width) {
+    pfor(num_bags, 2 * avg_bag * D, [&](int64_t lo, int64_t hi) {
+      for (int64_t b = lo; b < hi; ++b) {
+        const int64_t first = row_splits[b], count = row_splits[b + 1] - first;
+        // The norm is accumulated in double so long bags lose nothing to rounding.
+        double norm = 0.0;
+        if (combiner != Combiner::kSum) {
+          for (int64_t i = first; i < first + count; ++i) {
+            const double w = weights ? weights[i] : 1.0;
+            norm += combiner == Combiner::kSqrtn ? w * w : w;
+          }
+          if (combiner == Combiner::kSqrtn) norm = std::sqrt(norm);
+        }
+        const float inv = norm == 0.0 ? 0.f : static_cast<float>(1.0 / norm);
+        gemm::SumRows(
+            width, D, count,
+            [&](int64_t j) {
+              return std::make_pair(weights ? weights[first + j] : 1.f, row_of_pos[first + j]);
+            },
+            combiner != Combiner::kSum, inv, out + b * D);
       }
-      if (combiner == Combiner::kSum) continue;
-      if (combiner == Combiner::kSqrtn) norm = std::sqrt(norm);
-      const float inv = norm == 0.0 ? 0.f : static_cast<float>(1.0 / norm);
-      for (int64_t j = 0; j < D; ++j) o[j] *= inv;
-    }
+    });
   });
 }
 
@@ -627,26 +631,34 @@ void PoolRows(const TTDims& dims, const LookupPlan& plan, Combiner combiner,
                   pfor);
 }
 
+void SumGradRows(int64_t dim, int64_t num_groups, const int64_t* group_begin,
+                 const int64_t* positions, const float* grad, const Floats& scale,
+                 const std::vector<int64_t>& bag_of_pos, float* out, const ParallelFor& pfor) {
+  const int64_t avg =
+      num_groups > 0 ? std::max<int64_t>(1, group_begin[num_groups] / num_groups) : 1;
+  const float* sc = scale.data();
+  const int64_t* bag = bag_of_pos.data();
+  gemm::WithRowWidth(dim, [&](auto width) {
+    pfor(num_groups, 2 * avg * dim, [&](int64_t lo, int64_t hi) {
+      for (int64_t n = lo; n < hi; ++n) {
+        const int64_t* pos = positions + group_begin[n];
+        gemm::SumRows(
+            width, dim, group_begin[n + 1] - group_begin[n],
+            [&](int64_t j) { return std::make_pair(sc[pos[j]], grad + bag[pos[j]] * dim); },
+            false, 1.f, out + n * dim);
+      }
+    });
+  });
+}
+
 void AggregateLeafGrads(const TTDims& dims, const LookupPlan& plan, const float* grad,
                         const Floats& scale,
                         const std::vector<int64_t>& bag_of_pos,
                         Floats* leaf_grads, const ParallelFor& pfor) {
-  const int64_t D = dims.dim;
   const int64_t n = plan.num_nodes(dims.k);
-  leaf_grads->assign(n * D, 0.f);
-  float* out = leaf_grads->data();
-  pfor(n, 4 * D, [&](int64_t lo, int64_t hi) {
-    for (int64_t leaf = lo; leaf < hi; ++leaf) {
-      float* o = out + leaf * D;
-      for (int64_t j = plan.pos_begin[leaf]; j < plan.pos_begin[leaf + 1]; ++j) {
-        const int64_t pos = plan.sorted_pos[j];
-        const float s = scale[pos];
-        const float* g = grad + bag_of_pos[pos] * D;
-#pragma omp simd
-        for (int64_t c = 0; c < D; ++c) o[c] += s * g[c];
-      }
-    }
-  });
+  leaf_grads->resize(n * dims.dim);  // every element is written
+  SumGradRows(dims.dim, n, plan.pos_begin.data(), plan.sorted_pos.data(), grad, scale,
+              bag_of_pos, leaf_grads->data(), pfor);
 }
 
 void BackpropCores(const TTDims& dims, const float* const* cores, const LookupPlan& plan,

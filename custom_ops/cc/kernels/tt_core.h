@@ -139,6 +139,13 @@ void BackpropCores(const TTDims& dims, const float* const* cores, const LookupPl
                    Floats* leaf_grads, float* const* core_grads, const ParallelFor& pfor,
                    const float* residual_partials = nullptr);
 
+// Sums of output-gradient rows per group of positions: out[n] (dim floats) = sum over
+// j in [group_begin[n], group_begin[n+1]) of scale[i] * grad[bag_of_pos[i]], i = positions[j],
+// in j order. What AggregateLeafGrads does per distinct id, and the cached op per cache slot.
+void SumGradRows(int64_t dim, int64_t num_groups, const int64_t* group_begin,
+                 const int64_t* positions, const float* grad, const Floats& scale,
+                 const std::vector<int64_t>& bag_of_pos, float* out, const ParallelFor& pfor);
+
 // Sums each distinct id's output gradient: leaf_grads[n] = sum over the positions i of id n
 // of scale[i] * grad[bag_of_pos[i]].
 void AggregateLeafGrads(const TTDims& dims, const LookupPlan& plan, const float* grad,
