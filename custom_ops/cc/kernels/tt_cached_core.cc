@@ -37,8 +37,12 @@ namespace {
 // one probe per id. A binary search over the sorted ids costs ~log2(C) mispredicted
 // branches per id, which measured more than the radix sort of the whole batch.
 struct CacheIndex {
-  std::vector<int64_t> keys;  // -1: free
-  std::vector<int32_t> slots;
+  // Key and slot side by side: a probe reads one cache line, not one in each of two arrays.
+  struct Entry {
+    int64_t key;  // -1: free
+    int32_t slot;
+  };
+  std::vector<Entry> entries;
   uint64_t mask = 0;
   int shift = 0;
 
@@ -53,25 +57,22 @@ struct CacheIndex {
     while ((int64_t{1} << bits) < 2 * cache_size) ++bits;  // load factor <= 1/2
     shift = 64 - bits;
     mask = (uint64_t{1} << bits) - 1;
-    keys.assign(size_t{1} << bits, -1);
-    slots.resize(size_t{1} << bits);
+    entries.assign(size_t{1} << bits, Entry{-1, -1});
     for (int64_t s = 0; s < cache_size; ++s) {
       const int64_t id = cache_ids[s];
       // Empty slots (ids >= num_rows) could be left out, but an id never equals them, so
       // keeping them is harmless; duplicates are only empty slots (ValidateCacheIds).
       uint64_t b = Bucket(id);
-      while (keys[b] != -1 && keys[b] != id) b = (b + 1) & mask;
-      if (keys[b] == -1) {
-        keys[b] = id;
-        slots[b] = static_cast<int32_t>(s);
-      }
+      while (entries[b].key != -1 && entries[b].key != id) b = (b + 1) & mask;
+      if (entries[b].key == -1) entries[b] = Entry{id, static_cast<int32_t>(s)};
     }
   }
 
   int32_t Find(int64_t id) const {
     for (uint64_t b = Bucket(id);; b = (b + 1) & mask) {
-      if (keys[b] == id) return slots[b];
-      if (keys[b] == -1) return -1;
+      const Entry& e = entries[b];
+      if (e.key == id) return e.slot;
+      if (e.key == -1) return -1;
     }
   }
 };
@@ -106,27 +107,27 @@ template int64_t FindCacheSlots<int64_t>(const int64_t*, int64_t, const int64_t*
                                          int32_t*, const ParallelFor&);
 
 template <typename Tid>
-void CollectMisses(const Tid* ids, const int32_t* slots, int64_t nnz,
+void CollectMisses(const Tid* ids, const int32_t* slots, int64_t nnz, int64_t num_misses,
                    std::vector<int64_t>* miss_pos, std::vector<Tid>* miss_ids) {
   // Branch-free: every position is written and the end advances on misses only; hits and
-  // misses alternate unpredictably, and a branch per position measured 2x slower.
-  miss_pos->resize(nnz);
-  miss_ids->resize(nnz);
+  // misses alternate unpredictably, and a branch per position measured 2x slower. The loop
+  // ends at the last miss, so no write goes past num_misses; sizing by the count (not by
+  // nnz) keeps resize() from zero-filling what is about to be written.
+  miss_pos->resize(num_misses);
+  miss_ids->resize(num_misses);
   int64_t* pos = miss_pos->data();
   Tid* out = miss_ids->data();
   int64_t m = 0;
-  for (int64_t i = 0; i < nnz; ++i) {
+  for (int64_t i = 0; i < nnz && m < num_misses; ++i) {
     pos[m] = i;
     out[m] = ids[i];
     m += slots[i] < 0;
   }
-  miss_pos->resize(m);
-  miss_ids->resize(m);
 }
 
-template void CollectMisses<int32_t>(const int32_t*, const int32_t*, int64_t,
+template void CollectMisses<int32_t>(const int32_t*, const int32_t*, int64_t, int64_t,
                                      std::vector<int64_t>*, std::vector<int32_t>*);
-template void CollectMisses<int64_t>(const int64_t*, const int32_t*, int64_t,
+template void CollectMisses<int64_t>(const int64_t*, const int32_t*, int64_t, int64_t,
                                      std::vector<int64_t>*, std::vector<int64_t>*);
 
 void PoolCachedRows(const TTDims& dims, const int32_t* slots, const float* cache_rows,
@@ -161,29 +162,27 @@ void PoolCachedRows(const TTDims& dims, const int32_t* slots, const float* cache
 void BuildCacheGradPlan(const int32_t* slots, int64_t nnz, int64_t cache_size,
                         CacheGradPlan* plan) {
   // A counting sort by slot + 1, misses (slot -1) included as bucket 0: no branch per
-  // position (hits and misses alternate unpredictably), and the hits' part of the order
-  // starts after the misses. start[x] = first entry of bucket x.
-  static thread_local std::vector<int64_t> tl_start, tl_order;
+  // position (hits and misses alternate unpredictably). start[x] = first entry of bucket x.
+  static thread_local std::vector<int64_t> tl_start;
   std::vector<int64_t>& start = tl_start;
   start.assign(cache_size + 2, 0);
   for (int64_t i = 0; i < nnz; ++i) ++start[slots[i] + 2];
   for (int64_t x = 1; x <= cache_size + 1; ++x) start[x] += start[x - 1];
-  const int64_t num_misses = start[1];
+  plan->num_misses = start[1];
   plan->slots.clear();
   plan->begin.clear();
   for (int64_t s = 0; s < cache_size; ++s) {
     if (start[s + 2] > start[s + 1]) {
       plan->slots.push_back(s);
-      plan->begin.push_back(start[s + 1] - num_misses);
+      plan->begin.push_back(start[s + 1]);
     }
   }
-  plan->begin.push_back(nnz - num_misses);
-  // Filling in position order keeps each slot's positions ascending: a fixed summation
+  plan->begin.push_back(nnz);
+  // Filling in position order keeps each bucket's positions ascending: a fixed summation
   // order, so results do not depend on the thread count.
-  tl_order.resize(nnz);
-  int64_t* order = tl_order.data();
+  plan->order.resize(nnz);
+  int64_t* order = plan->order.data();
   for (int64_t i = 0; i < nnz; ++i) order[start[slots[i] + 1]++] = i;
-  plan->order.assign(order + num_misses, order + nnz);
 }
 
 void AccumulateCacheGrads(int64_t dim, const CacheGradPlan& plan, const float* grad,

@@ -27,9 +27,10 @@ template <typename Tid>
 int64_t FindCacheSlots(const int64_t* cache_ids, int64_t cache_size, const Tid* ids,
                        int64_t nnz, int32_t* slots, const ParallelFor& pfor);
 
-// The misses of a batch, compacted: their positions (ascending) and ids.
+// The misses of a batch (num_misses of them: nnz less FindCacheSlots' hits), compacted:
+// their positions (ascending) and ids.
 template <typename Tid>
-void CollectMisses(const Tid* ids, const int32_t* slots, int64_t nnz,
+void CollectMisses(const Tid* ids, const int32_t* slots, int64_t nnz, int64_t num_misses,
                    std::vector<int64_t>* miss_pos, std::vector<Tid>* miss_ids);
 
 // Pools a batch whose rows come from two places: cache_rows[slots[i]] for hits, and the
@@ -41,16 +42,18 @@ void PoolCachedRows(const TTDims& dims, const int32_t* slots, const float* cache
                     int64_t num_bags, const float* weights, int64_t nnz, float* out,
                     const ParallelFor& pfor);
 
-// Hit positions grouped by cache slot: slots (ascending, distinct) that were hit, and for the
-// n-th of them the positions order[begin[n] .. begin[n+1]) (ascending).
+// The batch's positions grouped by cache slot: order[0 .. num_misses) are the misses, then
+// for the n-th slot hit (slots: ascending, distinct) its positions order[begin[n] ..
+// begin[n+1]); ascending within each group.
 struct CacheGradPlan {
+  std::vector<int64_t> order;
+  int64_t num_misses = 0;
   std::vector<int64_t> slots;
   std::vector<int64_t> begin;
-  std::vector<int64_t> order;
   int64_t num_slots() const { return static_cast<int64_t>(slots.size()); }
 };
 
-// Counting sort of the hit positions by slot: O(cache_size + nnz).
+// Counting sort of the positions by slot: O(cache_size + nnz).
 void BuildCacheGradPlan(const int32_t* slots, int64_t nnz, int64_t cache_size,
                         CacheGradPlan* plan);
 

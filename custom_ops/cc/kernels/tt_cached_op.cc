@@ -135,7 +135,8 @@ class TTEmbeddingBagCachedOp : public tt_keras::BagKernelBase {
     num_hits->scalar<int64_t>()() =
         tt_keras::FindCacheSlots(cache_ids->flat<int64_t>().data(), cache_ids->dim_size(0),
                                  bags.ids, bags.nnz, slots, pfor);
-    tt_keras::CollectMisses(bags.ids, slots, bags.nnz, &miss_pos, &miss_ids);
+    tt_keras::CollectMisses(bags.ids, slots, bags.nnz,
+                            bags.nnz - num_hits->scalar<int64_t>()(), &miss_pos, &miss_ids);
     const int64_t num_misses = static_cast<int64_t>(miss_ids.size());
     const float* tt_rows = nullptr;
     if (num_misses > 0) {
@@ -177,7 +178,6 @@ class TTEmbeddingBagCachedGradOp : public tt_keras::BagKernelBase {
     const auto pfor = CpuParallelFor(ctx);
 
     static thread_local std::vector<int32_t> slots;
-    static thread_local std::vector<int64_t> miss_pos;
     static thread_local std::vector<Tid> miss_ids;
     static thread_local tt_keras::Floats scale, miss_scale, leaf_grads;
     static thread_local std::vector<int64_t> bag_of_pos, miss_bag;
@@ -216,8 +216,7 @@ class TTEmbeddingBagCachedGradOp : public tt_keras::BagKernelBase {
     // Cores: the misses only, through tt_core's backward.
     OpOutputList core_grads;
     OP_REQUIRES_OK(ctx, ctx->output_list("core_grads", &core_grads));
-    tt_keras::CollectMisses(bags.ids, slots.data(), bags.nnz, &miss_pos, &miss_ids);
-    const int64_t num_misses = static_cast<int64_t>(miss_ids.size());
+    const int64_t num_misses = cache_plan.num_misses;
     std::vector<float*> grad_ptrs;
     for (int t = 0; t < dims.k; ++t) {
       Tensor* dg = nullptr;
@@ -228,13 +227,16 @@ class TTEmbeddingBagCachedGradOp : public tt_keras::BagKernelBase {
       if (num_misses == 0) std::fill(grad_ptrs.back(), grad_ptrs.back() + dg->NumElements(), 0.f);
     }
     if (num_misses == 0) return;
-    // AggregateLeafGrads indexes scales and bags by the plan's positions, which are
-    // positions among the misses.
+    // The misses' ids, scales and bags, in position order (the first bucket of the cache
+    // plan): AggregateLeafGrads indexes them by the misses' plan's positions.
+    miss_ids.resize(num_misses);
     miss_scale.resize(num_misses);
     miss_bag.resize(num_misses);
     for (int64_t m = 0; m < num_misses; ++m) {
-      miss_scale[m] = scale[miss_pos[m]];
-      miss_bag[m] = bag_of_pos[miss_pos[m]];
+      const int64_t pos = cache_plan.order[m];
+      miss_ids[m] = bags.ids[pos];
+      miss_scale[m] = scale[pos];
+      miss_bag[m] = bag_of_pos[pos];
     }
     const float* ready_partials = nullptr;
     OP_REQUIRES_OK(ctx, tt_keras::ReadOrBuildPlan(ctx, dims, miss_ids.data(), num_misses,

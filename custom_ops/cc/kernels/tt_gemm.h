@@ -266,7 +266,7 @@ inline v8f LaneSums8(const v8f* a) {
 // long contraction (the last TT core: q-wide rows, rank-long sums) vectorises 8-wide, and
 // how dP @ G^T needs no transposed copy of the core. kk % 8 == 0.
 template <int MI, int NJ, bool kAcc>
-inline void DotTile(const float* __restrict A, int64_t lda, const float* __restrict B,
+__attribute__((always_inline)) inline void DotTile(const float* __restrict A, int64_t lda, const float* __restrict B,
                     int64_t ldb, int64_t kk, float* __restrict C, int64_t ldc) {
   static_assert(MI >= 1 && MI <= 2 && NJ >= 1 && NJ <= 4, "tile of at most 2 x 4");
   v8f acc[8];
@@ -280,9 +280,19 @@ inline void DotTile(const float* __restrict A, int64_t lda, const float* __restr
     }
   }
   const v8f sums = LaneSums8(acc);
-  for (int i = 0; i < MI; ++i) {
-    for (int j = 0; j < NJ; ++j) {
-      C[i * ldc + j] = kAcc ? C[i * ldc + j] + sums[4 * i + j] : sums[4 * i + j];
+  if constexpr (NJ == 4) {
+    // Row i of the tile is lanes 4i..4i+3: one 4-wide store per row, not a lane extract
+    // per element (which cost more than the tile's FMAs).
+    for (int i = 0; i < MI; ++i) {
+      v4f row = {sums[4 * i], sums[4 * i + 1], sums[4 * i + 2], sums[4 * i + 3]};
+      if (kAcc) row += Load<v4f>(C + i * ldc);
+      Store<v4f>(C + i * ldc, row);
+    }
+  } else {
+    for (int i = 0; i < MI; ++i) {
+      for (int j = 0; j < NJ; ++j) {
+        C[i * ldc + j] = kAcc ? C[i * ldc + j] + sums[4 * i + j] : sums[4 * i + j];
+      }
     }
   }
 }
