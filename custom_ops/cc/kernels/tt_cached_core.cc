@@ -160,29 +160,52 @@ void PoolCachedRows(const TTDims& dims, const int32_t* slots, const float* cache
 }
 
 void BuildCacheGradPlan(const int32_t* slots, int64_t nnz, int64_t cache_size,
-                        CacheGradPlan* plan) {
+                        CacheGradPlan* plan, const ParallelFor& pfor) {
   // A counting sort by slot + 1, misses (slot -1) included as bucket 0: no branch per
-  // position (hits and misses alternate unpredictably). start[x] = first entry of bucket x.
-  static thread_local std::vector<int64_t> tl_start;
-  std::vector<int64_t>& start = tl_start;
-  start.assign(cache_size + 2, 0);
-  for (int64_t i = 0; i < nnz; ++i) ++start[slots[i] + 2];
-  for (int64_t x = 1; x <= cache_size + 1; ++x) start[x] += start[x - 1];
-  plan->num_misses = start[1];
+  // position (hits and misses alternate unpredictably). The positions are split into a
+  // few contiguous chunks, counted and scattered in parallel; within a bucket chunk c's
+  // positions go after those of chunks < c, so each bucket's positions stay ascending (a
+  // fixed summation order: the chunks do not depend on the thread count).
+  const int64_t buckets = cache_size + 1;
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(4, nnz / 8192));
+  const int64_t chunk = (nnz + chunks - 1) / chunks;
+  static thread_local std::vector<int64_t> tl_next;
+  tl_next.assign(chunks * buckets, 0);
+  int64_t* next = tl_next.data();  // next[c * buckets + x]: chunk c's next entry of bucket x
+  pfor(chunks, 4 * chunk, [&](int64_t lo, int64_t hi) {
+    for (int64_t c = lo; c < hi; ++c) {
+      int64_t* count = next + c * buckets;
+      const int64_t end = std::min(nnz, (c + 1) * chunk);
+      for (int64_t i = c * chunk; i < end; ++i) ++count[slots[i] + 1];
+    }
+  });
   plan->slots.clear();
   plan->begin.clear();
-  for (int64_t s = 0; s < cache_size; ++s) {
-    if (start[s + 2] > start[s + 1]) {
-      plan->slots.push_back(s);
-      plan->begin.push_back(start[s + 1]);
+  int64_t sum = 0;
+  for (int64_t x = 0; x < buckets; ++x) {
+    const int64_t first = sum;
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t n = next[c * buckets + x];
+      next[c * buckets + x] = sum;
+      sum += n;
+    }
+    if (x == 0) {
+      plan->num_misses = sum;
+    } else if (sum > first) {
+      plan->slots.push_back(x - 1);
+      plan->begin.push_back(first);
     }
   }
   plan->begin.push_back(nnz);
-  // Filling in position order keeps each bucket's positions ascending: a fixed summation
-  // order, so results do not depend on the thread count.
   plan->order.resize(nnz);
   int64_t* order = plan->order.data();
-  for (int64_t i = 0; i < nnz; ++i) order[start[slots[i] + 1]++] = i;
+  pfor(chunks, 4 * chunk, [&](int64_t lo, int64_t hi) {
+    for (int64_t c = lo; c < hi; ++c) {
+      int64_t* bucket_next = next + c * buckets;
+      const int64_t end = std::min(nnz, (c + 1) * chunk);
+      for (int64_t i = c * chunk; i < end; ++i) order[bucket_next[slots[i] + 1]++] = i;
+    }
+  });
 }
 
 void AccumulateCacheGrads(int64_t dim, const CacheGradPlan& plan, const float* grad,

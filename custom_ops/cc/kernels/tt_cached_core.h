@@ -55,7 +55,7 @@ struct CacheGradPlan {
 
 // Counting sort of the positions by slot: O(cache_size + nnz).
 void BuildCacheGradPlan(const int32_t* slots, int64_t nnz, int64_t cache_size,
-                        CacheGradPlan* plan);
+                        CacheGradPlan* plan, const ParallelFor& pfor);
 
 // values[n] = sum over the positions i of plan slot n of scale[i] * grad[bag_of_pos[i]]
 // (values: plan.num_slots() x dim, every element written; fixed summation order).

@@ -199,7 +199,7 @@ class TTEmbeddingBagCachedGradOp : public tt_keras::BagKernelBase {
                              bags.nnz, &scale, &bag_of_pos, pfor);
 
     // Cache rows: one gradient row per distinct slot hit (an IndexedSlices in Python).
-    tt_keras::BuildCacheGradPlan(slots.data(), bags.nnz, cache_size, &cache_plan);
+    tt_keras::BuildCacheGradPlan(slots.data(), bags.nnz, cache_size, &cache_plan, pfor);
     const int64_t num_hit_slots = cache_plan.num_slots();
     Tensor* hit_slots = nullptr;
     Tensor* hit_values = nullptr;

@@ -149,50 +149,53 @@ inline void RowsGemm(const float* const* a_rows, const float* B, float* const* c
   }
 }
 
-// C (m x n) = sum over l of outer(a_rows[l][0:m], b_rows[l][0:n]): a GEMM whose
-// contraction runs over rows scattered in memory (one per stacked node), so the stack is
-// never copied. The output panel stays in registers across the whole contraction.
-template <typename V, int NB>
+// C[i0:i0+MR, b_off:b_off+NB*W] = sum over l of outer(a_rows[l][i0:i0+MR], b_rows[l][...]):
+// a GEMM whose contraction runs over rows scattered in memory (one per stacked node), so
+// the stack is never copied. The MR x NB output panel stays in registers across the whole
+// contraction; three rows, as in RowsPanel, keep twelve accumulators in flight.
+template <typename V, int NB, int MR>
 inline void GatherGemmPanel(const float* const* a_rows, const float* const* b_rows,
-                            int64_t b_off, float* __restrict C, int64_t ldc, int64_t m,
+                            int64_t b_off, float* __restrict C, int64_t ldc, int64_t i0,
                             int64_t kk) {
   constexpr int W = sizeof(V) / sizeof(float);
+  V acc[MR][NB];
+  for (int r = 0; r < MR; ++r) {
+    for (int b = 0; b < NB; ++b) acc[r][b] = Splat<V>(0.f);
+  }
+  for (int64_t l = 0; l < kk; ++l) {
+    const float* a = a_rows[l] + i0;
+    V x[MR];
+    for (int r = 0; r < MR; ++r) x[r] = Splat<V>(a[r]);
+    const float* b = b_rows[l] + b_off;
+    for (int bb = 0; bb < NB; ++bb) {
+      const V y = InRegister(Load<V>(b + bb * W));
+      for (int r = 0; r < MR; ++r) acc[r][bb] += x[r] * y;
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    for (int b = 0; b < NB; ++b) Store<V>(C + (i0 + r) * ldc + b * W, acc[r][b]);
+  }
+}
+
+template <typename V, int NB>
+inline void GatherGemmPanels(const float* const* a_rows, const float* const* b_rows,
+                             int64_t b_off, float* C, int64_t ldc, int64_t m, int64_t kk) {
+  // Threes while more than four rows are left, then pairs: four rows as 3 + 1 would run the
+  // whole contraction once with a single accumulator row.
   int64_t i = 0;
-  for (; i + 2 <= m; i += 2) {
-    V c0[NB], c1[NB];
-    for (int b = 0; b < NB; ++b) c0[b] = c1[b] = Splat<V>(0.f);
-    for (int64_t l = 0; l < kk; ++l) {
-      const V x0 = Splat<V>(a_rows[l][i]), x1 = Splat<V>(a_rows[l][i + 1]);
-      const float* b = b_rows[l] + b_off;
-      for (int bb = 0; bb < NB; ++bb) {
-        const V y = InRegister(Load<V>(b + bb * W));
-        c0[bb] += x0 * y;
-        c1[bb] += x1 * y;
-      }
-    }
-    for (int b = 0; b < NB; ++b) {
-      Store<V>(C + i * ldc + b * W, c0[b]);
-      Store<V>(C + (i + 1) * ldc + b * W, c1[b]);
-    }
+  for (; m - i >= 3 && m - i != 4; i += 3) {
+    GatherGemmPanel<V, NB, 3>(a_rows, b_rows, b_off, C, ldc, i, kk);
   }
-  for (; i < m; ++i) {
-    V c0[NB];
-    for (int b = 0; b < NB; ++b) c0[b] = Splat<V>(0.f);
-    for (int64_t l = 0; l < kk; ++l) {
-      const V x0 = Splat<V>(a_rows[l][i]);
-      const float* b = b_rows[l] + b_off;
-      for (int bb = 0; bb < NB; ++bb) c0[bb] += x0 * Load<V>(b + bb * W);
-    }
-    for (int b = 0; b < NB; ++b) Store<V>(C + i * ldc + b * W, c0[b]);
-  }
+  for (; m - i >= 2; i += 2) GatherGemmPanel<V, NB, 2>(a_rows, b_rows, b_off, C, ldc, i, kk);
+  if (m - i == 1) GatherGemmPanel<V, NB, 1>(a_rows, b_rows, b_off, C, ldc, i, kk);
 }
 
 inline void GatherGemm(const float* const* a_rows, const float* const* b_rows, float* C,
                        int64_t m, int64_t kk, int64_t n) {
   int64_t j = 0;
-  for (; j + 32 <= n; j += 32) GatherGemmPanel<v8f, 4>(a_rows, b_rows, j, C + j, n, m, kk);
-  for (; j + 8 <= n; j += 8) GatherGemmPanel<v8f, 1>(a_rows, b_rows, j, C + j, n, m, kk);
-  for (; j + 4 <= n; j += 4) GatherGemmPanel<v4f, 1>(a_rows, b_rows, j, C + j, n, m, kk);
+  for (; j + 32 <= n; j += 32) GatherGemmPanels<v8f, 4>(a_rows, b_rows, j, C + j, n, m, kk);
+  for (; j + 8 <= n; j += 8) GatherGemmPanels<v8f, 1>(a_rows, b_rows, j, C + j, n, m, kk);
+  for (; j + 4 <= n; j += 4) GatherGemmPanels<v4f, 1>(a_rows, b_rows, j, C + j, n, m, kk);
   for (; j < n; ++j) {
     for (int64_t i = 0; i < m; ++i) {
       float s = 0.f;
