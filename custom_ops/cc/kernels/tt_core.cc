@@ -421,6 +421,13 @@ void ExtendLevel(const TTDims& dims, const float* const* cores, const LookupPlan
   });
 }
 
+// Asks for the cache lines of floats [p, p + n) ahead of their use.
+inline void PrefetchBlock(const float* p, int64_t n) {
+  for (int64_t x = 0; x < n; x += 16) __builtin_prefetch(p + x);
+}
+// How many nodes ahead a digit-grouped loop prefetches.
+constexpr int64_t kPrefetchAhead = 2;
+
 // Floats of a core that stay resident in a typical per-core L2 (256 KiB).
 constexpr int64_t kL2Floats = 64 * 1024;
 
@@ -770,6 +777,11 @@ void BackpropCores(const TTDims& dims, const float* const* cores, const LookupPl
         prev_rows.resize(count * m);
         for (int64_t j = 0; j < count; ++j) {
           const int64_t node = order[begin + j];
+          // Nodes of a digit are scattered over a dP buffer of megabytes: fetch a later
+          // node's block while this one computes (the loads stalled on L3 otherwise).
+          if (j + kPrefetchAhead < count) {
+            PrefetchBlock(g + order[begin + j + kPrefetchAhead] * size, size);
+          }
           for (int64_t i = 0; i < m; ++i) {
             grad_rows[j * m + i] = g + node * size + i * nn;
             prev_rows[j * m + i] = prev + parent[node] * prev_size + i * kk;
