@@ -53,8 +53,10 @@ struct CacheIndex {
   }
 
   void Build(const int64_t* cache_ids, int64_t cache_size) {
+    // Load factor <= 3/4: a smaller table stays in cache (four entries share a line, so the
+    // longer probe runs mostly stay within one).
     int bits = 4;
-    while ((int64_t{1} << bits) < 2 * cache_size) ++bits;  // load factor <= 1/2
+    while (3 * (int64_t{1} << bits) < 4 * cache_size) ++bits;
     shift = 64 - bits;
     mask = (uint64_t{1} << bits) - 1;
     entries.assign(size_t{1} << bits, Entry{-1, -1});
@@ -142,9 +144,11 @@ void PoolCachedRows(const TTDims& dims, const int32_t* slots, const float* cache
   static thread_local std::vector<const float*> tl_src;
   tl_src.resize(nnz);
   const float** src = tl_src.data();
+  // Every position gets its cache row (slot 0's for a miss, overwritten below): no branch
+  // on hits and misses, which alternate unpredictably.
   pfor(nnz, 4, [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {
-      if (slots[i] >= 0) src[i] = cache_rows + static_cast<int64_t>(slots[i]) * D;
+      src[i] = cache_rows + static_cast<int64_t>(std::max(slots[i], 0)) * D;
     }
   });
   const int64_t num_leaves = tt_rows != nullptr ? miss_plan.num_nodes(dims.k) : 0;
@@ -169,12 +173,14 @@ void BuildCacheGradPlan(const int32_t* slots, int64_t nnz, int64_t cache_size,
   const int64_t buckets = cache_size + 1;
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(4, nnz / 8192));
   const int64_t chunk = (nnz + chunks - 1) / chunks;
-  static thread_local std::vector<int64_t> tl_next;
+  // int32 counters (a batch has fewer than 2^31 positions: the op checks) keep the
+  // chunks' counters small enough to stay in cache.
+  static thread_local std::vector<int32_t> tl_next;
   tl_next.assign(chunks * buckets, 0);
-  int64_t* next = tl_next.data();  // next[c * buckets + x]: chunk c's next entry of bucket x
+  int32_t* next = tl_next.data();  // next[c * buckets + x]: chunk c's next entry of bucket x
   pfor(chunks, 4 * chunk, [&](int64_t lo, int64_t hi) {
     for (int64_t c = lo; c < hi; ++c) {
-      int64_t* count = next + c * buckets;
+      int32_t* count = next + c * buckets;
       const int64_t end = std::min(nnz, (c + 1) * chunk);
       for (int64_t i = c * chunk; i < end; ++i) ++count[slots[i] + 1];
     }
@@ -186,7 +192,7 @@ void BuildCacheGradPlan(const int32_t* slots, int64_t nnz, int64_t cache_size,
     const int64_t first = sum;
     for (int64_t c = 0; c < chunks; ++c) {
       const int64_t n = next[c * buckets + x];
-      next[c * buckets + x] = sum;
+      next[c * buckets + x] = static_cast<int32_t>(sum);
       sum += n;
     }
     if (x == 0) {
@@ -201,7 +207,7 @@ void BuildCacheGradPlan(const int32_t* slots, int64_t nnz, int64_t cache_size,
   int64_t* order = plan->order.data();
   pfor(chunks, 4 * chunk, [&](int64_t lo, int64_t hi) {
     for (int64_t c = lo; c < hi; ++c) {
-      int64_t* bucket_next = next + c * buckets;
+      int32_t* bucket_next = next + c * buckets;
       const int64_t end = std::min(nnz, (c + 1) * chunk);
       for (int64_t i = c * chunk; i < end; ++i) order[bucket_next[slots[i] + 1]++] = i;
     }

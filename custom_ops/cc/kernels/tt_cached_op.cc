@@ -52,6 +52,15 @@ absl::Status ValidateCache(const Tensor& cache_ids, const Tensor* cache_rows, in
   return absl::OkStatus();
 }
 
+// The cached kernels count positions in int32 (slots, the gradient's slot sort).
+absl::Status CheckCachedBatchSize(int64_t nnz) {
+  if (nnz > std::numeric_limits<int32_t>::max()) {
+    return errors::InvalidArgument("indices has ", nnz, " entries; the cached lookup takes at "
+                                   "most 2^31 - 1 per call");
+  }
+  return absl::OkStatus();
+}
+
 // Copies the forward's slots into `slots`, checking each against the cache: a slot must be
 // -1 or one whose id is the position's id (the slots index cache rows).
 template <typename Tid>
@@ -106,6 +115,7 @@ class TTEmbeddingBagCachedOp : public tt_keras::BagKernelBase {
     OP_REQUIRES_OK(ctx, ValidateCache(*cache_ids, cache_rows, dims.dim, num_rows_));
     tt_keras::BagInputs<Tid> bags;
     OP_REQUIRES_OK(ctx, tt_keras::ValidateBagInputs<Tid>(ctx, combiner_, num_rows_, &bags));
+    OP_REQUIRES_OK(ctx, CheckCachedBatchSize(bags.nnz));
 
     const int64_t out_rows = combiner_ == Combiner::kNone ? bags.nnz : bags.num_bags;
     Tensor* output = nullptr;
@@ -171,6 +181,7 @@ class TTEmbeddingBagCachedGradOp : public tt_keras::BagKernelBase {
     OP_REQUIRES_OK(ctx, ValidateCache(*cache_ids, nullptr, dims.dim, num_rows_));
     tt_keras::BagInputs<Tid> bags;
     OP_REQUIRES_OK(ctx, tt_keras::ValidateBagInputs<Tid>(ctx, combiner_, num_rows_, &bags));
+    OP_REQUIRES_OK(ctx, CheckCachedBatchSize(bags.nnz));
     const Tensor& grad = ctx->input(0);
     OP_REQUIRES_OK(ctx, tt_keras::ValidateGradShape<Tid>(grad, combiner_, bags, dims.dim));
     const int64_t cache_size = cache_ids->dim_size(0);
