@@ -91,7 +91,8 @@ def test_id_dtypes(backend, dtype):
 # read parent by parent with 8-wide dot products (rank % 8 == 0, core within L2) or digit by
 # digit (a bigger core, or another rank); dP @ G^T as dot products (q * r_out % 8 == 0) or
 # through transposed slices; a parent's gradient summed directly or through per-node shares
-# (an inner core bigger than L2); odd row counts and q < 4 for the tiles' tails.
+# (an inner core bigger than L2); odd row counts and q < 4 for the tiles' tails; row widths
+# that pool in registers or in memory.
 KERNEL_PATH_SHAPES = {
     "siblings": tt_math.TTShape((30, 40, 50), (2, 2, 4), (1, 16, 16, 1)),
     "tile_tails": tt_math.TTShape((30, 40, 50), (1, 3, 3), (1, 8, 8, 1)),
@@ -100,6 +101,8 @@ KERNEL_PATH_SHAPES = {
     "k4": tt_math.TTShape((5, 6, 7, 8), (2, 1, 3, 2), (1, 8, 16, 8, 1)),
     "k2": tt_math.TTShape((50, 60), (4, 4), (1, 8, 1)),
     "mixed_ranks": tt_math.TTShape((30, 40, 50), (2, 3, 2), (1, 12, 8, 1)),
+    # 64-wide rows: pooling and gradient sums held in eight registers (SumRows).
+    "wide_rows": tt_math.TTShape((30, 40, 50), (4, 4, 4), (1, 8, 8, 1)),
 }
 
 
