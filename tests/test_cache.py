@@ -162,6 +162,20 @@ def test_cached_lookup_edge_cases(backend, case):
         assert all(not tf.convert_to_tensor(g).numpy().any() for g in grads[:3])
 
 
+def test_cached_lookup_takes_segment_ids(backend):
+    rng = np.random.default_rng(8)
+    shape = SHAPES[3]
+    cores = oracle.random_cores(shape, rng)
+    cache_ids, cache_rows = cache_arrays(rng, shape.padded_rows, shape.dim, np.array([3, 50]))
+    ids = np.array([3, 7, 50, 3, 9], np.int64)
+    by_segments = tt_embedding_bag_cached(cores, cache_ids, cache_rows, ids, None, None, "sqrtn",
+                                          backend=backend, segment_ids=[0, 0, 2, 2, 2],
+                                          num_bags=4)
+    by_splits = tt_embedding_bag_cached(cores, cache_ids, cache_rows, ids, [0, 2, 2, 5, 5],
+                                        None, "sqrtn", backend=backend)
+    np.testing.assert_array_equal(by_segments.numpy(), by_splits.numpy())
+
+
 def test_cached_gradient_op_uses_or_rebuilds_the_forward_residuals():
     """The cached gradient from the forward's residuals (slots, the misses' plan and partials)
     equals the one rebuilt from scratch; corrupted residuals are rejected, never trusted."""

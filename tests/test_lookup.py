@@ -215,6 +215,67 @@ def test_out_of_range_ids_name_position_and_value(backend, graph, bad_id):
     assert "out of range" in message
 
 
+@pytest.mark.parametrize("graph", [False, True])
+def test_segment_ids_give_the_same_bags_as_row_splits(backend, graph):
+    rng = np.random.default_rng(5)
+    shape = SHAPES[3]
+    cores = oracle.random_cores(shape, rng)
+    ids = rng.integers(0, shape.padded_rows, size=9)
+    weights = rng.uniform(0.5, 2.0, size=9).astype(np.float32)
+    # Bags 1, 4 and the two after the last id are empty.
+    segment_ids = np.array([0, 0, 2, 2, 2, 3, 5, 5, 5])
+    splits = np.array([0, 2, 2, 5, 6, 6, 9, 9, 9])
+
+    def by_segments():
+        return tt_embedding_bag(cores, ids, weights=weights, combiner="mean", backend=backend,
+                                segment_ids=segment_ids, num_bags=8)
+
+    got = (tf.function(by_segments) if graph else by_segments)().numpy()
+    want = tt_embedding_bag(cores, ids, splits, weights, "mean", backend=backend).numpy()
+    np.testing.assert_array_equal(got, want)
+    bags = [ids[splits[b]:splits[b + 1]].tolist() for b in range(8)]
+    w_bags = [weights[splits[b]:splits[b + 1]] for b in range(8)]
+    np.testing.assert_allclose(
+        got, oracle.pooled_oracle(oracle.dense_table(cores), bags, w_bags, "mean"),
+        rtol=1e-4, atol=1e-5)
+    # Without num_bags the last named bag is the last one.
+    default = tt_embedding_bag(cores, ids, combiner="sum", backend=backend,
+                               segment_ids=segment_ids)
+    assert default.shape == (6, shape.dim)
+
+
+@pytest.mark.parametrize("graph", [False, True])
+@pytest.mark.parametrize("segment_ids,num_bags,needle", [
+    ([0, 2, 1, 3], None, "sorted"),
+    ([-1, 0, 0, 1], None, "negative"),
+    ([0, 0, 1, 4], 3, "num_bags"),
+])
+def test_bad_segment_ids_are_rejected(backend, graph, segment_ids, num_bags, needle):
+    shape = SHAPES[3]
+    cores = oracle.random_cores(shape, np.random.default_rng(0))
+
+    def call():
+        return tt_embedding_bag(cores, [1, 2, 3, 4], combiner="sum", backend=backend,
+                                segment_ids=tf.constant(segment_ids), num_bags=num_bags)
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match=needle):
+        (tf.function(call) if graph else call)()
+
+
+def test_segment_id_argument_errors(backend):
+    cores = oracle.random_cores(SHAPES[3], np.random.default_rng(0))
+    with pytest.raises(ValueError, match="not both"):
+        tt_embedding_bag(cores, [1, 2], [0, 2], combiner="sum", segment_ids=[0, 0],
+                         backend=backend)
+    with pytest.raises(ValueError, match="segment_ids has 3 entries but ids has 2"):
+        tt_embedding_bag(cores, [1, 2], combiner="sum", segment_ids=[0, 0, 1], backend=backend)
+    with pytest.raises(TypeError, match="segment_ids must be integers"):
+        tt_embedding_bag(cores, [1, 2], combiner="sum", segment_ids=[0.0, 1.0],
+                         backend=backend)
+    with pytest.raises(ValueError, match="num_bags goes with segment_ids"):
+        tt_embedding_bag(cores, [1, 2], [0, 2], combiner="sum", num_bags=1, backend=backend)
+
+
 @pytest.mark.parametrize("splits,needle", [
     ([1, 2, 4], "row_splits"),
     ([0, 3, 2, 4], "decrease"),

@@ -111,6 +111,70 @@ def _checked_splits(row_splits, nnz):
         return tf.identity(row_splits)
 
 
+def _splits_from_segment_ids(segment_ids, num_bags, num_ids):
+    """row_splits of bags given as sorted segment ids (the bag of each id, as
+    tf.math.segment_sum takes them); bags with no id are empty. Checks that the segment ids
+    are integers, one per id, non-negative, non-decreasing and below num_bags."""
+    segment_ids = tf.convert_to_tensor(segment_ids)
+    if not segment_ids.dtype.is_integer:
+        raise TypeError(f"segment_ids must be integers, got dtype {segment_ids.dtype.name}")
+    segment_ids = tf.cast(segment_ids, tf.int64)
+    if segment_ids.shape.rank != 1:
+        raise ValueError(f"segment_ids must be a vector, got shape {segment_ids.shape}")
+    n_seg = segment_ids.shape[0]
+    if n_seg is not None and num_ids is not None and n_seg != num_ids:
+        raise ValueError(f"segment_ids has {n_seg} entries but ids has {num_ids}")
+    if num_bags is None:
+        num_bags = (tf.reduce_max(segment_ids) + 1 if n_seg != 0
+                    else tf.constant(0, tf.int64))
+    elif not isinstance(num_bags, tf.Tensor) and int(num_bags) < 0:
+        raise ValueError(f"num_bags must be >= 0, got {num_bags}")
+    num_bags = tf.cast(num_bags, tf.int64)
+    if tf.executing_eagerly():
+        s = segment_ids.numpy()
+        negative = np.flatnonzero(s < 0)
+        if negative.size:
+            i = negative[0]
+            raise _invalid_argument(f"segment_ids[{i}] = {s[i]} is negative")
+        drops = np.flatnonzero(np.diff(s) < 0)
+        if drops.size:
+            i = drops[0] + 1
+            raise _invalid_argument(f"segment_ids must be sorted: segment_ids[{i}] = {s[i]} < "
+                                    f"segment_ids[{i - 1}] = {s[i - 1]}")
+        too_big = np.flatnonzero(s >= int(num_bags))
+        if too_big.size:
+            i = too_big[0]
+            raise _invalid_argument(f"segment_ids[{i}] = {s[i]} is not below num_bags = "
+                                    f"{int(num_bags)}")
+    else:
+        checks = [
+            tf.debugging.assert_non_negative(segment_ids,
+                                             message="segment_ids must be non-negative"),
+            tf.debugging.assert_non_negative(segment_ids[1:] - segment_ids[:-1],
+                                             message="segment_ids must be sorted"),
+            tf.debugging.assert_less(segment_ids, num_bags,
+                                     message="segment_ids must be below num_bags"),
+        ]
+        with tf.control_dependencies(checks):
+            segment_ids = tf.identity(segment_ids)
+    counts = tf.math.bincount(segment_ids, minlength=num_bags, maxlength=num_bags,
+                              dtype=tf.int64)
+    return tf.concat([tf.zeros([1], tf.int64), tf.cumsum(counts)], 0)
+
+
+def _bag_boundaries(ids, row_splits, segment_ids, num_bags):
+    """The row_splits a lookup runs on: the given ones, or those of segment_ids."""
+    if segment_ids is None:
+        if num_bags is not None:
+            raise ValueError("num_bags goes with segment_ids; row_splits already give the "
+                             "number of bags")
+        return row_splits
+    if row_splits is not None:
+        raise ValueError("give the bags as row_splits or as segment_ids, not both")
+    num_ids = tf.convert_to_tensor(ids).shape[0] if ids is not None else None
+    return _splits_from_segment_ids(segment_ids, num_bags, num_ids)
+
+
 def _prepared_inputs(cores, ids, row_splits, weights, combiner, num_rows):
     """Checks and normalises the arguments shared by the lookups (static checks only).
 
@@ -184,6 +248,8 @@ def tt_embedding_bag(
     num_rows=None,
     backend="auto",
     check_splits=True,
+    segment_ids=None,
+    num_bags=None,
 ):
     """Looks up and pools rows of a TT-compressed table.
 
@@ -199,10 +265,15 @@ def tt_embedding_bag(
       backend: "auto" (the custom op when its library loads, else pure TF), "op" or
         "reference"; `lookup_backend_scope` overrides it.
       check_splits: set False when row_splits are valid by construction (RaggedTensor).
+      segment_ids: instead of row_splits, the bag of each id: an integer vector [len(ids)],
+        sorted, as tf.math.segment_sum takes it.
+      num_bags: with segment_ids, the number of bags (default: max(segment_ids) + 1); bags
+        that no id names are empty.
 
     Returns:
       [len(ids), D] for combiner "none", else [num_bags, D], in the cores' dtype.
     """
+    row_splits = _bag_boundaries(ids, row_splits, segment_ids, num_bags)
     cores, ids, row_splits, weights, num_rows, out_dtype = _prepared_inputs(
         cores, ids, row_splits, weights, combiner, num_rows)
     if resolve_backend(backend) == "op":
@@ -266,6 +337,8 @@ def tt_embedding_bag_cached(
     backend="auto",
     check_splits=True,
     return_num_hits=False,
+    segment_ids=None,
+    num_bags=None,
 ):
     """tt_embedding_bag with a cache of uncompressed rows in front of the TT chain.
 
@@ -274,8 +347,8 @@ def tt_embedding_bag_cached(
     tf.IndexedSlices over the slots hit (docs/cache.md).
 
     Args:
-      cores, ids, row_splits, weights, combiner, num_rows, backend, check_splits: as
-        tt_embedding_bag.
+      cores, ids, row_splits, weights, combiner, num_rows, backend, check_splits,
+        segment_ids, num_bags: as tt_embedding_bag.
       cache_ids: int64 [C], sorted; ids below num_rows must be distinct, larger entries
         (tt_keras.cache.EMPTY_ID) mark empty slots.
       cache_rows: float [C, D], the cached rows.
@@ -285,6 +358,7 @@ def tt_embedding_bag_cached(
       The pooled rows as tt_embedding_bag, in the cores' dtype; with return_num_hits,
       (rows, num_hits).
     """
+    row_splits = _bag_boundaries(ids, row_splits, segment_ids, num_bags)
     cores, ids, row_splits, weights, num_rows, out_dtype = _prepared_inputs(
         cores, ids, row_splits, weights, combiner, num_rows)
     cache_ids = tf.convert_to_tensor(cache_ids)
