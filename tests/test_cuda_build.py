@@ -138,6 +138,29 @@ _LOAD_SCRIPT = textwrap.dedent("""
     lk.shape.num_rows = 13 * 11 * 9 + 1
     assert lib.tt_cuda_forward_workspace_size(ctypes.byref(lk), ctypes.byref(size)) == \\
         h.ERROR_INVALID_ARGUMENT
+    # The cached launchers likewise; a missing cache is an argument error.
+    lk.shape.num_rows = 1000
+    cache = h.TTCudaCache()
+    cache.size = 4
+    st = lib.tt_cuda_cached_forward_workspace_size(ctypes.byref(lk), ctypes.byref(cache),
+                                                   ctypes.byref(size))
+    assert st in (h.OK, h.ERROR_CUDA), st
+    st = lib.tt_cuda_cached_backward_workspace_size(ctypes.byref(lk), ctypes.byref(cache),
+                                                    ctypes.byref(size))
+    assert st in (h.OK, h.ERROR_CUDA), st
+    assert lib.tt_cuda_cached_forward_workspace_size(ctypes.byref(lk), None,
+                                                     ctypes.byref(size)) == \
+        h.ERROR_INVALID_ARGUMENT
+    st = lib.tt_cuda_cached_forward(ctypes.byref(lk), ctypes.byref(cache), None, None, None,
+                                    ws, len(ws), err, None)
+    assert st in (h.ERROR_CUDA, h.ERROR_INVALID_ARGUMENT), st
+    cache.size = -1
+    assert lib.tt_cuda_cached_backward_workspace_size(ctypes.byref(lk), ctypes.byref(cache),
+                                                      ctypes.byref(size)) == \
+        h.ERROR_INVALID_ARGUMENT
+    assert b"cache size" in lib.tt_cuda_last_error_message()
+    count = ctypes.c_int64()
+    assert lib.tt_cuda_read_count(None, ctypes.byref(count), None) == h.ERROR_INVALID_ARGUMENT
     host = h.TTCudaErrorInfo()
     st = lib.tt_cuda_read_error(err, ctypes.byref(host), None)
     assert st in (h.OK, h.ERROR_CUDA), st

@@ -14,7 +14,8 @@ Without a GPU, the same checks run against the host-thread emulation of the kern
 Every result is compared with a float64 NumPy oracle written here from the spec (section 1):
 rows from the TT chain, cross-checked against a column-by-column reconstruction
 W[idx, j] = G_1[i_1][0, j_1, :] @ ... @ G_k[i_k][:, j_k, 0]; core gradients from the chain
-rule, cross-checked by central differences. Exits non-zero on any mismatch.
+rule, cross-checked by central differences; the cached lookup (docs/cache.md) against the
+same oracle with cached rows swapped in. Exits non-zero on any mismatch.
 """
 
 import argparse
@@ -66,6 +67,17 @@ class TTCudaErrorInfo(ctypes.Structure):
         ("split_position", ctypes.c_int64),
         ("split_value", ctypes.c_int64),
         ("split_previous", ctypes.c_int64),
+        ("cache_position", ctypes.c_int64),
+        ("cache_value", ctypes.c_int64),
+        ("cache_previous", ctypes.c_int64),
+    ]
+
+
+class TTCudaCache(ctypes.Structure):
+    _fields_ = [
+        ("ids", ctypes.c_void_p),
+        ("rows", ctypes.c_void_p),
+        ("size", ctypes.c_int64),
     ]
 
 
@@ -73,6 +85,7 @@ def load_library(path):
     lib = ctypes.CDLL(path)
     P, S = ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t)
     lk = ctypes.POINTER(TTCudaLookup)
+    cache = ctypes.POINTER(TTCudaCache)
     sigs = {
         "tt_cuda_forward_workspace_size": [lk, S],
         "tt_cuda_forward": [lk, P, P, ctypes.c_size_t, P, P],
@@ -82,6 +95,13 @@ def load_library(path):
         "tt_cuda_unique": [P, ctypes.c_int32, ctypes.c_int64, ctypes.c_int64, P, P, P, P,
                            ctypes.c_size_t, P, P],
         "tt_cuda_read_error": [P, ctypes.POINTER(TTCudaErrorInfo), P],
+        "tt_cuda_cached_forward_workspace_size": [lk, cache, S],
+        "tt_cuda_cached_forward": [lk, cache, P, P, P, P, ctypes.c_size_t, P, P],
+        "tt_cuda_cached_backward_workspace_size": [lk, cache, S],
+        "tt_cuda_cached_backward": [lk, cache, P, P, P, P, ctypes.c_size_t, P, P],
+        "tt_cuda_cached_backward_cache_grads": [lk, cache, ctypes.c_int64, P, P, P,
+                                                ctypes.c_size_t, P],
+        "tt_cuda_read_count": [P, ctypes.POINTER(ctypes.c_int64), P],
     }
     for name, args in sigs.items():
         fn = getattr(lib, name)
@@ -234,6 +254,7 @@ def position_coefficients(combiner, splits, weights, nnz):
         norm = np.bincount(bag_of, w, minlength=len(counts))
     else:
         norm = np.sqrt(np.bincount(bag_of, w * w, minlength=len(counts)))
+    norm = np.asarray(norm, dtype=np.float64)  # bincount of no positions is integer
     inv = np.divide(1.0, norm, out=np.zeros_like(norm), where=norm != 0)
     return bag_of, w * inv[bag_of]
 
@@ -248,10 +269,20 @@ def oracle_forward(table, ids, splits, weights, combiner, cores=None):
     return out
 
 
+def position_row_grads(ids, splits, weights, combiner, grad):
+    """d loss / d row of each position: its coefficient times its bag's output gradient."""
+    bag_of, coef = position_coefficients(combiner, splits, weights, len(ids))
+    return coef[:, None] * grad.astype(np.float64)[bag_of]
+
+
 def oracle_backward(table, ids, splits, weights, combiner, grad):
     ids = np.asarray(ids, dtype=np.int64)
-    bag_of, coef = position_coefficients(combiner, splits, weights, len(ids))
-    row_grad = coef[:, None] * grad.astype(np.float64)[bag_of]
+    return oracle_core_grads(table, ids, position_row_grads(ids, splits, weights, combiner,
+                                                            grad))
+
+
+def oracle_core_grads(table, ids, row_grad):
+    """Core gradients given each position's row gradient."""
     uniq, inverse = np.unique(ids, return_inverse=True)
     dW = np.zeros((len(uniq), table.dim))
     np.add.at(dW, inverse.reshape(-1), row_grad)
@@ -267,6 +298,45 @@ def oracle_backward(table, ids, splits, weights, combiner, grad):
         dP = np.einsum("najs,nrjs->nar", dPt, G)
     np.add.at(grads[0], dig[0], dP.reshape(n, 1, table.q[0], table.ranks[1]))
     return grads
+
+
+def cache_slots(cache_ids, ids, num_rows):
+    """Each id's cache slot, or -1 (cache_ids sorted; entries >= num_rows are empty)."""
+    cache_ids = np.asarray(cache_ids, dtype=np.int64)
+    pos = np.searchsorted(cache_ids, ids)
+    pos_c = np.minimum(pos, max(len(cache_ids) - 1, 0))
+    hit = (len(cache_ids) > 0) & (ids < num_rows)
+    hit = hit & (cache_ids[pos_c] == ids) if len(cache_ids) else np.zeros(len(ids), bool)
+    return np.where(hit, pos_c, -1)
+
+
+def oracle_cached_forward(table, cache_ids, cache_rows, ids, splits, weights, combiner):
+    rows = oracle_rows(table, ids) if len(ids) else np.zeros((0, table.dim))
+    slots = cache_slots(cache_ids, ids, table.num_rows)
+    rows[slots >= 0] = cache_rows[slots[slots >= 0]]
+    if combiner == "none":
+        return rows, slots
+    bag_of, coef = position_coefficients(combiner, splits, weights, len(ids))
+    out = np.zeros((len(splits) - 1, table.dim))
+    np.add.at(out, bag_of, coef[:, None] * rows)
+    return out, slots
+
+
+def oracle_cached_backward(table, cache_ids, ids, splits, weights, combiner, grad):
+    """Core gradients from the misses only; the cache rows' gradient as (slots hit,
+    ascending; one summed row each)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    row_grad = position_row_grads(ids, splits, weights, combiner, grad)
+    slots = cache_slots(cache_ids, ids, table.num_rows)
+    hits = slots >= 0
+    miss_grad = row_grad.copy()
+    miss_grad[hits] = 0.0
+    core = (oracle_core_grads(table, ids, miss_grad) if len(ids)
+            else [np.zeros(c.shape) for c in table.cores])
+    hit_slots = np.unique(slots[hits])
+    values = np.zeros((len(hit_slots), table.dim))
+    np.add.at(values, np.searchsorted(hit_slots, slots[hits]), row_grad[hits])
+    return core, hit_slots, values
 
 
 def self_check_oracle(table, ids, splits, weights, combiner, grad, rng):
@@ -406,6 +476,81 @@ class Launcher:
         err = self.read_error(d_err)
         return [be.host(g) for g in d_grads], err
 
+    def cache(self, d_cache_ids, d_cache_rows, size):
+        c = TTCudaCache()
+        c.ids = self.be.ptr(d_cache_ids)
+        c.rows = self.be.ptr(d_cache_rows)
+        c.size = size
+        return c
+
+    def cached_forward(self, table, cache_ids, cache_rows, ids, splits, weights, combiner):
+        be, lib = self.be, self.lib
+        nnz = len(ids)
+        num_bags = len(splits) - 1 if combiner != "none" else 0
+        d_cores = [be.to_device(c) for c in table.cores]
+        d_ids, d_splits = be.to_device(ids), be.to_device(splits)
+        d_weights = be.to_device(weights) if weights is not None else None
+        d_cids = be.to_device(np.asarray(cache_ids, np.int64))
+        d_crows = be.to_device(np.asarray(cache_rows, np.float32))
+        lk = self.lookup(table, d_cores, d_ids, d_splits, d_weights, combiner, nnz, num_bags,
+                         ids.dtype)
+        cache = self.cache(d_cids, d_crows, len(cache_ids))
+        size = ctypes.c_size_t()
+        check_status(lib, lib.tt_cuda_cached_forward_workspace_size(
+            ctypes.byref(lk), ctypes.byref(cache), ctypes.byref(size)),
+            "cached_forward_workspace_size")
+        ws = be.bytes(size.value)
+        d_err = be.bytes(ctypes.sizeof(TTCudaErrorInfo))
+        out_rows = nnz if combiner == "none" else num_bags
+        out = be.full((out_rows, table.dim), np.nan, np.float32)  # must be fully written
+        slots = be.full((max(nnz, 1),), -7, np.int32)
+        hits = be.full((1,), -7, np.int64)
+        check_status(lib, lib.tt_cuda_cached_forward(
+            ctypes.byref(lk), ctypes.byref(cache), be.ptr(out), be.ptr(slots), be.ptr(hits),
+            be.ptr(ws), size.value, be.ptr(d_err), None), "cached_forward")
+        err = self.read_error(d_err)
+        return be.host(out), be.host(slots)[:nnz], int(be.host(hits)[0]), err
+
+    def cached_backward(self, table, cache_ids, cache_rows, ids, splits, weights, combiner,
+                        grad):
+        be, lib = self.be, self.lib
+        nnz = len(ids)
+        num_bags = len(splits) - 1 if combiner != "none" else 0
+        d_cores = [be.to_device(c) for c in table.cores]
+        d_ids, d_splits = be.to_device(ids), be.to_device(splits)
+        d_weights = be.to_device(weights) if weights is not None else None
+        d_grad = be.to_device(grad.astype(np.float32))
+        d_cids = be.to_device(np.asarray(cache_ids, np.int64))
+        d_crows = be.to_device(np.asarray(cache_rows, np.float32))
+        lk = self.lookup(table, d_cores, d_ids, d_splits, d_weights, combiner, nnz, num_bags,
+                         ids.dtype)
+        cache = self.cache(d_cids, d_crows, len(cache_ids))
+        size = ctypes.c_size_t()
+        check_status(lib, lib.tt_cuda_cached_backward_workspace_size(
+            ctypes.byref(lk), ctypes.byref(cache), ctypes.byref(size)),
+            "cached_backward_workspace_size")
+        ws = be.bytes(size.value)
+        d_err = be.bytes(ctypes.sizeof(TTCudaErrorInfo))
+        d_grads = [be.full(c.shape, np.nan, np.float32) for c in table.cores]  # must be zeroed
+        ptrs = (ctypes.c_void_p * MAX_CORES)(*[be.ptr(g) for g in d_grads])
+        d_count = be.full((1,), -7, np.int64)
+        check_status(lib, lib.tt_cuda_cached_backward(
+            ctypes.byref(lk), ctypes.byref(cache), be.ptr(d_grad), ptrs, be.ptr(d_count),
+            be.ptr(ws), size.value, be.ptr(d_err), None), "cached_backward")
+        err = self.read_error(d_err)
+        count = ctypes.c_int64()
+        check_status(lib, lib.tt_cuda_read_count(be.ptr(d_count), ctypes.byref(count), None),
+                     "read_count")
+        n = count.value
+        hit_slots = be.full((max(n, 1),), -7, np.int64)
+        hit_values = be.full((max(n, 1), table.dim), np.nan, np.float32)
+        check_status(lib, lib.tt_cuda_cached_backward_cache_grads(
+            ctypes.byref(lk), ctypes.byref(cache), n, be.ptr(hit_slots), be.ptr(hit_values),
+            be.ptr(ws), size.value, None), "cached_backward_cache_grads")
+        be.sync()
+        return ([be.host(g) for g in d_grads], be.host(hit_slots)[:n],
+                be.host(hit_values)[:n], err)
+
     def unique(self, ids, num_rows):
         be, lib = self.be, self.lib
         nnz = len(ids)
@@ -478,6 +623,91 @@ class Checker:
             self.close(grads[t], ref[t], "%s backward dG_%d" % (label, t))
 
 
+def cached_case(chk, table, cache_ids, ids, splits, weights, combiner, rng, label):
+    """The cached launchers against the oracle: output, slots and hit count, core gradients
+    of the misses, and the cache rows' gradient."""
+    L = chk.launcher
+    no_error = lambda e: (e.index_position == -1 and e.split_position == -1 and
+                          e.cache_position == -1)
+    cache_rows = rng.normal(size=(len(cache_ids), table.dim)).astype(np.float32)
+    out, slots, hits, err = L.cached_forward(table, cache_ids, cache_rows, ids, splits, weights,
+                                             combiner)
+    ref, ref_slots = oracle_cached_forward(table, cache_ids, cache_rows, ids, splits, weights,
+                                           combiner)
+    chk.expect(no_error(err), label + " cached forward: no error reported")
+    chk.close(out, ref, label + " cached forward")
+    chk.expect(np.array_equal(slots, ref_slots) and hits == int((ref_slots >= 0).sum()),
+               label + " cached forward: slots and hit count")
+    grad = rng.normal(size=out.shape).astype(np.float32)
+    grads, hit_slots, hit_values, err = L.cached_backward(table, cache_ids, cache_rows, ids,
+                                                          splits, weights, combiner, grad)
+    ref_core, ref_hit_slots, ref_values = oracle_cached_backward(table, cache_ids, ids, splits,
+                                                                 weights, combiner, grad)
+    chk.expect(no_error(err), label + " cached backward: no error reported")
+    for t in range(table.k):
+        chk.close(grads[t], ref_core[t], "%s cached backward dG_%d" % (label, t))
+    chk.expect(np.array_equal(hit_slots, ref_hit_slots),
+               label + " cached backward: slots hit")
+    if np.array_equal(hit_slots, ref_hit_slots):
+        chk.close(hit_values, ref_values, label + " cached backward: cache rows' gradient")
+
+
+def run_cached_checks(chk, tables, rng, s):
+    EMPTY = np.iinfo(np.int64).max
+    for name, tb in tables:
+        nnz = (60 if tb.ranks[1] >= 64 else 200) * s
+        ids = make_ids(rng, "zipf", nnz, tb.num_rows, np.int64)
+        # The hottest ids and a few others, two empty slots at the end.
+        uniq, counts = np.unique(ids, return_counts=True)
+        hot = uniq[np.argsort(-counts)][:max(len(uniq) // 4, 1)]
+        cold = rng.choice(tb.num_rows, size=5, replace=False)
+        cache_ids = np.concatenate([np.union1d(hot, cold), [EMPTY, EMPTY]])
+        for ci, (comb, weighted) in enumerate([("none", False), ("sum", False),
+                                               ("mean", True), ("sqrtn", True)]):
+            dtype = np.int32 if ci % 2 == 0 else np.int64
+            splits = make_splits(rng, nnz, max(nnz // 9, 3))
+            weights = rng.uniform(0.1, 2.0, size=nnz).astype(np.float32) if weighted else None
+            cached_case(chk, tb, cache_ids, ids.astype(dtype), splits, weights, comb, rng,
+                        "%s cached %s%s %s" % (name, comb, "+w" if weighted else "",
+                                               np.dtype(dtype).name))
+    tb = tables[1][1]
+    ids = make_ids(rng, "zipf", 120, tb.num_rows, np.int64)
+    splits = make_splits(rng, 120, 12)
+    every = np.unique(ids)
+    cases = [("all hits", every), ("no hits", np.setdiff1d(np.arange(40), every)[:5]),
+             ("empty cache", np.zeros(0, np.int64)),
+             ("only empty slots", np.full(3, EMPTY)),
+             ("an id equal to num_rows as an empty slot", np.array([tb.num_rows]))]
+    for what, cache_ids in cases:
+        cached_case(chk, tb, cache_ids, ids, splits, None, "sum", rng, "k3 cached " + what)
+    cached_case(chk, tb, every, np.zeros(0, np.int64), np.zeros(4, np.int64), None, "mean",
+                rng, "k3 cached empty batch")
+    # Bad caches and bad ids: the first offender, and nothing read out of bounds.
+    L = chk.launcher
+    bad_caches = [
+        (np.array([3, 9, 7, 20]), 2, 7, 9),       # not sorted
+        (np.array([-4, 2, 5]), 0, -4, 0),         # negative
+        (np.array([2, 5, 5, 8]), 2, 5, 5),        # a row held twice
+    ]
+    for cache_ids, pos, val, prev in bad_caches:
+        rows = np.ones((len(cache_ids), tb.dim), np.float32)
+        out, _, _, err = L.cached_forward(tb, cache_ids, rows, ids, splits, None, "sum")
+        grads, _, _, err2 = L.cached_backward(tb, cache_ids, rows, ids, splits, None, "sum",
+                                              np.ones((12, tb.dim), np.float32))
+        chk.expect(err.cache_position == pos and err.cache_value == val and
+                   err.cache_previous == prev and err2.cache_position == pos and
+                   np.isfinite(out).all() and all(np.isfinite(g).all() for g in grads),
+                   "bad cache %s: reported (%d, %d, %d)" % (
+                       [int(c) for c in cache_ids], err.cache_position, err.cache_value,
+                       err.cache_previous))
+    bad = ids.copy()
+    bad[7] = tb.num_rows + 3
+    out, _, _, err = L.cached_forward(tb, every, np.ones((len(every), tb.dim), np.float32), bad,
+                                      splits, None, "sum")
+    chk.expect(err.index_position == 7 and err.index_value == tb.num_rows + 3 and
+               np.isfinite(out).all(), "cached: a bad id is reported")
+
+
 def run_checks(launcher, quick, verbose, seed):
     rng = np.random.default_rng(seed)
     chk = Checker(launcher, verbose)
@@ -545,6 +775,8 @@ def run_checks(launcher, quick, verbose, seed):
                     np.float32), "sqrtn", rng, "%s %s zipf sqrtn+w" % (name, what))
         finally:
             lib.tt_cuda_set_shared_memory_budget(0)
+
+    run_cached_checks(chk, tables[:4], rng, s)
 
     # A single id, one bag; and bags but no ids.
     tb = tables[1][1]
@@ -747,9 +979,46 @@ def run_benchmarks(launcher, iters, smoke=False):
                 for t in range(table.k):
                     g, r = be.host(d_grads[t]), g_ref[t]
                     ok = ok and bool(np.allclose(g, r, rtol=1e-4, atol=1e-5 * np.abs(r).max()))
+            # The cached lookup with the batch's most frequent 0.1% of the table's rows (what
+            # the layer's counter would find), forward and backward with the count read back.
+            uniq, counts = np.unique(ids, return_counts=True)
+            cache_size = max(1, table.num_rows // 1000)
+            cache_ids = np.sort(uniq[np.argsort(-counts, kind="stable")][:cache_size])
+            d_cache = launcher.cache(be.to_device(cache_ids.astype(np.int64)),
+                                     be.to_device(rng.normal(size=(len(cache_ids), table.dim))
+                                                  .astype(np.float32)), len(cache_ids))
+            cfsize, cbsize = ctypes.c_size_t(), ctypes.c_size_t()
+            check_status(lib, lib.tt_cuda_cached_forward_workspace_size(
+                ctypes.byref(lk), ctypes.byref(d_cache), ctypes.byref(cfsize)), "size")
+            check_status(lib, lib.tt_cuda_cached_backward_workspace_size(
+                ctypes.byref(lk), ctypes.byref(d_cache), ctypes.byref(cbsize)), "size")
+            cws_bytes = max(cfsize.value, cbsize.value)
+            cws = be.bytes(cws_bytes)
+            slots = be.full((nnz,), -7, np.int32)
+            d_hits = be.full((1,), 0, np.int64)
+            d_count = be.full((1,), 0, np.int64)
+            hit_slots = be.full((nnz,), 0, np.int64)
+            hit_values = be.full((nnz, table.dim), 0, np.float32)
+
+            def cached_fwd_bwd():
+                check_status(lib, lib.tt_cuda_cached_forward(
+                    ctypes.byref(lk), ctypes.byref(d_cache), be.ptr(out), be.ptr(slots),
+                    be.ptr(d_hits), be.ptr(cws), cws_bytes, be.ptr(d_err), None), "forward")
+                check_status(lib, lib.tt_cuda_cached_backward(
+                    ctypes.byref(lk), ctypes.byref(d_cache), be.ptr(grad), gptrs,
+                    be.ptr(d_count), be.ptr(cws), cws_bytes, be.ptr(d_err), None), "backward")
+                count = ctypes.c_int64()
+                check_status(lib, lib.tt_cuda_read_count(be.ptr(d_count), ctypes.byref(count),
+                                                         None), "read_count")
+                check_status(lib, lib.tt_cuda_cached_backward_cache_grads(
+                    ctypes.byref(lk), ctypes.byref(d_cache), count.value, be.ptr(hit_slots),
+                    be.ptr(hit_values), be.ptr(cws), cws_bytes, None), "cache grads")
+
             row = {"dist": dist, "bags": bags, "nnz": nnz, "distinct": distinct, "ok": ok,
                    "ours_fwd": time_gpu(ours_fwd, be.sync, iters),
-                   "ours_fwd_bwd": time_gpu(ours_fwd_bwd, be.sync, iters)}
+                   "ours_fwd_bwd": time_gpu(ours_fwd_bwd, be.sync, iters),
+                   "cached_fwd_bwd": time_gpu(cached_fwd_bwd, be.sync, iters),
+                   "cache_hits": float(np.isin(ids, cache_ids).mean())}
             if torch is not None:
                 row.update(torch_baseline(torch, table, ids, splits, h_grad, iters))
             results.append(row)
@@ -816,6 +1085,9 @@ def format_row(r):
     s = "%-11s %6d bags x 26 (%5.1f%% distinct)%s: TT fwd %.3f ms, fwd+bwd %.3f ms" % (
         r["dist"], r["bags"], 100.0 * r["distinct"] / r["nnz"], "" if r["ok"] else " MISMATCH",
         r["ours_fwd"], r["ours_fwd_bwd"])
+    if "cached_fwd_bwd" in r:
+        s += " | cached (0.1%%, %.0f%% hits) fwd+bwd %.3f ms" % (100.0 * r["cache_hits"],
+                                                               r["cached_fwd_bwd"])
     if "torch_fwd" in r:
         s += " | bmm chain fwd %.3f ms (%.1fx), fwd+bwd %.3f ms (%.1fx)" % (
             r["torch_fwd"], r["torch_fwd"] / r["ours_fwd"], r["torch_fwd_bwd"],

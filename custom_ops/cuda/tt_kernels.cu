@@ -476,9 +476,29 @@ int PlanChain(const Shape& s, int64_t nnz, const DeviceInfo& dev, ChainPlan* pla
 // Forward and backward
 // ------------------------------------------------------------------------------------------
 
+// What a cached lookup adds to the plain one: the cache, and the forward's extra outputs.
+struct CachedForwardOut {
+  const TTCudaCache* cache = nullptr;  // null: a plain lookup
+  int32_t* slots = nullptr;            // [nnz]
+  int64_t* num_hits = nullptr;         // one int64
+};
+
+// Checks the cache ids on the device (the first bad slot goes to the error info).
+int LaunchCacheCheck(const TTCudaCache& cache, int64_t num_rows, TTCudaErrorInfo* error,
+                     const DeviceInfo& dev, cudaStream_t stream) {
+  if (cache.size == 0) return TT_CUDA_OK;
+  TT_CUDA_TRY(Launch(CheckCacheKernel, dim3(ElementwiseGrid(cache.size, dev)),
+                     dim3(kElementwiseThreads), 0, stream, cache.ids, cache.size, num_rows,
+                     error));
+  TT_CUDA_TRY(Launch(FinalizeCacheErrorKernel, dim3(1), dim3(1), 0, stream, cache.ids,
+                     error));
+  return TT_CUDA_OK;
+}
+
 template <typename TIdx, typename TKey>
-int ForwardImpl(const TTCudaLookup& lk, const Shape& s, float* output, void* workspace,
-                size_t* workspace_bytes, TTCudaErrorInfo* error, cudaStream_t stream) {
+int ForwardImpl(const TTCudaLookup& lk, const Shape& s, const CachedForwardOut& cached,
+                float* output, void* workspace, size_t* workspace_bytes,
+                TTCudaErrorInfo* error, cudaStream_t stream) {
   const bool run = workspace != nullptr;
   DeviceInfo dev;
   TT_RETURN_IF_ERROR(GetDeviceInfo(&dev));
@@ -490,20 +510,23 @@ int ForwardImpl(const TTCudaLookup& lk, const Shape& s, float* output, void* wor
 
   ChainPlan plan;
   TT_RETURN_IF_ERROR(PlanChain<false>(s, nnz, dev, &plan));
-  // Layout: distinct rows, chain scratch, deduplication.
-  auto layout = [&](Carver& ws, bool launch, float** rows, float** scratch,
-                    DedupBuffers* dd) {
+  const TTCudaCache* cache = cached.cache;
+  // Layout: distinct rows, their cache slots (cached lookups), chain scratch, deduplication.
+  auto layout = [&](Carver& ws, bool launch, float** rows, int32_t** unique_slot,
+                    float** scratch, DedupBuffers* dd) {
     *rows = ws.Take<float>(nnz * s.dim);
+    *unique_slot = cache ? ws.Take<int32_t>(nnz) : nullptr;
     *scratch = static_cast<float*>(ws.TakeBytes(plan.global_scratch_bytes));
     return Dedup<TIdx, TKey>(ws, launch, ids, nnz, s.num_rows, lk.row_splits, num_splits,
                              static_cast<uint64_t>(s.p[s.k - 1]), nullptr, nullptr, error,
                              dev, stream, dd);
   };
   float *rows, *scratch;
+  int32_t* unique_slot;
   DedupBuffers dd;
   {
     Carver measure(nullptr);
-    TT_RETURN_IF_ERROR(layout(measure, false, &rows, &scratch, &dd));
+    TT_RETURN_IF_ERROR(layout(measure, false, &rows, &unique_slot, &scratch, &dd));
     if (!run) {
       *workspace_bytes = measure.size();
       return TT_CUDA_OK;
@@ -517,10 +540,17 @@ int ForwardImpl(const TTCudaLookup& lk, const Shape& s, float* output, void* wor
   if (out_rows > 0 && output == nullptr) {
     return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "output is NULL");
   }
+  if (cache && (cached.num_hits == nullptr || (nnz > 0 && cached.slots == nullptr))) {
+    return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "slots or num_hits is NULL");
+  }
 
   TT_CUDA_TRY(cudaMemsetAsync(error, 0xff, sizeof(TTCudaErrorInfo), stream));
+  if (cache) {
+    TT_RETURN_IF_ERROR(LaunchCacheCheck(*cache, s.num_rows, error, dev, stream));
+    TT_CUDA_TRY(cudaMemsetAsync(cached.num_hits, 0, sizeof(int64_t), stream));
+  }
   Carver ws(AlignUp(workspace));
-  TT_RETURN_IF_ERROR(layout(ws, true, &rows, &scratch, &dd));
+  TT_RETURN_IF_ERROR(layout(ws, true, &rows, &unique_slot, &scratch, &dd));
   if (nnz == 0) {
     if (out_rows > 0) {
       TT_CUDA_TRY(cudaMemsetAsync(output, 0, out_rows * s.dim * sizeof(float), stream));
@@ -539,23 +569,44 @@ int ForwardImpl(const TTCudaLookup& lk, const Shape& s, float* output, void* wor
                      stream, c));
 
   const dim3 block(kElementwiseThreads);
+  const float* cache_rows = cache ? cache->rows : nullptr;
+  if (cache) {
+    TT_CUDA_TRY(Launch(UniqueSlotKernel, dim3(ElementwiseGrid(nnz, dev)), block, 0, stream,
+                       dd.unique_ids, dd.counts, cache->ids, cache->size, s.num_rows,
+                       unique_slot));
+    TT_CUDA_TRY(Launch(PositionSlotsKernel, dim3(ElementwiseGrid(nnz, dev)), block, 0, stream,
+                       dd.inverse, unique_slot, nnz, cached.slots,
+                       reinterpret_cast<unsigned long long*>(cached.num_hits)));
+  }
   if (pooled) {
     if (out_rows > 0) {
       TT_CUDA_TRY(Launch(PoolKernel, dim3(ElementwiseGrid(out_rows * s.dim, dev)), block, 0,
                          stream, rows, dd.inverse, lk.row_splits, lk.num_bags, nnz,
-                         lk.weights, lk.combiner, s.dim, output));
+                         lk.weights, lk.combiner, s.dim, unique_slot, cache_rows, output));
     }
   } else {
     TT_CUDA_TRY(Launch(GatherKernel, dim3(ElementwiseGrid(nnz * s.dim, dev)), block, 0,
-                       stream, rows, dd.inverse, nnz, s.dim, output));
+                       stream, rows, dd.inverse, nnz, s.dim, unique_slot, cache_rows,
+                       output));
   }
   return TT_CUDA_OK;
 }
 
+// What a cached backward adds: the cache, where the count of slots hit goes, and, for the
+// second call (copy), where the cache rows' gradient is copied from the workspace.
+struct CachedBackwardOut {
+  const TTCudaCache* cache = nullptr;  // null: a plain backward
+  int64_t* num_hit_slots = nullptr;
+  bool copy = false;
+  int64_t copy_count = 0;
+  int64_t* hit_slots = nullptr;
+  float* hit_values = nullptr;
+};
+
 template <typename TIdx, typename TKey>
-int BackwardImpl(const TTCudaLookup& lk, const Shape& s, const float* grad,
-                 float* const* core_grads, void* workspace, size_t* workspace_bytes,
-                 TTCudaErrorInfo* error, cudaStream_t stream) {
+int BackwardImpl(const TTCudaLookup& lk, const Shape& s, const CachedBackwardOut& cached,
+                 const float* grad, float* const* core_grads, void* workspace,
+                 size_t* workspace_bytes, TTCudaErrorInfo* error, cudaStream_t stream) {
   const bool run = workspace != nullptr;
   DeviceInfo dev;
   TT_RETURN_IF_ERROR(GetDeviceInfo(&dev));
@@ -567,9 +618,34 @@ int BackwardImpl(const TTCudaLookup& lk, const Shape& s, const float* grad,
 
   ChainPlan plan;
   TT_RETURN_IF_ERROR(PlanChain<true>(s, nnz, dev, &plan));
-  // Layout: row gradients, per-position bag and coefficient, chain scratch, deduplication.
-  auto layout = [&](Carver& ws, bool launch, float** row_grads, int32_t** bag_of,
-                    float** coef, float** scratch, DedupBuffers* dd) {
+  const TTCudaCache* cache = cached.cache;
+  // The cache rows' gradient, compacted: distinct cached ids' slots and rows, the scan that
+  // places them, and its temporary storage.
+  struct HitBuffers {
+    int32_t* unique_slot = nullptr;
+    uint64_t* flags = nullptr;
+    uint64_t* scan = nullptr;
+    void* scan_temp = nullptr;
+    size_t scan_temp_bytes = 0;
+    int64_t* slots = nullptr;
+    float* values = nullptr;
+  };
+  // Layout: the cache gradient (cached lookups, first, so that the copy call finds it with
+  // the same arithmetic), row gradients, per-position bag and coefficient, chain scratch,
+  // deduplication.
+  auto layout = [&](Carver& ws, bool launch, HitBuffers* hb, float** row_grads,
+                    int32_t** bag_of, float** coef, float** scratch, DedupBuffers* dd) {
+    if (cache) {
+      hb->slots = ws.Take<int64_t>(nnz);
+      hb->values = ws.Take<float>(nnz * s.dim);
+      hb->unique_slot = ws.Take<int32_t>(nnz);
+      hb->flags = ws.Take<uint64_t>(nnz);
+      hb->scan = ws.Take<uint64_t>(nnz);
+      TT_CUDA_TRY(InclusiveSum(nullptr, hb->scan_temp_bytes, hb->flags, hb->scan,
+                               static_cast<int>(nnz), stream));
+      if (hb->scan_temp_bytes == 0) hb->scan_temp_bytes = 1;  // see Dedup
+      hb->scan_temp = ws.TakeBytes(hb->scan_temp_bytes);
+    }
     *row_grads = ws.Take<float>(nnz * s.dim);
     *bag_of = pooled ? ws.Take<int32_t>(nnz) : nullptr;
     *coef = pooled ? ws.Take<float>(nnz) : nullptr;
@@ -581,9 +657,11 @@ int BackwardImpl(const TTCudaLookup& lk, const Shape& s, const float* grad,
   float *row_grads, *coef, *scratch;
   int32_t* bag_of;
   DedupBuffers dd;
+  HitBuffers hb;
   {
     Carver measure(nullptr);
-    TT_RETURN_IF_ERROR(layout(measure, false, &row_grads, &bag_of, &coef, &scratch, &dd));
+    TT_RETURN_IF_ERROR(
+        layout(measure, false, &hb, &row_grads, &bag_of, &coef, &scratch, &dd));
     if (!run) {
       *workspace_bytes = measure.size();
       return TT_CUDA_OK;
@@ -593,6 +671,27 @@ int BackwardImpl(const TTCudaLookup& lk, const Shape& s, const float* grad,
                   "workspace has " + std::to_string(*workspace_bytes) + " bytes, needs " +
                       std::to_string(measure.size()));
     }
+  }
+  if (cached.copy) {
+    // Second call of a cached backward: the first left the cache gradient in the workspace.
+    Carver ws(AlignUp(workspace));
+    TT_RETURN_IF_ERROR(
+        layout(ws, false, &hb, &row_grads, &bag_of, &coef, &scratch, &dd));
+    const int64_t n = cached.copy_count;
+    if (n < 0 || n > nnz) {
+      return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT,
+                  "num_hit_slots = " + std::to_string(n) + " is not in [0, nnz]");
+    }
+    if (n > 0 && (cached.hit_slots == nullptr || cached.hit_values == nullptr)) {
+      return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "hit_slots or hit_values is NULL");
+    }
+    if (n > 0) {
+      TT_CUDA_TRY(cudaMemcpyAsync(cached.hit_slots, hb.slots, n * sizeof(int64_t),
+                                  cudaMemcpyDeviceToDevice, stream));
+      TT_CUDA_TRY(cudaMemcpyAsync(cached.hit_values, hb.values, n * s.dim * sizeof(float),
+                                  cudaMemcpyDeviceToDevice, stream));
+    }
+    return TT_CUDA_OK;
   }
   if (core_grads == nullptr) return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "core_grads is NULL");
   for (int t = 0; t < s.k; ++t) {
@@ -605,13 +704,21 @@ int BackwardImpl(const TTCudaLookup& lk, const Shape& s, const float* grad,
     return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "grad is NULL");
   }
 
+  if (cache && cached.num_hit_slots == nullptr) {
+    return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "num_hit_slots is NULL");
+  }
+
   TT_CUDA_TRY(cudaMemsetAsync(error, 0xff, sizeof(TTCudaErrorInfo), stream));
+  if (cache) {
+    TT_RETURN_IF_ERROR(LaunchCacheCheck(*cache, s.num_rows, error, dev, stream));
+    TT_CUDA_TRY(cudaMemsetAsync(cached.num_hit_slots, 0, sizeof(int64_t), stream));
+  }
   for (int t = 0; t < s.k; ++t) {
     const size_t n = static_cast<size_t>(s.p[t]) * s.r[t] * s.q[t] * s.r[t + 1];
     TT_CUDA_TRY(cudaMemsetAsync(core_grads[t], 0, n * sizeof(float), stream));
   }
   Carver ws(AlignUp(workspace));
-  TT_RETURN_IF_ERROR(layout(ws, true, &row_grads, &bag_of, &coef, &scratch, &dd));
+  TT_RETURN_IF_ERROR(layout(ws, true, &hb, &row_grads, &bag_of, &coef, &scratch, &dd));
   if (nnz == 0) return TT_CUDA_OK;
 
   const dim3 block(kElementwiseThreads);
@@ -630,6 +737,20 @@ int BackwardImpl(const TTCudaLookup& lk, const Shape& s, const float* grad,
     TT_CUDA_TRY(Launch(AggregateGradKernel, dim3(ElementwiseGrid(chunks * s.dim, dev)), block,
                        0, stream, grad, dd.sorted_pos, dd.slot_scan, bag_of, coef, nnz, s.dim,
                        row_grads));
+  }
+  if (cache) {
+    // Cached ids' gradient rows go to the cache gradient, and leave the chain's input.
+    TT_CUDA_TRY(Launch(UniqueSlotKernel, dim3(ElementwiseGrid(nnz, dev)), block, 0, stream,
+                       dd.unique_ids, dd.counts, cache->ids, cache->size, s.num_rows,
+                       hb.unique_slot));
+    TT_CUDA_TRY(Launch(HitFlagsKernel, dim3(ElementwiseGrid(nnz, dev)), block, 0, stream,
+                       hb.unique_slot, dd.counts, nnz, hb.flags));
+    size_t temp_bytes = hb.scan_temp_bytes;
+    TT_CUDA_TRY(InclusiveSum(hb.scan_temp, temp_bytes, hb.flags, hb.scan,
+                             static_cast<int>(nnz), stream));
+    TT_CUDA_TRY(Launch(MoveHitGradsKernel, dim3(ElementwiseGrid(nnz * s.dim, dev)), block, 0,
+                       stream, hb.unique_slot, hb.scan, dd.counts, s.dim, row_grads,
+                       hb.slots, hb.values, cached.num_hit_slots));
   }
 
   ChainParams& c = plan.params;
@@ -660,46 +781,65 @@ using tt_cuda::NeedsWideKeys;
 
 namespace {
 
-int Forward(const TTCudaLookup* lookup, float* output, void* workspace, size_t* bytes,
-            TTCudaErrorInfo* error, void* stream) {
-  tt_cuda::g_last_error.clear();
-  const bool run = workspace != nullptr;
-  tt_cuda::Shape s;
-  TT_RETURN_IF_ERROR(tt_cuda::CheckLookup(lookup, run, &s));
-  if (run && error == nullptr) return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "error is NULL");
-  const cudaStream_t st = static_cast<cudaStream_t>(stream);
-  const bool wide = NeedsWideKeys(s.num_rows);
-  if (lookup->index_type == TT_CUDA_INDEX_INT32) {
-    return wide ? tt_cuda::ForwardImpl<int32_t, uint64_t>(*lookup, s, output, workspace, bytes,
-                                                          error, st)
-                : tt_cuda::ForwardImpl<int32_t, uint32_t>(*lookup, s, output, workspace, bytes,
-                                                          error, st);
+// Calls fn(TIdx{}, TKey{}) for the ids' type and the sort keys' width.
+template <typename Fn>
+int DispatchTypes(int32_t index_type, int64_t num_rows, const Fn& fn) {
+  const bool wide = NeedsWideKeys(num_rows);
+  if (index_type == TT_CUDA_INDEX_INT32) {
+    return wide ? fn(int32_t{}, uint64_t{}) : fn(int32_t{}, uint32_t{});
   }
-  return wide ? tt_cuda::ForwardImpl<int64_t, uint64_t>(*lookup, s, output, workspace, bytes,
-                                                        error, st)
-              : tt_cuda::ForwardImpl<int64_t, uint32_t>(*lookup, s, output, workspace, bytes,
-                                                        error, st);
+  return wide ? fn(int64_t{}, uint64_t{}) : fn(int64_t{}, uint32_t{});
 }
 
-int Backward(const TTCudaLookup* lookup, const float* grad, float* const* core_grads,
-             void* workspace, size_t* bytes, TTCudaErrorInfo* error, void* stream) {
+// Host-side checks of a cache (its ids' order is checked on the device). The backward reads
+// no cache row, so only the forward needs `rows`.
+int CheckCache(const TTCudaCache* cache, bool need_ids, bool need_rows) {
+  if (cache == nullptr) return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "cache is NULL");
+  if (cache->size < 0 || cache->size > std::numeric_limits<int32_t>::max()) {
+    return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT,
+                "cache size must be in [0, 2^31 - 1], got " + std::to_string(cache->size));
+  }
+  if (cache->size > 0 && need_ids && cache->ids == nullptr) {
+    return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "cache ids are NULL");
+  }
+  if (cache->size > 0 && need_rows && cache->rows == nullptr) {
+    return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "cache rows are NULL");
+  }
+  return TT_CUDA_OK;
+}
+
+int Forward(const TTCudaLookup* lookup, const tt_cuda::CachedForwardOut& cached,
+            float* output, void* workspace, size_t* bytes, TTCudaErrorInfo* error,
+            void* stream) {
   tt_cuda::g_last_error.clear();
   const bool run = workspace != nullptr;
   tt_cuda::Shape s;
   TT_RETURN_IF_ERROR(tt_cuda::CheckLookup(lookup, run, &s));
+  if (cached.cache) TT_RETURN_IF_ERROR(CheckCache(cached.cache, run, run));
   if (run && error == nullptr) return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "error is NULL");
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
-  const bool wide = NeedsWideKeys(s.num_rows);
-  if (lookup->index_type == TT_CUDA_INDEX_INT32) {
-    return wide ? tt_cuda::BackwardImpl<int32_t, uint64_t>(*lookup, s, grad, core_grads,
-                                                           workspace, bytes, error, st)
-                : tt_cuda::BackwardImpl<int32_t, uint32_t>(*lookup, s, grad, core_grads,
-                                                           workspace, bytes, error, st);
+  return DispatchTypes(lookup->index_type, s.num_rows, [&](auto idx, auto key) {
+    return tt_cuda::ForwardImpl<decltype(idx), decltype(key)>(*lookup, s, cached, output,
+                                                              workspace, bytes, error, st);
+  });
+}
+
+int Backward(const TTCudaLookup* lookup, const tt_cuda::CachedBackwardOut& cached,
+             const float* grad, float* const* core_grads, void* workspace, size_t* bytes,
+             TTCudaErrorInfo* error, void* stream) {
+  tt_cuda::g_last_error.clear();
+  const bool run = workspace != nullptr;
+  tt_cuda::Shape s;
+  TT_RETURN_IF_ERROR(tt_cuda::CheckLookup(lookup, run, &s));
+  if (cached.cache) TT_RETURN_IF_ERROR(CheckCache(cached.cache, run, false));
+  if (run && !cached.copy && error == nullptr) {
+    return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "error is NULL");
   }
-  return wide ? tt_cuda::BackwardImpl<int64_t, uint64_t>(*lookup, s, grad, core_grads,
-                                                         workspace, bytes, error, st)
-              : tt_cuda::BackwardImpl<int64_t, uint32_t>(*lookup, s, grad, core_grads,
-                                                         workspace, bytes, error, st);
+  const cudaStream_t st = static_cast<cudaStream_t>(stream);
+  return DispatchTypes(lookup->index_type, s.num_rows, [&](auto idx, auto key) {
+    return tt_cuda::BackwardImpl<decltype(idx), decltype(key)>(
+        *lookup, s, cached, grad, core_grads, workspace, bytes, error, st);
+  });
 }
 
 template <typename TIdx, typename TKey>
@@ -773,25 +913,97 @@ extern "C" {
 
 int tt_cuda_forward_workspace_size(const TTCudaLookup* lookup, size_t* bytes) {
   if (bytes == nullptr) return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "bytes is NULL");
-  return Forward(lookup, nullptr, nullptr, bytes, nullptr, nullptr);
+  return Forward(lookup, {}, nullptr, nullptr, bytes, nullptr, nullptr);
 }
 
 int tt_cuda_forward(const TTCudaLookup* lookup, float* output, void* workspace,
                     size_t workspace_bytes, TTCudaErrorInfo* error, void* stream) {
   if (workspace == nullptr) return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "workspace is NULL");
-  return Forward(lookup, output, workspace, &workspace_bytes, error, stream);
+  return Forward(lookup, {}, output, workspace, &workspace_bytes, error, stream);
 }
 
 int tt_cuda_backward_workspace_size(const TTCudaLookup* lookup, size_t* bytes) {
   if (bytes == nullptr) return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "bytes is NULL");
-  return Backward(lookup, nullptr, nullptr, nullptr, bytes, nullptr, nullptr);
+  return Backward(lookup, {}, nullptr, nullptr, nullptr, bytes, nullptr, nullptr);
 }
 
 int tt_cuda_backward(const TTCudaLookup* lookup, const float* grad, float* const* core_grads,
                      void* workspace, size_t workspace_bytes, TTCudaErrorInfo* error,
                      void* stream) {
   if (workspace == nullptr) return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "workspace is NULL");
-  return Backward(lookup, grad, core_grads, workspace, &workspace_bytes, error, stream);
+  return Backward(lookup, {}, grad, core_grads, workspace, &workspace_bytes, error, stream);
+}
+
+int tt_cuda_cached_forward_workspace_size(const TTCudaLookup* lookup, const TTCudaCache* cache,
+                                          size_t* bytes) {
+  if (bytes == nullptr) return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "bytes is NULL");
+  if (cache == nullptr) return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "cache is NULL");
+  tt_cuda::CachedForwardOut cached;
+  cached.cache = cache;
+  return Forward(lookup, cached, nullptr, nullptr, bytes, nullptr, nullptr);
+}
+
+int tt_cuda_cached_forward(const TTCudaLookup* lookup, const TTCudaCache* cache, float* output,
+                           int32_t* slots, int64_t* num_hits, void* workspace,
+                           size_t workspace_bytes, TTCudaErrorInfo* error, void* stream) {
+  if (workspace == nullptr) return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "workspace is NULL");
+  if (cache == nullptr) return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "cache is NULL");
+  tt_cuda::CachedForwardOut cached;
+  cached.cache = cache;
+  cached.slots = slots;
+  cached.num_hits = num_hits;
+  return Forward(lookup, cached, output, workspace, &workspace_bytes, error, stream);
+}
+
+int tt_cuda_cached_backward_workspace_size(const TTCudaLookup* lookup,
+                                           const TTCudaCache* cache, size_t* bytes) {
+  if (bytes == nullptr) return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "bytes is NULL");
+  if (cache == nullptr) return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "cache is NULL");
+  tt_cuda::CachedBackwardOut cached;
+  cached.cache = cache;
+  return Backward(lookup, cached, nullptr, nullptr, nullptr, bytes, nullptr, nullptr);
+}
+
+int tt_cuda_cached_backward(const TTCudaLookup* lookup, const TTCudaCache* cache,
+                            const float* grad, float* const* core_grads,
+                            int64_t* num_hit_slots, void* workspace, size_t workspace_bytes,
+                            TTCudaErrorInfo* error, void* stream) {
+  if (workspace == nullptr) return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "workspace is NULL");
+  if (cache == nullptr) return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "cache is NULL");
+  tt_cuda::CachedBackwardOut cached;
+  cached.cache = cache;
+  cached.num_hit_slots = num_hit_slots;
+  return Backward(lookup, cached, grad, core_grads, workspace, &workspace_bytes, error,
+                  stream);
+}
+
+int tt_cuda_cached_backward_cache_grads(const TTCudaLookup* lookup, const TTCudaCache* cache,
+                                        int64_t num_hit_slots, int64_t* hit_slots,
+                                        float* hit_values, const void* workspace,
+                                        size_t workspace_bytes, void* stream) {
+  if (workspace == nullptr) return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "workspace is NULL");
+  if (cache == nullptr) return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "cache is NULL");
+  tt_cuda::CachedBackwardOut cached;
+  cached.cache = cache;
+  cached.copy = true;
+  cached.copy_count = num_hit_slots;
+  cached.hit_slots = hit_slots;
+  cached.hit_values = hit_values;
+  return Backward(lookup, cached, nullptr, nullptr, const_cast<void*>(workspace),
+                  &workspace_bytes, nullptr, stream);
+}
+
+int tt_cuda_read_count(const int64_t* device_count, int64_t* host_count, void* stream) {
+  tt_cuda::g_last_error.clear();
+  if (device_count == nullptr || host_count == nullptr) {
+    return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "count pointer is NULL");
+  }
+  const cudaStream_t st = static_cast<cudaStream_t>(stream);
+  cudaError_t err = cudaMemcpyAsync(host_count, device_count, sizeof(int64_t),
+                                    cudaMemcpyDeviceToHost, st);
+  if (err == cudaSuccess) err = cudaStreamSynchronize(st);
+  if (err != cudaSuccess) return tt_cuda::CudaFail(err, "reading the count");
+  return TT_CUDA_OK;
 }
 
 int tt_cuda_unique_workspace_size(int64_t nnz, int64_t num_rows, int32_t index_type,

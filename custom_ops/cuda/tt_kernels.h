@@ -83,6 +83,11 @@ typedef struct TTCudaErrorInfo {
                              b == num_bags and row_splits[b] != nnz */
   int64_t split_value;    /* row_splits[split_position] */
   int64_t split_previous; /* row_splits[split_position - 1], 0 when split_position == 0 */
+  int64_t cache_position; /* cached lookups: smallest s where the cache ids break a rule, or
+                             -1: ids[s] < 0, or ids[s] < ids[s - 1], or ids[s] == ids[s - 1]
+                             < num_rows (a row held twice) */
+  int64_t cache_value;    /* ids[cache_position] */
+  int64_t cache_previous; /* ids[cache_position - 1], 0 when cache_position == 0 */
 } TTCudaErrorInfo;
 
 /* Forward: output is [num_bags, D] (pooled) or [nnz, D] (combiner none), fully written. */
@@ -108,6 +113,48 @@ int tt_cuda_unique(const void* indices, int32_t index_type, int64_t nnz, int64_t
                    int64_t* unique_ids, int32_t* inverse, int32_t* num_unique,
                    void* workspace, size_t workspace_bytes, TTCudaErrorInfo* error,
                    void* stream);
+
+/* A hot-row cache in front of the table (docs/cache.md), in device memory: ids [size]
+ * sorted ascending, entries >= num_rows mark empty slots and ids below num_rows are distinct
+ * (checked on the device: cache_position in the error info); rows [size, D] (not read by
+ * the backward, which may pass NULL). */
+typedef struct TTCudaCache {
+  const int64_t* ids;
+  const float* rows;
+  int64_t size; /* at most 2^31 - 1 */
+} TTCudaCache;
+
+/* Cached forward: output as tt_cuda_forward, with each cached id's row read from the cache;
+ * slots [nnz]: each position's cache slot or -1 (int32); num_hits: one int64 in device
+ * memory, the number of positions whose id is cached. The TT rows of cached ids are computed
+ * too (their groups' prefixes are shared with uncached ids, and skipping them would need the
+ * hit count on the host) but never read. */
+int tt_cuda_cached_forward_workspace_size(const TTCudaLookup* lookup, const TTCudaCache* cache,
+                                          size_t* bytes);
+int tt_cuda_cached_forward(const TTCudaLookup* lookup, const TTCudaCache* cache, float* output,
+                           int32_t* slots, int64_t* num_hits, void* workspace,
+                           size_t workspace_bytes, TTCudaErrorInfo* error, void* stream);
+
+/* Cached backward, in two calls on one workspace. The first zeroes core_grads and adds the
+ * gradient of the uncached ids (atomicAdd, as tt_cuda_backward), and leaves in
+ * *num_hit_slots (one int64 in device memory) how many distinct cache slots were hit. The
+ * caller reads it (tt_cuda_read_count), allocates hit_slots [n] (int64) and hit_values
+ * [n, D], and the second call copies there the cache rows' gradient: the slots hit,
+ * ascending, and one summed gradient row each. The workspace must be left untouched in
+ * between; the second call takes the same lookup and cache. */
+int tt_cuda_cached_backward_workspace_size(const TTCudaLookup* lookup,
+                                           const TTCudaCache* cache, size_t* bytes);
+int tt_cuda_cached_backward(const TTCudaLookup* lookup, const TTCudaCache* cache,
+                            const float* grad, float* const* core_grads,
+                            int64_t* num_hit_slots, void* workspace, size_t workspace_bytes,
+                            TTCudaErrorInfo* error, void* stream);
+int tt_cuda_cached_backward_cache_grads(const TTCudaLookup* lookup, const TTCudaCache* cache,
+                                        int64_t num_hit_slots, int64_t* hit_slots,
+                                        float* hit_values, const void* workspace,
+                                        size_t workspace_bytes, void* stream);
+
+/* Copies one int64 from device memory to the host and waits for the stream. */
+int tt_cuda_read_count(const int64_t* device_count, int64_t* host_count, void* stream);
 
 /* Copies the device error info to the host and waits for the stream (the one sync). */
 int tt_cuda_read_error(const TTCudaErrorInfo* device_error, TTCudaErrorInfo* host_error,

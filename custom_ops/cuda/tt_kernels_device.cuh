@@ -470,10 +470,21 @@ __device__ __forceinline__ void ClampBag(const int64_t* splits, int64_t b, int64
 
 // One thread per (bag, column): the threads of a bag read the same inverse/weight entries
 // (broadcast) and consecutive columns of a row (coalesced); the sum runs in position order.
+// With a cache (unique_slot non-null), a distinct id whose slot is >= 0 reads its row from
+// cache_rows instead of the TT rows.
+__device__ __forceinline__ const float* SourceRow(const float* rows, int32_t u,
+                                                  const int32_t* unique_slot,
+                                                  const float* cache_rows, int dim) {
+  const int32_t slot = unique_slot ? unique_slot[u] : -1;
+  return slot >= 0 ? cache_rows + static_cast<int64_t>(slot) * dim
+                   : rows + static_cast<int64_t>(u) * dim;
+}
+
 __global__ void __launch_bounds__(256)
     PoolKernel(const float* __restrict__ rows, const int32_t* __restrict__ inverse,
                const int64_t* __restrict__ splits, int64_t num_bags, int64_t nnz,
                const float* __restrict__ weights, int combiner, int dim,
+               const int32_t* __restrict__ unique_slot, const float* __restrict__ cache_rows,
                float* __restrict__ out) {
   const int64_t n = num_bags * dim;
   for (int64_t o = GlobalThread(); o < n; o += GlobalStride()) {
@@ -484,7 +495,7 @@ __global__ void __launch_bounds__(256)
     float acc = 0.f, wsum = 0.f, w2sum = 0.f;
     for (int64_t i = begin; i < end; ++i) {
       const float w = weights ? weights[i] : 1.f;
-      acc = fmaf(w, rows[static_cast<int64_t>(inverse[i]) * dim + col], acc);
+      acc = fmaf(w, SourceRow(rows, inverse[i], unique_slot, cache_rows, dim)[col], acc);
       wsum += w;
       w2sum = fmaf(w, w, w2sum);
     }
@@ -497,11 +508,12 @@ __global__ void __launch_bounds__(256)
 
 __global__ void __launch_bounds__(256)
     GatherKernel(const float* __restrict__ rows, const int32_t* __restrict__ inverse,
-                 int64_t nnz, int dim, float* __restrict__ out) {
+                 int64_t nnz, int dim, const int32_t* __restrict__ unique_slot,
+                 const float* __restrict__ cache_rows, float* __restrict__ out) {
   const int64_t n = nnz * dim;
   for (int64_t o = GlobalThread(); o < n; o += GlobalStride()) {
     const int64_t i = o / dim;
-    out[o] = rows[static_cast<int64_t>(inverse[i]) * dim + (o - i * dim)];
+    out[o] = SourceRow(rows, inverse[i], unique_slot, cache_rows, dim)[o - i * dim];
   }
 }
 
@@ -571,6 +583,118 @@ __global__ void __launch_bounds__(256)
       }
     }
     if (slot >= 0 && acc != 0.f) atomicAdd(row_grads + slot * dim + col, acc);
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// The hot-row cache (docs/cache.md)
+// ------------------------------------------------------------------------------------------
+//
+// A cached lookup deduplicates and runs the chain exactly as a plain one; then each distinct
+// id looks itself up in the sorted cache ids (one binary search per distinct id, not per
+// position), pooling reads cached ids' rows from the cache, and the backward moves cached
+// ids' gradient rows out of the chain's input into the cache rows' gradient.
+
+// The first cache slot that breaks the rules of TTCudaCache goes to the error info.
+__global__ void __launch_bounds__(256)
+    CheckCacheKernel(const int64_t* __restrict__ cache_ids, int64_t size, int64_t num_rows,
+                     TTCudaErrorInfo* error) {
+  for (int64_t s = GlobalThread(); s < size; s += GlobalStride()) {
+    const int64_t id = cache_ids[s];
+    bool bad = id < 0;
+    if (!bad && s > 0) {
+      const int64_t prev = cache_ids[s - 1];
+      bad = id < prev || (id == prev && id < num_rows);
+    }
+    if (bad) {
+      atomicMin(reinterpret_cast<unsigned long long*>(&error->cache_position),
+                static_cast<unsigned long long>(s));
+    }
+  }
+}
+
+__global__ void FinalizeCacheErrorKernel(const int64_t* __restrict__ cache_ids,
+                                         TTCudaErrorInfo* error) {
+  if (GlobalThread() != 0) return;
+  const int64_t s = error->cache_position;
+  if (s >= 0) {
+    error->cache_value = cache_ids[s];
+    error->cache_previous = s > 0 ? cache_ids[s - 1] : 0;
+  }
+}
+
+// unique_slot[u]: the cache slot of distinct id u, or -1. Every probe of the binary search
+// stays in [0, size) whatever the cache holds; the sentinel of bad ids (num_rows) and empty
+// slots (ids >= num_rows) never match.
+__global__ void __launch_bounds__(256)
+    UniqueSlotKernel(const int64_t* __restrict__ unique_ids, const DedupCounts* counts,
+                     const int64_t* __restrict__ cache_ids, int64_t size, int64_t num_rows,
+                     int32_t* __restrict__ unique_slot) {
+  const int64_t n = counts->num_unique;
+  for (int64_t u = GlobalThread(); u < n; u += GlobalStride()) {
+    const int64_t id = unique_ids[u];
+    int32_t slot = -1;
+    if (id < num_rows) {
+      int64_t lo = 0, hi = size;  // the first slot whose id is >= id
+      while (lo < hi) {
+        const int64_t mid = lo + (hi - lo) / 2;
+        if (cache_ids[mid] < id) {
+          lo = mid + 1;
+        } else {
+          hi = mid;
+        }
+      }
+      if (lo < size && cache_ids[lo] == id) slot = static_cast<int32_t>(lo);
+    }
+    unique_slot[u] = slot;
+  }
+}
+
+// Each position's cache slot (the forward's residual for the gradient) and, added into
+// *num_hits, how many positions hit: one atomic per thread, integers, so the sum is exact.
+__global__ void __launch_bounds__(256)
+    PositionSlotsKernel(const int32_t* __restrict__ inverse,
+                        const int32_t* __restrict__ unique_slot, int64_t nnz,
+                        int32_t* __restrict__ slots, unsigned long long* num_hits) {
+  unsigned long long hits = 0;
+  for (int64_t i = GlobalThread(); i < nnz; i += GlobalStride()) {
+    const int32_t slot = unique_slot[inverse[i]];
+    slots[i] = slot;
+    hits += slot >= 0;
+  }
+  if (hits != 0) atomicAdd(num_hits, hits);
+}
+
+// flags[u] = 1 for a cached distinct id (u < num_unique), else 0, for the scan that gives
+// cached ids their place in the cache gradient.
+__global__ void __launch_bounds__(256)
+    HitFlagsKernel(const int32_t* __restrict__ unique_slot, const DedupCounts* counts,
+                   int64_t nnz, uint64_t* __restrict__ flags) {
+  const int64_t n = counts->num_unique;
+  for (int64_t u = GlobalThread(); u < nnz; u += GlobalStride()) {
+    flags[u] = u < n && unique_slot[u] >= 0 ? 1u : 0u;
+  }
+}
+
+// One thread per (distinct id, column): a cached id's summed gradient row moves to place
+// scan[u] - 1 of the cache gradient and is zeroed in row_grads, so the chain gives the cores
+// nothing from cache hits. Distinct ids ascend, and so do the cache slots they map to.
+__global__ void __launch_bounds__(256)
+    MoveHitGradsKernel(const int32_t* __restrict__ unique_slot,
+                       const uint64_t* __restrict__ scan, const DedupCounts* counts, int dim,
+                       float* __restrict__ row_grads, int64_t* __restrict__ hit_slots,
+                       float* __restrict__ hit_values, int64_t* num_hit_slots) {
+  const int64_t n = counts->num_unique;
+  if (GlobalThread() == 0) *num_hit_slots = n > 0 ? static_cast<int64_t>(scan[n - 1]) : 0;
+  for (int64_t o = GlobalThread(); o < n * dim; o += GlobalStride()) {
+    const int64_t u = o / dim;
+    const int32_t slot = unique_slot[u];
+    if (slot < 0) continue;
+    const int64_t h = static_cast<int64_t>(scan[u]) - 1;
+    const int64_t col = o - u * dim;
+    hit_values[h * dim + col] = row_grads[o];
+    row_grads[o] = 0.f;
+    if (col == 0) hit_slots[h] = slot;
   }
 }
 

@@ -24,30 +24,13 @@ using tt_keras::TTDims;
 using tt_keras::CorePointers;
 using tt_keras::CpuParallelFor;
 
-// cache_ids: a vector whose ids are valid (tt_keras::ValidateCacheIds); cache_rows, when
-// given: [cache_size, dim].
+// The cache's shapes (tt_keras::ValidateCacheShapes), and its ids (ValidateCacheIds: read
+// here on the host; the GPU kernels check them on the device).
 absl::Status ValidateCache(const Tensor& cache_ids, const Tensor* cache_rows, int64_t dim,
                            int64_t num_rows) {
-  if (cache_ids.dims() != 1) {
-    return errors::InvalidArgument("cache_ids must be a vector, got shape ",
-                                   cache_ids.shape().DebugString());
-  }
-  const int64_t cache_size = cache_ids.dim_size(0);
-  // Slots travel as int32 (half the bytes of int64 per position); no cache comes close.
-  if (cache_size > std::numeric_limits<int32_t>::max()) {
-    return errors::InvalidArgument("cache_ids has ", cache_size, " slots; at most 2^31 - 1 "
-                                   "are supported");
-  }
-  if (cache_rows != nullptr &&
-      (cache_rows->dims() != 2 || cache_rows->dim_size(0) != cache_size ||
-       cache_rows->dim_size(1) != dim)) {
-    return errors::InvalidArgument("cache_rows has shape ", cache_rows->shape().DebugString(),
-                                   " but cache_ids has ", cache_size,
-                                   " slots and the cores give rows of ", dim,
-                                   " columns: expected [", cache_size, ",", dim, "]");
-  }
-  const std::string error =
-      tt_keras::ValidateCacheIds(cache_ids.flat<int64_t>().data(), cache_size, num_rows);
+  TF_RETURN_IF_ERROR(tt_keras::ValidateCacheShapes(cache_ids, cache_rows, dim));
+  const std::string error = tt_keras::ValidateCacheIds(cache_ids.flat<int64_t>().data(),
+                                                       cache_ids.dim_size(0), num_rows);
   if (!error.empty()) return errors::InvalidArgument(error);
   return absl::OkStatus();
 }

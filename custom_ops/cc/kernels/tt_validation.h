@@ -3,6 +3,7 @@
 #ifndef TT_KERAS_CUSTOM_OPS_CC_KERNELS_TT_VALIDATION_H_
 #define TT_KERAS_CUSTOM_OPS_CC_KERNELS_TT_VALIDATION_H_
 
+#include <limits>
 #include <string>
 
 #include "tensorflow/core/framework/op_kernel.h"
@@ -143,6 +144,31 @@ absl::Status ValidateGradShape(const tensorflow::Tensor& grad, Combiner combiner
     return tensorflow::errors::InvalidArgument("grad has shape ", grad.shape().DebugString(),
                                                " but the forward output has shape [",
                                                out_rows, ",", dim, "]");
+  }
+  return absl::OkStatus();
+}
+
+// A cache's shapes (host-side metadata only, so GPU kernels use it too): cache_ids a vector
+// of at most 2^31 - 1 slots (slots travel as int32); cache_rows, when given, [slots, dim].
+inline absl::Status ValidateCacheShapes(const tensorflow::Tensor& cache_ids,
+                                        const tensorflow::Tensor* cache_rows, int64_t dim) {
+  namespace errors = tensorflow::errors;
+  if (cache_ids.dims() != 1) {
+    return errors::InvalidArgument("cache_ids must be a vector, got shape ",
+                                   cache_ids.shape().DebugString());
+  }
+  const int64_t cache_size = cache_ids.dim_size(0);
+  if (cache_size > std::numeric_limits<int32_t>::max()) {
+    return errors::InvalidArgument("cache_ids has ", cache_size, " slots; at most 2^31 - 1 "
+                                   "are supported");
+  }
+  if (cache_rows != nullptr &&
+      (cache_rows->dims() != 2 || cache_rows->dim_size(0) != cache_size ||
+       cache_rows->dim_size(1) != dim)) {
+    return errors::InvalidArgument("cache_rows has shape ", cache_rows->shape().DebugString(),
+                                   " but cache_ids has ", cache_size,
+                                   " slots and the cores give rows of ", dim,
+                                   " columns: expected [", cache_size, ",", dim, "]");
   }
   return absl::OkStatus();
 }

@@ -165,6 +165,13 @@ inline float atomicAdd(float* address, float value) {
   return old;
 }
 
+inline unsigned long long atomicAdd(unsigned long long* address, unsigned long long value) {
+  std::lock_guard<std::mutex> lock(::tt_emu::g_atomic_mutex);
+  const unsigned long long old = *address;
+  *address = old + value;
+  return old;
+}
+
 inline unsigned long long atomicMin(unsigned long long* address, unsigned long long value) {
   std::lock_guard<std::mutex> lock(::tt_emu::g_atomic_mutex);
   const unsigned long long old = *address;
