@@ -424,6 +424,19 @@ class Launcher:
         lk.weights = self.be.ptr(d_weights)
         return lk
 
+    def device_lookup(self, table, ids, splits, weights, combiner):
+        """The lookup of host arrays copied to the device; the device arrays are returned
+        too, to be kept alive while the lookup is used."""
+        be = self.be
+        num_bags = len(splits) - 1 if combiner != "none" else 0
+        held = [be.to_device(c) for c in table.cores]
+        d_ids, d_splits = be.to_device(ids), be.to_device(splits)
+        d_weights = be.to_device(weights) if weights is not None else None
+        held += [d_ids, d_splits, d_weights]
+        lk = self.lookup(table, held[:table.k], d_ids, d_splits, d_weights, combiner, len(ids),
+                         num_bags, ids.dtype)
+        return lk, held
+
     def read_error(self, d_err):
         h = TTCudaErrorInfo()
         check_status(self.lib, self.lib.tt_cuda_read_error(self.be.ptr(d_err), ctypes.byref(h),
@@ -434,11 +447,7 @@ class Launcher:
         be, lib = self.be, self.lib
         nnz = len(ids)
         num_bags = len(splits) - 1 if combiner != "none" else 0
-        d_cores = [be.to_device(c) for c in table.cores]
-        d_ids, d_splits = be.to_device(ids), be.to_device(splits)
-        d_weights = be.to_device(weights) if weights is not None else None
-        lk = self.lookup(table, d_cores, d_ids, d_splits, d_weights, combiner, nnz, num_bags,
-                         ids.dtype)
+        lk, _held = self.device_lookup(table, ids, splits, weights, combiner)
         size = ctypes.c_size_t()
         check_status(lib, lib.tt_cuda_forward_workspace_size(ctypes.byref(lk),
                                                              ctypes.byref(size)),
@@ -456,12 +465,8 @@ class Launcher:
         be, lib = self.be, self.lib
         nnz = len(ids)
         num_bags = len(splits) - 1 if combiner != "none" else 0
-        d_cores = [be.to_device(c) for c in table.cores]
-        d_ids, d_splits = be.to_device(ids), be.to_device(splits)
-        d_weights = be.to_device(weights) if weights is not None else None
+        lk, _held = self.device_lookup(table, ids, splits, weights, combiner)
         d_grad = be.to_device(grad.astype(np.float32))
-        lk = self.lookup(table, d_cores, d_ids, d_splits, d_weights, combiner, nnz, num_bags,
-                         ids.dtype)
         size = ctypes.c_size_t()
         check_status(lib, lib.tt_cuda_backward_workspace_size(ctypes.byref(lk),
                                                               ctypes.byref(size)),
@@ -487,13 +492,9 @@ class Launcher:
         be, lib = self.be, self.lib
         nnz = len(ids)
         num_bags = len(splits) - 1 if combiner != "none" else 0
-        d_cores = [be.to_device(c) for c in table.cores]
-        d_ids, d_splits = be.to_device(ids), be.to_device(splits)
-        d_weights = be.to_device(weights) if weights is not None else None
+        lk, _held = self.device_lookup(table, ids, splits, weights, combiner)
         d_cids = be.to_device(np.asarray(cache_ids, np.int64))
         d_crows = be.to_device(np.asarray(cache_rows, np.float32))
-        lk = self.lookup(table, d_cores, d_ids, d_splits, d_weights, combiner, nnz, num_bags,
-                         ids.dtype)
         cache = self.cache(d_cids, d_crows, len(cache_ids))
         size = ctypes.c_size_t()
         check_status(lib, lib.tt_cuda_cached_forward_workspace_size(
@@ -516,14 +517,10 @@ class Launcher:
         be, lib = self.be, self.lib
         nnz = len(ids)
         num_bags = len(splits) - 1 if combiner != "none" else 0
-        d_cores = [be.to_device(c) for c in table.cores]
-        d_ids, d_splits = be.to_device(ids), be.to_device(splits)
-        d_weights = be.to_device(weights) if weights is not None else None
+        lk, _held = self.device_lookup(table, ids, splits, weights, combiner)
         d_grad = be.to_device(grad.astype(np.float32))
         d_cids = be.to_device(np.asarray(cache_ids, np.int64))
         d_crows = be.to_device(np.asarray(cache_rows, np.float32))
-        lk = self.lookup(table, d_cores, d_ids, d_splits, d_weights, combiner, nnz, num_bags,
-                         ids.dtype)
         cache = self.cache(d_cids, d_crows, len(cache_ids))
         size = ctypes.c_size_t()
         check_status(lib, lib.tt_cuda_cached_backward_workspace_size(

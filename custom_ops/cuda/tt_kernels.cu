@@ -894,17 +894,11 @@ int Unique(const void* indices, int32_t index_type, int64_t nnz, int64_t num_row
   }
   if (num_rows < 1) return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "num_rows must be >= 1");
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
-  const bool wide = NeedsWideKeys(num_rows);
-  if (index_type == TT_CUDA_INDEX_INT32) {
-    return wide ? UniqueImpl<int32_t, uint64_t>(indices, nnz, num_rows, unique_ids, inverse,
-                                                num_unique, workspace, bytes, error, st)
-                : UniqueImpl<int32_t, uint32_t>(indices, nnz, num_rows, unique_ids, inverse,
-                                                num_unique, workspace, bytes, error, st);
-  }
-  return wide ? UniqueImpl<int64_t, uint64_t>(indices, nnz, num_rows, unique_ids, inverse,
-                                              num_unique, workspace, bytes, error, st)
-              : UniqueImpl<int64_t, uint32_t>(indices, nnz, num_rows, unique_ids, inverse,
-                                              num_unique, workspace, bytes, error, st);
+  return DispatchTypes(index_type, num_rows, [&](auto idx, auto key) {
+    return UniqueImpl<decltype(idx), decltype(key)>(indices, nnz, num_rows, unique_ids,
+                                                    inverse, num_unique, workspace, bytes,
+                                                    error, st);
+  });
 }
 
 }  // namespace

@@ -28,6 +28,7 @@
 namespace tensorflow {
 namespace {
 
+using tt_gpu::AllocateCoreGrads;
 using tt_gpu::AllocateWorkspace;
 using tt_gpu::CheckDeviceErrors;
 using tt_gpu::FromLauncher;
@@ -119,14 +120,8 @@ class TTEmbeddingBagCachedGradGpuOp : public tt_keras::BagKernelBase {
     TTCudaLookup lk;
     OP_REQUIRES_OK(ctx, MakeLookup<Tid>(ctx, cores, dims, num_rows_, combiner_, bags, &lk));
 
-    OpOutputList core_grads;
-    OP_REQUIRES_OK(ctx, ctx->output_list("core_grads", &core_grads));
     float* grad_ptrs[TT_CUDA_MAX_CORES] = {nullptr};
-    for (int t = 0; t < dims.k; ++t) {
-      Tensor* g = nullptr;
-      OP_REQUIRES_OK(ctx, core_grads.allocate(t, cores[t].shape(), &g));
-      grad_ptrs[t] = g->flat<float>().data();
-    }
+    OP_REQUIRES_OK(ctx, AllocateCoreGrads(ctx, cores, grad_ptrs));
     void* stream = nullptr;
     OP_REQUIRES_OK(ctx, GetCudaStream(ctx, &stream));
 

@@ -117,6 +117,20 @@ inline absl::Status AllocateWorkspace(OpKernelContext* ctx, size_t workspace_byt
   return absl::OkStatus();
 }
 
+// Allocates the gradient op's output list "core_grads", one tensor shaped like each core;
+// ptrs[t] gets core t's device pointer (the launchers zero and fill them).
+inline absl::Status AllocateCoreGrads(OpKernelContext* ctx, const OpInputList& cores,
+                                      float* ptrs[TT_CUDA_MAX_CORES]) {
+  OpOutputList core_grads;
+  TF_RETURN_IF_ERROR(ctx->output_list("core_grads", &core_grads));
+  for (int t = 0; t < cores.size(); ++t) {
+    Tensor* g = nullptr;
+    TF_RETURN_IF_ERROR(core_grads.allocate(t, cores[t].shape(), &g));
+    ptrs[t] = g->flat<float>().data();
+  }
+  return absl::OkStatus();
+}
+
 // Waits for the stream, then reports what the kernels found, with the CPU kernel's words.
 inline absl::Status CheckDeviceErrors(const TTCudaErrorInfo* device_error, void* stream,
                                       int64_t num_rows, int64_t nnz,
