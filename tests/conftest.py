@@ -22,3 +22,21 @@ def backend(request):
             pytest.skip("op library not built (TT_KERAS_ALLOW_NO_OPS=1)")
         tt_ops_library.ops  # raises with the reason
     return request.param
+
+
+def pytest_report_header(config):
+    """The settings that change float32 summation order, so a failure can be replayed."""
+    from tt_keras._keras import IS_KERAS_3
+
+    settings = {name: os.environ.get(name, "(unset)")
+                for name in ("TF_USE_LEGACY_KERAS", "TF_ENABLE_ONEDNN_OPTS",
+                             "TF_NUM_INTRAOP_THREADS")}
+    return "tt_keras: " + ", ".join(
+        [f"Keras {'3' if IS_KERAS_3 else 'legacy'}"] + [f"{k}={v}" for k, v in settings.items()])
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "no_keras: needs neither Keras nor TensorFlow (C++ and CUDA-emulator checks); "
+        "`make test` runs these once, under Keras 3, not again under legacy Keras")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests import oracle
+from tests import oracle, tolerance
 from tt_keras import tt_math
 from tt_keras.lookup import tt_embedding_bag
 
@@ -232,7 +232,13 @@ def test_segment_ids_give_the_same_bags_as_row_splits(backend, graph):
 
     got = (tf.function(by_segments) if graph else by_segments)().numpy()
     want = tt_embedding_bag(cores, ids, splits, weights, "mean", backend=backend).numpy()
-    np.testing.assert_array_equal(got, want)
+    if graph and backend == "reference":
+        # Grappler and oneDNN may reorder the pure-TF pooling's sums inside a graph.
+        tolerance.assert_reordered_close(got, want)
+    else:
+        # Eagerly, or on the op, segment ids become row splits and then run the very same
+        # lookup: the results must be identical.
+        np.testing.assert_array_equal(got, want)
     bags = [ids[splits[b]:splits[b + 1]].tolist() for b in range(8)]
     w_bags = [weights[splits[b]:splits[b + 1]] for b in range(8)]
     np.testing.assert_allclose(
