@@ -25,7 +25,7 @@ demo: ops
 
 test: ops
 	$(PYTHON) -m pytest -q tests
-	TF_USE_LEGACY_KERAS=1 $(PYTHON) -m pytest -q tests
+	TF_USE_LEGACY_KERAS=1 $(PYTHON) -m pytest -q tests -m "not no_keras"
 
 benchmark: ops
 	$(PYTHON) -m benchmarks.lookup
