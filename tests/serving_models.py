@@ -40,7 +40,8 @@ def train_tiny_dlrm(tt_tables=3, steps=3, batch_size=32, seed=5):
 
         model = tfrs_model.build_model(tfrs_model.tiny_config(tt_tables=tt_tables), "sgd", 0.5)
     source = dlrm_data.SyntheticCriteo(model.config.table_sizes, seed=seed)
-    model.fit(source.dataset(batch_size), steps_per_epoch=steps, epochs=1, verbose=0)
+    model.fit(source.dataset(batch_size), steps_per_epoch=steps, epochs=1, shuffle=False,
+              verbose=0)
     assert int(model.optimizer.iterations.numpy()) == steps
     return model
 
