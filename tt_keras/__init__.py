@@ -16,6 +16,7 @@ from tt_keras.initializers import (
     TTNaiveUniform,
     TTUniform,
 )
+from tt_keras.compress import compress
 from tt_keras.export import check_portable, export_saved_model, graph_op_types
 from tt_keras.layer import TTEmbedding
 from tt_keras.lookup import (
@@ -41,6 +42,7 @@ __all__ = [
     "TTShape",
     "TTUniform",
     "check_portable",
+    "compress",
     "export_saved_model",
     "graph_op_types",
     "initializers",
