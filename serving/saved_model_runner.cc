@@ -21,6 +21,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <fstream>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -110,10 +111,20 @@ absl::Status BuildFeed(const tensorflow::SignatureDef& signature, const NamedTen
   return absl::OkStatus();
 }
 
+// This process's peak resident memory. Linux's VmHWM belongs to the address space exec
+// created; getrusage's ru_maxrss is not reset by exec, so after a fork from a large parent
+// (a Python that built a model) it reports the parent's peak.
 int64_t PeakRssBytes() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) {
+      return std::stoll(line.substr(6)) * 1024;  // "VmHWM:   123456 kB"
+    }
+  }
   struct rusage usage;
   getrusage(RUSAGE_SELF, &usage);
-  return static_cast<int64_t>(usage.ru_maxrss) * 1024;  // Linux reports KiB
+  return static_cast<int64_t>(usage.ru_maxrss) * 1024;  // KiB on Linux
 }
 
 tensorflow::Tensor Scalar(double value) {
