@@ -81,7 +81,8 @@ def percentiles(latencies):
 
 
 def serve_in_turns(dirs, requests, binary, library):
-    """{kind: {"latencies": [[per batch] per round], "load_s": [...], "rss": [...]}}."""
+    """{kind: {"latencies": [per round: [per batch: seconds]], "load_s": [per round],
+    "peak_rss_bytes": [per round], "error": why it could not be served, or None}}."""
     from serving import runner  # pylint: disable=g-import-not-at-top
 
     runs = {kind: {"latencies": [], "load_s": [], "peak_rss_bytes": [], "error": None}
@@ -103,7 +104,7 @@ def serve_in_turns(dirs, requests, binary, library):
     return runs
 
 
-def summarize(dirs, sizes, runs, batches, errors):
+def summarize(sizes, runs, batches, errors):
     rows = []
     for kind in FLAGS.kinds:
         row = {"kind": kind, "bytes_on_disk": sizes.get(kind),
@@ -161,7 +162,7 @@ def main(argv):
     finally:
         if not FLAGS.work_dir:
             shutil.rmtree(work, ignore_errors=True)
-    rows = summarize(dirs, bytes_on_disk, runs, batches, errors)
+    rows = summarize(bytes_on_disk, runs, batches, errors)
     print(f"DLRM, table sizes Kaggle / {FLAGS.table_scale:g}, TT on the {FLAGS.tt_tables} "
           f"largest tables at rank {FLAGS.tt_rank}; {FLAGS.rounds} rounds x {FLAGS.repeats} "
           f"timed runs per batch size, exports served in turns by serving/saved_model_runner")
