@@ -1,10 +1,10 @@
 """The package's import contract.
 
-`import tt_keras` imports neither TensorFlow nor Keras and the NumPy parts (tt_math, the
-oracle, the CUDA bindings) never do, so they run where TensorFlow is missing; importing the
-public names creates no TensorFlow op, so a program can still configure TensorFlow (threads,
-devices, a MultiWorkerMirroredStrategy) afterwards. Fresh processes: this one has
-TensorFlow loaded already.
+The NumPy parts (tt_math, the oracle, the CUDA bindings) import and run where TensorFlow is
+missing; where it is installed, `import tt_keras` registers the layer with Keras (a saved
+model loads after a plain `import tt_keras`) and creates no TensorFlow op, so a program can
+still configure TensorFlow (threads, devices, a MultiWorkerMirroredStrategy) afterwards.
+Fresh processes: this one has TensorFlow loaded already.
 """
 
 import json
@@ -19,12 +19,12 @@ import tt_keras
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The public API of tt_keras 0.1.0: lazy loading must not change it.
+# The public API: tt_keras 0.1.0's, and register_all.
 PUBLIC_API = {
     "BACKENDS", "OpLibraryUnavailable", "SampledGaussian", "TTApproxNormal", "TTEmbedding",
     "TTInitializer", "TTNaiveUniform", "TTShape", "TTUniform", "check_portable",
     "export_saved_model", "graph_op_types", "initializers", "lookup_backend_scope",
-    "plan_rank", "resolve_backend", "suggest_shapes", "to_dense", "tt_embedding_bag",
+    "plan_rank", "register_all", "resolve_backend", "suggest_shapes", "to_dense", "tt_embedding_bag",
     "tt_embedding_bag_cached", "tt_math", "tt_svd",
 }
 
@@ -41,7 +41,15 @@ def run_python(code):
 @pytest.mark.no_keras
 def test_numpy_parts_import_without_tensorflow():
     loaded = run_python("""
-        import json, sys
+        import importlib.abc, json, sys
+
+        class NoTensorFlow(importlib.abc.MetaPathFinder):
+            # A machine without TensorFlow: the GPU machines the CUDA checks run on.
+            def find_spec(self, name, path, target=None):
+                if name.split(".")[0] in ("tensorflow", "keras", "tf_keras"):
+                    raise ImportError(f"no module named {name!r} (blocked)")
+
+        sys.meta_path.insert(0, NoTensorFlow())
         import numpy as np
         import tt_keras
         import tt_keras.tt_math
@@ -89,3 +97,23 @@ def test_every_public_name_resolves_lazily():
     assert tt_keras.tt_math is tt_math
     with pytest.raises(AttributeError, match="no_such_name"):
         tt_keras.no_such_name  # pylint: disable=pointless-statement
+
+
+def test_saved_model_loads_after_a_plain_import():
+    """Keras finds TTEmbedding by its registered name after `import tt_keras` alone; a
+    legacy Keras SavedModel also holds the graphs traced on the op, which register_all loads."""
+    keras_dir = "keras3" if tt_keras.layer.IS_KERAS_3 else "legacy"
+    name = "model_cached.keras" if keras_dir == "keras3" else "model_cached_tf"
+    path = os.path.join(ROOT, "tests", "fixtures", "v0.1.0", keras_dir, name)
+    result = run_python(f"""
+        import json
+        import numpy as np
+        import tt_keras
+        from tt_keras._keras import IS_KERAS_3, keras
+        if not IS_KERAS_3:
+            assert tt_keras.register_all()
+        model = keras.models.load_model({path!r})
+        out = model.predict(np.array([[1, 2, 7]]), verbose=0)
+        print(json.dumps({{"shape": list(out.shape)}}))
+    """)
+    assert result == {"shape": [1, 12]}

@@ -7,13 +7,14 @@ The layer works under Keras 3 and under legacy tf_keras (TF_USE_LEGACY_KERAS=1, 
 TensorFlow Recommenders needs). Lookups run a fused custom op when its library is built, and
 a pure-TensorFlow chain of gathers and batched matmuls otherwise.
 
-`import tt_keras` imports neither TensorFlow nor Keras: each name below is imported on first
-use, so a program can still set TensorFlow up first (tf.distribute strategies such as
-MultiWorkerMirroredStrategy must be created before any op runs), and the NumPy parts
-(`tt_keras.tt_math`, `tt_keras.oracle`) work where TensorFlow is not installed. Keras finds
-TTEmbedding and the initializers when it loads a saved model once they have been imported:
-use `tt_keras.TTEmbedding` (or any name that needs TensorFlow) before
-`keras.models.load_model`.
+Where TensorFlow is installed, `import tt_keras` imports it and Keras (which creates no op,
+so a program can still configure TensorFlow afterwards: tf.distribute strategies such as
+MultiWorkerMirroredStrategy must be created before any op runs) and registers TTEmbedding
+and the initializers with Keras' serialization, so `keras.models.load_model` finds them.
+Where it is not, the NumPy parts (`tt_keras.tt_math`, `tt_keras.oracle`) still import and
+work: the other public names are resolved on first use. The op library is loaded on the
+first lookup; `tt_keras.register_all()` loads it up front, which a process needs before it
+loads a SavedModel traced on the op.
 """
 
 import importlib as _importlib
@@ -36,6 +37,7 @@ _ATTRIBUTES = {
     "graph_op_types": "export",
     "lookup_backend_scope": "lookup",
     "plan_rank": "tt_math",
+    "register_all": "register",
     "resolve_backend": "lookup",
     "suggest_shapes": "tt_math",
     "to_dense": "tt_math",
@@ -61,3 +63,17 @@ def __getattr__(name):
 
 def __dir__():
     return sorted(set(globals()) | set(__all__))
+
+
+def _tensorflow_installed():
+    try:
+        import tensorflow  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    except ImportError:
+        return False
+    return True
+
+
+if _tensorflow_installed():
+    # Registration happens when the layer's module runs; a saved model names the layer by
+    # its registered name only, so it must happen at `import tt_keras`.
+    _importlib.import_module(f"{__name__}.layer")
