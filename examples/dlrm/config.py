@@ -102,7 +102,8 @@ class TablesConfig(_Options):
 
     synthetic_sizes: str = option(
         "kaggle", "Table sizes: DLRM's Kaggle or Terabyte ones (for the synthetic source, and "
-        "the hashing moduli of a file's categorical features).", choices=tuple(dlrm_data.TABLE_SIZES))
+        "the hashing moduli of a file's categorical features).",
+        choices=tuple(dlrm_data.TABLE_SIZES))
     table_scale: float = option(1.0, "Divide every table size by this (rounded up).")
     max_table_size: int = option(0, "Cap every table at this many rows (0: no cap).", minimum=0)
     embedding_dim: int = option(0, "D; 0: 16 for kaggle sizes, 64 for terabyte.", minimum=0)

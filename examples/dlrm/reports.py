@@ -33,6 +33,15 @@ def _or_dash(value, spec: str = "") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def format_tables(tables) -> str:
+    """A line on the tables of a run (config.TablesConfig)."""
+    sizes, dim = tables.table_sizes(), tables.dim()
+    cap = f", cap {tables.max_table_size}" if tables.max_table_size else ""
+    return (f"tables ({tables.synthetic_sizes} / {tables.table_scale:g}{cap}): "
+            f"{sum(sizes):,} rows, D={dim}, dense embeddings "
+            f"{format_bytes(FLOAT_BYTES * dim * sum(sizes))}")
+
+
 # ---------------------------------------------------------------------------------------
 # One trained model
 # ---------------------------------------------------------------------------------------

@@ -92,12 +92,9 @@ def train(config: Config) -> List[dict]:
     except ImportError as e:  # TFRS under Keras 3
         raise app.UsageError(f"TFRS needs legacy Keras: run with TF_USE_LEGACY_KERAS=1 ({e})")
     subdir, runs = planned_runs(config)
-    sizes, dim = config.tables.table_sizes(), config.tables.dim()
-    source = sources.make_source(config.data, sizes, config.training.seed)
-    t = config.tables
-    print(f"tables ({t.synthetic_sizes} / {t.table_scale:g}"
-          f"{', cap ' + str(t.max_table_size) if t.max_table_size else ''}): {sum(sizes):,} "
-          f"rows, D={dim}, dense embeddings {reports.format_bytes(reports.FLOAT_BYTES * dim * sum(sizes))}")
+    source = sources.make_source(config.data, config.tables.table_sizes(),
+                                 config.training.seed)
+    print(reports.format_tables(config.tables))
     results = training.run_comparison(runs, config, source)
     title = "Initializer ablation" if config.run.init_ablation else "Dense vs TT"
     print(f"\n{title} ({source.describe()}, batch {config.data.batch_size}, "
