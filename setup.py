@@ -34,6 +34,7 @@ setup(
     python_requires=">=3.9",
     install_requires=["tensorflow>=2.21,<2.22", "numpy"],
     extras_require={"legacy": ["tf_keras>=2.21,<2.22"],
-                    "examples": ["tensorflow-recommenders==0.7.7", "absl-py", "matplotlib"]},
+                    "examples": ["tensorflow-recommenders==0.7.7", "absl-py", "matplotlib",
+                                 "tensorboard>=2.21,<2.22"]},
     cmdclass={"build_py": BuildWithOps},
 )

@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
+from benchmarks.workload import NUM_ROWS, ROW_SHAPE, interleaved_median_ms, zipf_ids
 from tt_keras import TTEmbedding, cache, lookup_backend_scope, tt_embedding_bag, tt_math
 from tt_keras.lookup import tt_embedding_bag_cached
 
@@ -50,21 +51,6 @@ flags.DEFINE_list("cache_fractions", ["0.0001", "0.001"],
                   "and configuration; empty for none.")
 flags.DEFINE_integer("cache_warmup_batches", 10,
                      "Batches the frequency counter sees before the cache is filled.")
-
-NUM_ROWS = 10_131_227
-ROW_SHAPE = (200, 220, 250)
-
-
-def zipf_ids(num_rows, size, exponent, order, rng):
-    """Ids with P(rank k) proportional to k^-exponent over num_rows rows."""
-    weights = np.arange(1, num_rows + 1, dtype=np.float64) ** -exponent
-    cdf = np.cumsum(weights)
-    cdf /= cdf[-1]
-    ranks = np.searchsorted(cdf, rng.random(size))
-    if order == "shuffled":
-        return rng.permutation(num_rows)[ranks]
-    return ranks
-
 
 def median_ms(fn, reps):
     return interleaved_median_ms([fn], reps)[0]
@@ -127,21 +113,6 @@ def run_config(name, ids, row_splits, rng):
         print(f"{name:>4} {dim:>3} {shape.ranks[1]:>4} {mode:>8} {op:9.2f} {ref:9.2f} "
               f"{dense_ms:9.2f} {op / dense_ms:11.2f} {ref / op:10.1f} "
               f"{shape.compression_ratio(NUM_ROWS):8.0f}x", flush=True)
-
-
-def interleaved_median_ms(fns, reps):
-    """Median ms of each fn, timed in turns so that load from other processes on a shared
-    machine falls on all of them alike (the ratios are what the cache lines report)."""
-    for fn in fns:
-        fn()  # trace
-        fn()  # warm caches and per-thread scratch
-    times = [[] for _ in fns]
-    for _ in range(reps):
-        for fn, t in zip(fns, times):
-            start = time.perf_counter()
-            fn()
-            t.append(time.perf_counter() - start)
-    return [1000 * float(np.median(t)) for t in times]
 
 
 def counter_top_ids(batches, cache_size):

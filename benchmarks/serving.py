@@ -139,14 +139,13 @@ def format_table(rows, batches):
 def main(argv):
     del argv
     from examples.dlrm import data as dlrm_data  # pylint: disable=g-import-not-at-top
-    from examples.dlrm import model as dlrm_model  # pylint: disable=g-import-not-at-top
+    from examples.dlrm.config import DLRMConfig  # pylint: disable=g-import-not-at-top
     from serving import criteo_requests, runner  # pylint: disable=g-import-not-at-top
     from tt_keras.ops import tt_ops_library  # pylint: disable=g-import-not-at-top
 
     batches = [int(b) for b in FLAGS.batches]
     sizes = dlrm_data.scale_table_sizes(dlrm_data.KAGGLE_TABLE_SIZES, FLAGS.table_scale)
-    config = dlrm_model.DLRMConfig(table_sizes=sizes, tt_tables=FLAGS.tt_tables,
-                                   tt_rank=FLAGS.tt_rank)
+    config = DLRMConfig(table_sizes=sizes, tt_tables=FLAGS.tt_tables, tt_rank=FLAGS.tt_rank)
     binary = runner.build()
     work = FLAGS.work_dir or tempfile.mkdtemp(prefix="serving_bench_")
     dirs, bytes_on_disk, errors = {}, {}, {}

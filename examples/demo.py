@@ -2,7 +2,8 @@
 
 1. synthetic Criteo-like data on DLRM's full Kaggle table sizes, 10,000 steps each
    (about 5 minutes on 2 cores, 4 GB peak);
-2. the real Criteo rows in ../shared/data/criteo_kaggle_sample.tsv, where present.
+2. the real Criteo sample (`--data=criteo_sample`: $TT_KERAS_CRITEO_SAMPLE, else
+   ../shared/data/criteo_kaggle_sample.tsv from the repository root), where present.
 
 Extra arguments go to both runs (absl flags; later ones win), e.g.
 `python -m examples.demo --steps=2000 --table_scale=10`. Results, curves (PNG) and JSON land
@@ -13,24 +14,23 @@ import os
 import subprocess
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SAMPLE = os.path.join(REPO, "..", "shared", "data", "criteo_kaggle_sample.tsv")
+from examples.dlrm.sample import REPO_ROOT, criteo_sample_path
 
 
 def main(argv):
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1")  # TFRS needs legacy Keras
+    env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
     runs = [["--data=synthetic", "--model=both", "--steps=10000", "--steps_per_epoch=1000",
              "--out_dir=runs/dlrm/synthetic"]]
-    if os.path.exists(SAMPLE):
-        runs.append([f"--data={os.path.normpath(SAMPLE)}", "--model=both", "--steps=400",
+    if os.path.exists(criteo_sample_path()):
+        runs.append(["--data=criteo_sample", "--model=both", "--steps=400",
                      "--steps_per_epoch=80", "--out_dir=runs/dlrm/sample"])
     else:
-        print(f"(no Criteo sample at {os.path.normpath(SAMPLE)}: synthetic run only)")
+        print(f"(no Criteo sample at {criteo_sample_path()}: synthetic run only)")
     for args in runs:
         cmd = [sys.executable, "-m", "examples.dlrm.train", "--verbose=2"] + args + argv
         print("$ " + " ".join(cmd[1:]), flush=True)
-        subprocess.run(cmd, cwd=REPO, env=env, check=True)
+        subprocess.run(cmd, cwd=REPO_ROOT, env=env, check=True)
 
 
 if __name__ == "__main__":

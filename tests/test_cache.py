@@ -10,9 +10,9 @@ import pytest
 import tensorflow as tf
 
 import tt_keras
-from tests import oracle, tolerance
+from tests import tolerance
 from tt_keras import cache as tt_cache
-from tt_keras import tt_math
+from tt_keras import oracle, tt_math
 from tt_keras._keras import IS_KERAS_3, keras
 from tt_keras.cache import EMPTY_ID
 from tt_keras.lookup import lookup_backend_scope, tt_embedding_bag_cached
@@ -31,28 +31,17 @@ def mixed_table(cores, num_rows, cache):
     """The table a cached layer represents: the TT product, cached ids replaced.
 
     cache: {id: row}."""
-    table = oracle.dense_table(cores, num_rows)
-    for i, row in cache.items():
-        table[i] = row
-    return table
+    return oracle.cached_table(cores, num_rows, list(cache), list(cache.values()))
 
 
 def cached_grads_oracle(cores, cache_ids, bags, weights, combiner, upstream):
     """(core grads, {id: cache row grad}) of L = sum(upstream * pooled lookup).
 
     The table gradient of the cached ids goes to their cache rows; the rest reaches the
-    cores (as a lookup of each remaining row with its own gradient as upstream)."""
-    tt_shape = tt_math.shape_of_cores(cores)
-    d_table = oracle.pooled_grad_wrt_table((tt_shape.padded_rows, tt_shape.dim), bags,
-                                           weights, combiner, upstream)
-    cache_grads = {int(i): d_table[i].copy() for i in cache_ids}
-    d_table[list(cache_ids)] = 0.0
-    rows = np.flatnonzero(np.abs(d_table).sum(axis=1))
-    if rows.size == 0:
-        return [np.zeros(c.shape) for c in cores], cache_grads
-    core_grads = oracle.core_grads_oracle(cores, [[r] for r in rows], None, "none",
-                                          d_table[rows])
-    return core_grads, cache_grads
+    cores."""
+    core_grads, slot_grads = oracle.cached_grads_oracle(cores, None, cache_ids, bags, weights,
+                                                        combiner, upstream)
+    return core_grads, {int(i): g for i, g in zip(cache_ids, slot_grads)}
 
 
 def make_bags(rng, num_rows, cached):

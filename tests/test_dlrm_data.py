@@ -15,15 +15,18 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from examples.dlrm import data as D  # noqa: E402
+from examples.dlrm import sources as S  # noqa: E402
+from examples.dlrm.config import DataConfig  # noqa: E402
+from examples.dlrm.sample import criteo_sample_path  # noqa: E402
 
-SAMPLE = os.path.join(REPO, "..", "shared", "data", "criteo_kaggle_sample.tsv")
+SAMPLE = criteo_sample_path()
 SMALL_SIZES = (7, 3, 1000, 500, 4, 2, 60, 13, 3, 250, 40, 2500, 30, 5, 70, 1200, 4, 45, 20,
                3, 1500, 6, 5, 200, 9, 150)
 
 
 def _need_sample():
     if not os.path.exists(SAMPLE):
-        pytest.skip(f"the Criteo sample is absent ({os.path.normpath(SAMPLE)})")
+        pytest.skip(f"the Criteo sample is absent ({SAMPLE})")
 
 
 def _rows_by_hand():
@@ -173,3 +176,46 @@ def test_synthetic_ids_are_skewed_and_labels_near_target_rate():
     assert counts.max() > 50  # a hot id: power law, not uniform over 101k rows
     assert 0.2 < len(counts) / len(ids) < 0.9
     assert 0.2 < np.mean(np.concatenate(labels)) < 0.3
+
+
+# ---------------------------------------------------------------------------------------
+# The trainer's sources (examples/dlrm/sources.py)
+# ---------------------------------------------------------------------------------------
+
+def _same_batch(a, b):
+    for key in ("dense", "C1", "C26"):
+        np.testing.assert_array_equal(a[0][key].numpy(), b[0][key].numpy())
+    np.testing.assert_array_equal(a[1].numpy(), b[1].numpy())
+
+
+def test_synthetic_source():
+    data = DataConfig(batch_size=16, eval_batch_size=32, eval_examples=100, zipf_a=1.2)
+    source = S.make_source(data, SMALL_SIZES, seed=3)
+    assert isinstance(source, S.SyntheticSource)
+    stream = D.SyntheticCriteo(SMALL_SIZES, seed=3, zipf_a=1.2)
+    _same_batch(next(iter(source.train(start_step=2))), stream.batch(2, 16, stream=0))
+    held = list(source.held_out())
+    assert len(held) == 4 and all(y.shape == (32,) for _, y in held)  # 100 -> 4 batches
+    _same_batch(held[1], stream.batch(1, 32, stream=1))
+    assert len(list(source.held_out(33))) == 2
+
+
+def test_file_source():
+    _need_sample()
+    data = DataConfig(data="criteo_sample", batch_size=64, eval_batch_size=256, eval_every=7)
+    source = S.make_source(data, SMALL_SIZES, seed=0)
+    assert isinstance(source, S.FileSource) and source.paths == [SAMPLE]
+    train = D.criteo_tsv_dataset(SAMPLE, SMALL_SIZES, 64, split="train", eval_every=7,
+                                 repeat=True, drop_remainder=True)
+    _same_batch(next(iter(source.train(start_step=5))), list(train.take(6))[5])
+    held = list(source.held_out())
+    assert sum(int(y.shape[0]) for _, y in held) == 11609 // 7  # lines 6, 13, ...
+    assert len(list(source.held_out(300))) == 2
+
+
+def test_file_source_names_a_missing_file(tmp_path):
+    missing = str(tmp_path / "nope.tsv")
+    with pytest.raises(FileNotFoundError, match="nope.tsv"):
+        S.make_source(DataConfig(data=missing), SMALL_SIZES, seed=0)
+    with pytest.raises(ValueError, match="--data names no file"):
+        S.make_source(DataConfig(data=","), SMALL_SIZES, seed=0)

@@ -28,8 +28,9 @@ from tt_keras import export as tt_export  # noqa: E402
 from examples.dlrm import data as D  # noqa: E402
 from examples.dlrm import export as X  # noqa: E402
 from examples.dlrm import model as M  # noqa: E402
+from examples.dlrm.sample import criteo_sample_path  # noqa: E402
 
-SAMPLE = os.path.join(REPO, "..", "shared", "data", "criteo_kaggle_sample.tsv")
+SAMPLE = criteo_sample_path()
 
 # Serves SavedModels in a process that never imports tt_keras; inputs/outputs through .npz.
 _SERVER = textwrap.dedent("""
@@ -152,7 +153,7 @@ def test_portable_export_serves_the_same_predictions(tmp_path, trained):
 def test_real_rows_through_the_served_model(tmp_path, trained):
     """Rows of the real sample, sent raw, score like the reader's features in the model."""
     if not os.path.exists(SAMPLE):
-        pytest.skip(f"the Criteo sample is absent ({os.path.normpath(SAMPLE)})")
+        pytest.skip(f"the Criteo sample is absent ({SAMPLE})")
     model = trained["tt"]
     sizes = model.config.table_sizes
     with open(SAMPLE) as f:

@@ -22,7 +22,7 @@ import tt_keras  # noqa: E402
 
 from examples.dlrm import data as D  # noqa: E402
 from examples.dlrm import model as M  # noqa: E402
-from examples.dlrm import train as T  # noqa: E402
+from examples.dlrm.config import INIT_ABLATION  # noqa: E402
 
 
 def _batch(cfg, batch_size, seed=0, index=0):
@@ -109,7 +109,7 @@ def test_batch_of_one(kind):
     assert np.isfinite(result["logloss"])
 
 
-@pytest.mark.parametrize("init", T.INIT_ABLATION)
+@pytest.mark.parametrize("init", INIT_ABLATION)
 def test_ablation_initializers_build(init):
     cfg = M.tiny_config(tt_initializer=init)
     model = M.build_model(cfg)

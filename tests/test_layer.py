@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 
 import tt_keras
-from tests import oracle, tolerance
-from tt_keras import tt_math
+from tests import tolerance
+from tt_keras import oracle, tt_math
 from tt_keras._keras import IS_KERAS_3, keras
 from tt_keras.ops.loader import LazyOpLibrary
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests import oracle, tolerance
-from tt_keras import tt_math
+from tests import tolerance
+from tt_keras import oracle, tt_math
 from tt_keras.lookup import tt_embedding_bag
 
 SHAPES = {

@@ -5,13 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from tt_keras import tt_math
+from tt_keras import oracle, tt_math
 from tt_keras.tt_math import TTShape
 
-try:
-    import oracle
-except ImportError:  # tests/ imported as a package
-    from tests import oracle
 
 # Spec section 1's example: the largest Criteo-Kaggle table.
 SPEC_N = 10_131_227
@@ -28,7 +24,8 @@ SHAPE_IDS = ["k2", "k3", "k4"]
 
 
 # --------------------------------------------------------------------------------------------
-# to_dense, the oracle of everything, against two independent formulations
+# to_dense, the oracle of everything, against the literal entry formula (tt_rows); the
+# oracle's per-id chain (sampled_rows) against to_dense
 # --------------------------------------------------------------------------------------------
 
 
@@ -132,6 +129,15 @@ def test_digits():
         tt_math.digits([5, 11_000_000], row_shape)
     with pytest.raises(ValueError, match=r"ids\[0\] = -1"):
         tt_math.digits([-1], row_shape)
+
+
+def test_row_strides_and_combiners():
+    assert tt_math.row_strides((200, 220, 250)) == [55_000, 250, 1]
+    assert tt_math.row_strides(np.array([7, 9])) == [9, 1]
+    assert all(type(s) is int for s in tt_math.row_strides(np.array([7, 9])))
+    # The CUDA launchers number the combiners by their place here (TT_CUDA_COMBINER_*), and
+    # the layer spells the first as None.
+    assert tt_math.COMBINERS == ("none", "sum", "mean", "sqrtn")
 
 
 # --------------------------------------------------------------------------------------------
@@ -405,6 +411,20 @@ def test_table_moments_exact():
         assert var == pytest.approx(dense.var(), rel=1e-10)
 
 
+def test_sampled_rows_past_2_to_the_32():
+    rng = np.random.default_rng(11)
+    cores = oracle.random_cores(TTShape((2000, 2000, 2000), (2, 1, 2), (1, 3, 2, 1)), rng,
+                                dtype=np.float64)
+    ids = np.array([2**32 + 5, 7_999_999_999, 0, 4_294_967_295])
+    np.testing.assert_allclose(oracle.sampled_rows(cores, ids), tt_math.tt_rows(cores, ids),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_split_bags():
+    bags = oracle.split_bags(np.array([4, 1, 1, 7]), [0, 0, 3, 4])
+    assert [b.tolist() for b in bags] == [[], [4, 1, 1], [7]]
+
+
 BAGS = [[0, 3, 3, 5], [], [7], [2, 9, 1], [4, 4]]
 WEIGHTS = [[0.5, 2.0, -1.0, 1.5], [], [3.0], [1.0, -1.0, 0.0], [0.7, 0.2]]
 
@@ -505,14 +525,64 @@ def test_core_grads_oracle_against_finite_differences(tt_shape, combiner):
         return _loss(tt_math.to_dense(cs, num_rows), bags, weights, combiner, upstream)
 
     grads = oracle.core_grads_oracle(cores, bags, weights, combiner, upstream)
-    eps = 1e-6
-    for t, core in enumerate(cores):
+    for t, (core, fd) in enumerate(zip(cores, central_differences(loss, cores))):
         assert grads[t].shape == core.shape
-        fd = np.zeros_like(core)
-        for idx in np.ndindex(*core.shape):
-            plus = [c.copy() for c in cores]
-            minus = [c.copy() for c in cores]
+        np.testing.assert_allclose(grads[t], fd, rtol=1e-6, atol=1e-8)
+
+
+def central_differences(loss, arrays, eps=1e-6):
+    """d loss / d every entry of every array, by central differences (loss takes the list)."""
+    grads = []
+    for t, a in enumerate(arrays):
+        fd = np.zeros_like(a)
+        for idx in np.ndindex(*a.shape):
+            plus = [x.copy() for x in arrays]
+            minus = [x.copy() for x in arrays]
             plus[t][idx] += eps
             minus[t][idx] -= eps
             fd[idx] = (loss(plus) - loss(minus)) / (2 * eps)
-        np.testing.assert_allclose(grads[t], fd, rtol=1e-6, atol=1e-8)
+        grads.append(fd)
+    return grads
+
+
+def test_cache_slots():
+    cache_ids = [9, 2, 11, 30, np.iinfo(np.int64).max]  # 11 and above: empty with 11 rows
+    np.testing.assert_array_equal(oracle.cache_slots(cache_ids, [2, 3, 9, 11, 2], 11),
+                                  [1, -1, 0, -1, 1])
+    with pytest.raises(ValueError, match="row 2 twice"):
+        oracle.cache_slots([2, 5, 2], [1], 11)
+    with pytest.raises(ValueError, match="negative"):
+        oracle.cache_slots([-1, 5], [1], 11)
+
+
+@pytest.mark.parametrize("combiner", ["none", "sum", "mean", "sqrtn"])
+def test_cached_oracle_against_finite_differences(combiner):
+    """The cached lookup reads cached_table; its gradient: cores from the misses, cache rows
+    slot by slot (an empty slot, and a slot never hit, get none)."""
+    rng = np.random.default_rng(12)
+    tt_shape = SHAPES[1]
+    cores = oracle.random_cores(tt_shape, rng, dtype=np.float64)
+    num_rows = tt_shape.padded_rows - 2
+    cache_ids = np.array([1, 4, 9, num_rows, num_rows + 1])  # the last two: empty slots
+    cache_rows = rng.normal(size=(len(cache_ids), tt_shape.dim))
+    bags = [[4, 0, 4], [], [9, 5], [num_rows - 1, 4]]
+    weights = None if combiner == "none" else [list(rng.uniform(0.2, 2, len(b))) for b in bags]
+    nout = sum(len(b) for b in bags) if combiner == "none" else len(bags)
+    upstream = rng.normal(size=(nout, tt_shape.dim))
+
+    table = oracle.cached_table(cores, num_rows, cache_ids, cache_rows)
+    expect = tt_math.to_dense(cores, num_rows)
+    expect[[1, 4, 9]] = cache_rows[:3]
+    np.testing.assert_array_equal(table, expect)
+
+    def loss(arrays):  # the cores, then the cache rows
+        return _loss(oracle.cached_table(arrays[:-1], num_rows, cache_ids, arrays[-1]), bags,
+                     weights, combiner, upstream)
+
+    core_grads, slot_grads = oracle.cached_grads_oracle(cores, num_rows, cache_ids, bags,
+                                                        weights, combiner, upstream)
+    fds = central_differences(loss, cores + [cache_rows])
+    np.testing.assert_allclose(slot_grads, fds[-1], rtol=1e-6, atol=1e-8)
+    assert not slot_grads[[0, 3, 4]].any()  # id 1 is never looked up; empty slots
+    for got, fd in zip(core_grads, fds[:-1]):
+        np.testing.assert_allclose(got, fd, rtol=1e-6, atol=1e-8)

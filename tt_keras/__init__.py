@@ -6,53 +6,75 @@
 The layer works under Keras 3 and under legacy tf_keras (TF_USE_LEGACY_KERAS=1, which
 TensorFlow Recommenders needs). Lookups run a fused custom op when its library is built, and
 a pure-TensorFlow chain of gathers and batched matmuls otherwise.
+
+Where TensorFlow is installed, `import tt_keras` imports it and Keras (which creates no op,
+so a program can still configure TensorFlow afterwards: tf.distribute strategies such as
+MultiWorkerMirroredStrategy must be created before any op runs) and registers TTEmbedding
+and the initializers with Keras' serialization, so `keras.models.load_model` finds them.
+Where it is not, the NumPy parts (`tt_keras.tt_math`, `tt_keras.oracle`) still import and
+work: the other public names are resolved on first use. The op library is loaded on the
+first lookup; `tt_keras.register_all()` loads it up front, which a process needs before it
+loads a SavedModel traced on the op.
 """
 
-from tt_keras import initializers, tt_math
-from tt_keras.initializers import (
-    SampledGaussian,
-    TTApproxNormal,
-    TTInitializer,
-    TTNaiveUniform,
-    TTUniform,
-)
-from tt_keras.compress import compress
-from tt_keras.export import check_portable, export_saved_model, graph_op_types
-from tt_keras.layer import TTEmbedding
-from tt_keras.lookup import (
-    BACKENDS,
-    lookup_backend_scope,
-    resolve_backend,
-    tt_embedding_bag,
-    tt_embedding_bag_cached,
-)
-from tt_keras.ops import OpLibraryUnavailable
-from tt_keras.tt_math import TTShape, plan_rank, suggest_shapes, to_dense, tt_svd
+import importlib as _importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BACKENDS",
-    "OpLibraryUnavailable",
-    "SampledGaussian",
-    "TTApproxNormal",
-    "TTEmbedding",
-    "TTInitializer",
-    "TTNaiveUniform",
-    "TTShape",
-    "TTUniform",
-    "check_portable",
-    "compress",
-    "export_saved_model",
-    "graph_op_types",
-    "initializers",
-    "lookup_backend_scope",
-    "plan_rank",
-    "resolve_backend",
-    "suggest_shapes",
-    "to_dense",
-    "tt_embedding_bag",
-    "tt_embedding_bag_cached",
-    "tt_math",
-    "tt_svd",
-]
+# Public name -> the submodule that defines it (relative to this package).
+_ATTRIBUTES = {
+    "BACKENDS": "lookup",
+    "OpLibraryUnavailable": "ops",
+    "SampledGaussian": "initializers",
+    "TTApproxNormal": "initializers",
+    "TTEmbedding": "layer",
+    "TTInitializer": "initializers",
+    "TTNaiveUniform": "initializers",
+    "TTShape": "tt_math",
+    "TTUniform": "initializers",
+    "check_portable": "export",
+    "compress": "compression",
+    "export_saved_model": "export",
+    "graph_op_types": "export",
+    "lookup_backend_scope": "lookup",
+    "plan_rank": "tt_math",
+    "register_all": "register",
+    "resolve_backend": "lookup",
+    "suggest_shapes": "tt_math",
+    "to_dense": "tt_math",
+    "tt_embedding_bag": "lookup",
+    "tt_embedding_bag_cached": "lookup",
+    "tt_svd": "tt_math",
+}
+_SUBMODULES = ("initializers", "tt_math")
+
+__all__ = sorted(list(_ATTRIBUTES) + list(_SUBMODULES))
+
+
+def __getattr__(name):
+    # PEP 562: called only for names not yet in the module's namespace.
+    if name in _SUBMODULES:
+        return _importlib.import_module(f"{__name__}.{name}")
+    if name in _ATTRIBUTES:
+        value = getattr(_importlib.import_module(f"{__name__}.{_ATTRIBUTES[name]}"), name)
+        globals()[name] = value  # later lookups skip __getattr__
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
+
+def _tensorflow_installed():
+    try:
+        import tensorflow  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    except ImportError:
+        return False
+    return True
+
+
+if _tensorflow_installed():
+    # Registration happens when the layer's module runs; a saved model names the layer by
+    # its registered name only, so it must happen at `import tt_keras`.
+    _importlib.import_module(f"{__name__}.layer")

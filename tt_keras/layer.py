@@ -9,7 +9,7 @@ from tt_keras import tt_math
 from tt_keras._keras import IS_KERAS_3, keras, register_serializable
 from tt_keras.lookup import BACKENDS, _checked_ids, tt_embedding_bag, tt_embedding_bag_cached
 
-COMBINERS = (None, "sum", "mean", "sqrtn")
+COMBINERS = (None,) + tt_math.COMBINERS[1:]  # the layer spells "none" as None
 
 
 def _check_ids_dtype(dtype, what="ids"):

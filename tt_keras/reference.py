@@ -7,15 +7,7 @@ from TF's autodiff.
 
 import tensorflow as tf
 
-
-def row_strides(row_shape):
-    """prod(p_{t+1..k}) for each core t: digit t of an id is (id // stride_t) % p_t."""
-    strides = []
-    stride = 1
-    for p in reversed(row_shape):
-        strides.append(stride)
-        stride *= p
-    return strides[::-1]
+from tt_keras.tt_math import row_strides
 
 
 def tt_rows(cores, ids):

@@ -8,12 +8,16 @@ This module is the single source of truth for the TT conventions of tt_keras (sp
 - Ranks r_0 = 1, r_1..r_{k-1}, r_k = 1.
 - Core t has shape (p_t, r_{t-1}, q_t, r_t); row-major, byte-identical to FBTT-Embedding's
   [p_t, r_{t-1} * q_t * r_t].
-- Row digits, most significant first: i_t = (idx // prod(p_{t+1..k})) % p_t.
+- Row digits, most significant first: i_t = (idx // prod(p_{t+1..k})) % p_t (`row_strides`,
+  `digits`).
 - Column index: j = sum_t j_t * prod(q_{t+1..k}).
 - W[idx, j] = G_1[i_1][0, j_1, :] @ G_2[i_2][:, j_2, :] @ ... @ G_k[i_k][:, j_k, 0].
+- Combiners (`COMBINERS`), as in tf.nn.embedding_lookup_sparse plus "none" (one row per id);
+  the CUDA launchers number them by their position in that tuple.
 
-`to_dense` (and its independent twin `tt_rows`) define the result every TT implementation must
-reproduce. Nothing here imports TensorFlow, so the oracle can run anywhere NumPy does.
+`to_dense` defines the result every TT implementation must reproduce (tt_keras.oracle builds
+the test oracle on it; `tt_rows` is its independent cross-check). Nothing here imports
+TensorFlow, so the oracle can run anywhere NumPy does.
 
 Argument names in error messages follow the Keras layer (input_dim, output_dim, tt_rank,
 tt_row_shape, tt_col_shape, num_cores) where a function mirrors a layer argument, so a user who
@@ -28,8 +32,10 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 
 __all__ = [
+    "COMBINERS",
     "TTShape",
     "suggest_shapes",
+    "row_strides",
     "digits",
     "num_params",
     "compression_ratio",
@@ -44,6 +50,10 @@ __all__ = [
 
 MIN_CORES = 2
 MAX_CORES = 4
+
+# How a bag's rows are pooled: "none" returns each id's row, the others follow
+# tf.nn.embedding_lookup_sparse. The Keras layer spells "none" as None.
+COMBINERS = ("none", "sum", "mean", "sqrtn")
 
 RankSpec = Union[int, Sequence[int]]
 
@@ -434,6 +444,20 @@ def suggest_shapes(
 # --------------------------------------------------------------------------------------------
 
 
+def row_strides(row_shape: Sequence[int]):
+    """prod(p_{t+1..k}) for each core t: digit t of an id is (id // stride_t) % p_t.
+
+    Plain Python ints (row_shape may be numpy or TF dimensions), so that callers in any
+    framework can use them as constants.
+    """
+    strides = []
+    stride = 1
+    for p in reversed(row_shape):
+        strides.append(stride)
+        stride *= int(p)
+    return strides[::-1]
+
+
 def digits(ids, row_shape: Sequence[int]):
     """Split row ids into their k digits, most significant first.
 
@@ -456,12 +480,7 @@ def digits(ids, row_shape: Sequence[int]):
             f"ids[{pos}] = {int(ids.reshape(-1)[pos])} is out of range [0, {total}) for "
             f"row_shape {_fmt(row_shape)}"
         )
-    out = []
-    stride = total
-    for p in row_shape:
-        stride //= p
-        out.append((ids // stride) % p)
-    return out
+    return [(ids // stride) % p for p, stride in zip(row_shape, row_strides(row_shape))]
 
 
 def num_params(tt_shape: TTShape) -> int:
@@ -597,11 +616,12 @@ def to_dense(cores, num_rows: Optional[int] = None) -> np.ndarray:
 
 
 def tt_rows(cores, ids) -> np.ndarray:
-    """W[ids] computed entry by entry with the literal chain formula (slow; a second oracle).
+    """W[ids] computed entry by entry with the literal chain formula: to_dense's cross-check.
 
     W[idx, j] = G_1[i_1][0, j_1, :] @ G_2[i_2][:, j_2, :] @ ... @ G_k[i_k][:, j_k, 0], with the
-    digits of idx and j taken one at a time. Deliberately shares no code path with to_dense so
-    that each can check the other. Use only on a handful of ids.
+    digits of idx and j taken one at a time, spelled out here rather than taken from
+    `digits`. Deliberately shares no code path with to_dense so that each can check the
+    other. Slow: use only on a handful of ids.
 
     Returns:
       float64 array [len(ids), prod(q)].

@@ -1,7 +1,7 @@
 /*
  * Framework-free launchers of the TT embedding-bag kernels (docs/ops.md is the contract).
  *
- * Plain C so that the TensorFlow OpKernel (g++), the ctypes harness and anything else can
+ * Plain C so that the TensorFlow OpKernel (g++), the ctypes bindings and anything else can
  * call them without CUDA or TensorFlow headers: pointers are device pointers, the stream is
  * a cudaStream_t passed as void* (NULL = the legacy default stream), and the caller owns all
  * memory. Each launcher only enqueues work on the stream and never synchronizes, except
@@ -162,7 +162,7 @@ int tt_cuda_read_error(const TTCudaErrorInfo* device_error, TTCudaErrorInfo* hos
 
 /* Caps the shared memory one block of the chain kernels may use (0 = the device's opt-in
  * maximum, the default). Smaller budgets force the slower paths (core slices read from
- * global memory, then partial products in global memory); the harness uses this to test
+ * global memory, then partial products in global memory); the kernel tests use this to test
  * them. Process-wide; changes workspace sizes, so query again after setting it. */
 void tt_cuda_set_shared_memory_budget(size_t bytes);
 

@@ -17,70 +17,19 @@ and otherwise does what Ranking.call does. It also accepts the flat feature dict
 TFRS 0.7.7 needs legacy Keras (TF_USE_LEGACY_KERAS=1, tf_keras installed).
 """
 
-import dataclasses
-from typing import Optional, Tuple
+from typing import Optional
 
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 import tt_keras
-from tt_keras._keras import keras
 
 from examples.dlrm import data as dlrm_data
+from examples.dlrm.config import OPTIMIZERS, DLRMConfig
+
+keras = tf.keras  # tf_keras under TF_USE_LEGACY_KERAS=1, which TFRS needs
 
 CAT_FEATURES = dlrm_data.CAT_FEATURES
-
-
-@dataclasses.dataclass(frozen=True)
-class DLRMConfig:
-    """Everything that defines a DLRM's shape (not its training).
-
-    Attributes:
-      table_sizes: 26 table sizes, in C1..C26 order.
-      embedding_dim: D.
-      bottom_mlp: hidden widths of the bottom MLP; a last layer of width D is appended.
-      top_mlp: hidden widths of the top MLP; a last layer of width 1 (sigmoid) is appended.
-      tt_tables: how many of the largest tables are TT-compressed (0: a dense DLRM).
-      tt_rank, tt_num_cores, tt_initializer, lookup_backend: passed to every
-        tt_keras.TTEmbedding.
-      cache_size, cache_warmup_steps, cache_refresh_steps: the TT tables' hot-row cache
-        (rows per table; 0: none), passed to TTEmbedding when cache_size > 0.
-      dense_initializer: the keras Embedding initializer of the uncompressed tables; "dlrm"
-        (default) is DLRM's U(-1/sqrt(N), 1/sqrt(N)) for a table of N rows, the variance
-        TTEmbedding's default "sampled_gaussian" matches, so dense and TT start alike.
-    """
-
-    table_sizes: Tuple[int, ...] = dlrm_data.KAGGLE_TABLE_SIZES
-    embedding_dim: int = 16
-    bottom_mlp: Tuple[int, ...] = (512, 256, 64)
-    top_mlp: Tuple[int, ...] = (512, 256)
-    tt_tables: int = 0
-    tt_rank: int = 8
-    tt_num_cores: int = 3
-    cache_size: int = 0
-    cache_warmup_steps: int = 100
-    cache_refresh_steps: int = 0
-    tt_initializer: str = "sampled_gaussian"
-    lookup_backend: str = "auto"
-    dense_initializer: str = "dlrm"
-
-    def __post_init__(self):
-        if len(self.table_sizes) != len(CAT_FEATURES):
-            raise ValueError(f"need {len(CAT_FEATURES)} table sizes, got {len(self.table_sizes)}")
-        if not 0 <= self.tt_tables <= len(CAT_FEATURES):
-            raise ValueError(f"tt_tables must be in [0, {len(CAT_FEATURES)}], got {self.tt_tables}")
-        object.__setattr__(self, "table_sizes", tuple(int(n) for n in self.table_sizes))
-        object.__setattr__(self, "bottom_mlp", tuple(self.bottom_mlp))
-        object.__setattr__(self, "top_mlp", tuple(self.top_mlp))
-
-    def replace(self, **changes) -> "DLRMConfig":
-        return dataclasses.replace(self, **changes)
-
-    @property
-    def tt_features(self) -> Tuple[str, ...]:
-        """The `tt_tables` largest tables' feature names (ties: the lower feature index)."""
-        order = sorted(range(len(CAT_FEATURES)), key=lambda i: (-self.table_sizes[i], i))
-        return tuple(CAT_FEATURES[i] for i in sorted(order[: self.tt_tables]))
 
 
 def tiny_config(**changes) -> DLRMConfig:
@@ -120,7 +69,7 @@ class DLRMEmbeddings(keras.layers.Layer):
                                   cache_warmup_steps=config.cache_warmup_steps,
                                   cache_refresh_steps=config.cache_refresh_steps)
                 layer = tt_keras.TTEmbedding(
-                    n, self.dim, tt_rank=config.tt_rank, num_cores=config.tt_num_cores,
+                    n, self.dim, tt_rank=config.tt_rank, num_cores=config.tt_cores,
                     embeddings_initializer=config.tt_initializer,
                     lookup_backend=config.lookup_backend, name=f"tt_{name}", **kwargs)
             else:
@@ -159,6 +108,11 @@ class DLRMEmbeddings(keras.layers.Layer):
     @property
     def embedding_bytes(self) -> int:
         return sum(self.table_bytes().values())
+
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes of the TT tables' hot-row caches (part of embedding_bytes)."""
+        return sum(int(self.tables[name].cache_bytes) for name in self.config.tt_features)
 
     @property
     def uncompressed_bytes(self) -> int:
@@ -247,7 +201,7 @@ def make_optimizer(name: str = "sgd", learning_rate: float = 0.1):
         return optimizers.Adagrad(learning_rate=learning_rate)
     if name == "adam":
         return optimizers.Adam(learning_rate=learning_rate)
-    raise ValueError(f"unknown optimizer {name!r} (sgd, adagrad, adam)")
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
 
 
 def build_model(config: DLRMConfig, optimizer="sgd", learning_rate: float = 0.1,

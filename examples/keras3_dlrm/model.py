@@ -12,57 +12,20 @@ AUC, trained with `model.fit` on the datasets of examples/dlrm/data.py. The same
 examples/dlrm/model.py (TFRS Ranking), which needs legacy tf_keras; this one needs Keras 3
 (keras-rs is built on it) and the TensorFlow backend (TTEmbedding is a TensorFlow layer).
 
-The model carries its `config` (`model.config`), so `examples.dlrm.export.export_dlrm`
-exports it exactly like the TFRS DLRM.
+The shape is examples/dlrm/config.py's `DLRMConfig` (the TFRS trainer's); the model carries it
+(`model.config`), so `examples.dlrm.export.export_dlrm` exports it exactly like the TFRS DLRM.
 """
 
-import dataclasses
-from typing import Optional, Tuple
+from typing import Optional
 
 import keras
 import keras_rs
 
 import tt_keras
 from examples.dlrm import data as dlrm_data
+from examples.dlrm.config import DLRMConfig
 
 CAT_FEATURES = dlrm_data.CAT_FEATURES
-
-
-@dataclasses.dataclass(frozen=True)
-class DLRMConfig:
-    """The network's shape.
-
-    Attributes:
-      table_sizes: 26 table sizes, in C1..C26 order.
-      embedding_dim: D.
-      bottom_mlp, top_mlp: hidden widths (a last layer of width D, resp. 1, is appended).
-      tt_tables: how many of the largest tables are TTEmbedding (0: a dense DLRM).
-      tt_rank, tt_num_cores, lookup_backend: passed to every TTEmbedding.
-    """
-
-    table_sizes: Tuple[int, ...] = dlrm_data.KAGGLE_TABLE_SIZES
-    embedding_dim: int = 16
-    bottom_mlp: Tuple[int, ...] = (512, 256, 64)
-    top_mlp: Tuple[int, ...] = (512, 256)
-    tt_tables: int = 0
-    tt_rank: int = 16
-    tt_num_cores: int = 3
-    lookup_backend: str = "auto"
-
-    def __post_init__(self):
-        if len(self.table_sizes) != len(CAT_FEATURES):
-            raise ValueError(f"table_sizes must hold {len(CAT_FEATURES)} sizes, got "
-                             f"{len(self.table_sizes)}")
-        if not 0 <= self.tt_tables <= len(CAT_FEATURES):
-            raise ValueError(f"tt_tables must be in [0, {len(CAT_FEATURES)}], got "
-                             f"{self.tt_tables}")
-        object.__setattr__(self, "table_sizes", tuple(int(n) for n in self.table_sizes))
-
-    @property
-    def tt_features(self) -> Tuple[str, ...]:
-        """The `tt_tables` largest tables' features (ties: the lower feature index)."""
-        order = sorted(range(len(CAT_FEATURES)), key=lambda i: (-self.table_sizes[i], i))
-        return tuple(CAT_FEATURES[i] for i in sorted(order[: self.tt_tables]))
 
 
 def tiny_config(**changes) -> DLRMConfig:
@@ -82,14 +45,22 @@ def _mlp(x, widths, final_activation, prefix):
 
 def _table(config: DLRMConfig, name: str, num_rows: int):
     if name in config.tt_features:
+        cache = {}
+        if config.cache_size:  # only passed when used
+            cache = dict(cache_size=config.cache_size,
+                         cache_warmup_steps=config.cache_warmup_steps,
+                         cache_refresh_steps=config.cache_refresh_steps)
         return tt_keras.TTEmbedding(num_rows, config.embedding_dim, tt_rank=config.tt_rank,
-                                    num_cores=config.tt_num_cores,
-                                    lookup_backend=config.lookup_backend, name=f"tt_{name}")
-    # DLRM's U(-1/sqrt(N), 1/sqrt(N)), the variance TTEmbedding's default initializer matches.
-    a = 1.0 / float(num_rows) ** 0.5
+                                    num_cores=config.tt_cores,
+                                    embeddings_initializer=config.tt_initializer,
+                                    lookup_backend=config.lookup_backend, name=f"tt_{name}",
+                                    **cache)
+    initializer = config.dense_initializer
+    if initializer == "dlrm":  # U(-1/sqrt(N), 1/sqrt(N)), the variance TT tables start with
+        a = 1.0 / float(num_rows) ** 0.5
+        initializer = keras.initializers.RandomUniform(-a, a)
     return keras.layers.Embedding(num_rows, config.embedding_dim,
-                                  embeddings_initializer=keras.initializers.RandomUniform(-a, a),
-                                  name=f"emb_{name}")
+                                  embeddings_initializer=initializer, name=f"emb_{name}")
 
 
 def build_model(config: DLRMConfig, learning_rate: float = 0.1,

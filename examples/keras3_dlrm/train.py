@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from examples.dlrm import data as dlrm_data
 from examples.dlrm import export as dlrm_export
+from examples.dlrm.config import DLRMConfig
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data", "synthetic",
@@ -62,8 +63,8 @@ def main(argv):
 
     tf.random.set_seed(FLAGS.seed)
     sizes = dlrm_data.scale_table_sizes(dlrm_data.KAGGLE_TABLE_SIZES, FLAGS.table_scale)
-    config = k3_model.DLRMConfig(table_sizes=sizes, embedding_dim=FLAGS.embedding_dim,
-                                 tt_tables=FLAGS.tt_tables, tt_rank=FLAGS.tt_rank)
+    config = DLRMConfig(table_sizes=sizes, embedding_dim=FLAGS.embedding_dim,
+                        tt_tables=FLAGS.tt_tables, tt_rank=FLAGS.tt_rank)
     model = k3_model.build_model(config, learning_rate=FLAGS.learning_rate)
     eval_batches = max(1, FLAGS.eval_examples // FLAGS.eval_batch_size)
     train, held_out = datasets(sizes, FLAGS.batch_size, FLAGS.eval_batch_size, eval_batches)

@@ -8,8 +8,7 @@ per-id rows, which keeps the C++/CUDA backward free of the combiners' quotient r
 import tensorflow as tf
 
 from tt_keras.ops.loader import tt_ops_library
-
-COMBINERS = ("none", "sum", "mean", "sqrtn")
+from tt_keras.tt_math import COMBINERS  # noqa: F401  (re-exported by tt_keras.ops)
 
 
 def tt_embedding_bag(cores, indices, row_splits, weights, num_rows, combiner):

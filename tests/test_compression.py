@@ -11,10 +11,10 @@ import pytest
 import tensorflow as tf
 
 import tt_keras
-from tt_keras.compress import SubclassedModelError, compress
+from tt_keras.compression import SubclassedModelError, compress
 from tt_keras._keras import IS_KERAS_3, keras
 
-from tests import oracle
+from tt_keras import oracle
 from tests.tolerance import assert_reordered_close
 
 BIG, MID, SMALL = 700, 300, 30

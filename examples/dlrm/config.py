@@ -1,0 +1,329 @@
+"""The DLRM trainer's configuration: dataclasses whose option fields are its absl flags.
+
+    Config
+      data     DataConfig      where examples come from, batching, the held-out split
+      tables   TablesConfig    the table sizes and D (DLRM's Kaggle / Terabyte ones, scaled)
+      model    DLRMConfig      the DLRM's shape: MLPs, which tables are TT, rank, cache, ...
+      training TrainingConfig  steps, optimizer, seed
+      output   OutputConfig    checkpoints, TensorBoard, exports, results
+      run      RunConfig       what to do: which models, the initializer ablation, sizes only
+
+An option is a field declared once with `option(default, help)`: `define_flags` defines one
+flag per option (named as the field, typed from its annotation: bool, int, float, str, a
+str with `choices` as an enum, a tuple as a comma-separated list), and `config_from_flags`
+builds the Config back. Option names are unique across sections, so a Config is also a flat
+{option: value} mapping (`Config.options`, `Config.override`). Adding an option is adding
+one field. Fields declared without `option` (the model's table sizes and D, its dense
+initializer) are not flags: `Config.dlrm_config()` fills the first two from `tables`.
+"""
+
+import dataclasses
+import typing
+from typing import Any, Dict, List, Tuple
+
+from absl import flags
+
+import tt_keras
+
+from examples.dlrm import data as dlrm_data
+from examples.dlrm import export as dlrm_export
+from examples.dlrm import sample
+
+INIT_ABLATION = ("sampled_gaussian", "tt_uniform", "tt_naive_uniform", "tt_approx_normal")
+OPTIMIZERS = ("sgd", "adagrad", "adam")
+CRITEO_SAMPLE = "criteo_sample"  # --data keyword for sample.criteo_sample_path()
+
+
+def option(default, help_text: str, choices=None, minimum=None):
+    """A config field that is also a command-line flag.
+
+    Args:
+      default: the default, written here only.
+      help_text: the flag's help.
+      choices: allowed values (the flag is then an enum).
+      minimum: the smallest allowed value (numbers; each element of a tuple).
+    """
+    metadata = {"help": help_text, "choices": choices, "minimum": minimum}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def option_fields(section) -> List[dataclasses.Field]:
+    """The fields of a config section (class or instance) that are options."""
+    return [f for f in dataclasses.fields(section) if "help" in f.metadata]
+
+
+class _Options:
+    """Checks every option of a section against its choices and minimum."""
+
+    def __post_init__(self):
+        for field in option_fields(self):
+            value, meta = getattr(self, field.name), field.metadata
+            if meta["choices"] is not None and value not in meta["choices"]:
+                raise ValueError(f"{field.name} must be one of {tuple(meta['choices'])}, "
+                                 f"got {value!r}")
+            values = value if isinstance(value, tuple) else (value,)
+            if meta["minimum"] is not None and any(v < meta["minimum"] for v in values):
+                raise ValueError(f"{field.name} must be >= {meta['minimum']}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(_Options):
+    """Where the examples come from, how they are batched and which are held out."""
+
+    data: str = option("synthetic", "'synthetic'; 'criteo_sample' (the real Criteo sample: "
+                       f"${sample.ENV_VAR}, default {sample.DEFAULT_PATH} from the repository "
+                       "root); or Criteo train.txt-format file(s), comma-separated.")
+    batch_size: int = option(128, "Training batch size.", minimum=1)
+    eval_examples: int = option(50000, "Held-out examples for the final evaluation (synthetic "
+                                "stream; a file's held-out split is used whole).", minimum=1)
+    periodic_eval_examples: int = option(
+        8192, "Held-out examples for the evaluation at the end of each epoch.", minimum=1)
+    eval_batch_size: int = option(1024, "Evaluation batch size.", minimum=1)
+    eval_every: int = option(10, "Files: every eval_every-th line is held out.", minimum=2)
+    shuffle_buffer: int = option(0, "Files: shuffle lines with this buffer (0: off).",
+                                 minimum=0)
+    zipf_a: float = option(1.05, "Synthetic ids: power-law exponent.")
+
+    @property
+    def synthetic(self) -> bool:
+        return self.data == "synthetic"
+
+    @property
+    def paths(self) -> List[str]:
+        """The files of --data (the Criteo sample for 'criteo_sample')."""
+        if self.data == CRITEO_SAMPLE:
+            return [sample.criteo_sample_path()]
+        return [p for p in self.data.split(",") if p]
+
+
+@dataclasses.dataclass(frozen=True)
+class TablesConfig(_Options):
+    """The 26 table sizes and the embedding dimension D."""
+
+    synthetic_sizes: str = option(
+        "kaggle", "Table sizes: DLRM's Kaggle or Terabyte ones (for the synthetic source, and "
+        "the hashing moduli of a file's categorical features).",
+        choices=tuple(dlrm_data.TABLE_SIZES))
+    table_scale: float = option(1.0, "Divide every table size by this (rounded up).")
+    max_table_size: int = option(0, "Cap every table at this many rows (0: no cap).", minimum=0)
+    embedding_dim: int = option(0, "D; 0: 16 for kaggle sizes, 64 for terabyte.", minimum=0)
+
+    def table_sizes(self) -> Tuple[int, ...]:
+        return dlrm_data.scale_table_sizes(dlrm_data.TABLE_SIZES[self.synthetic_sizes],
+                                           self.table_scale, self.max_table_size)
+
+    def dim(self) -> int:
+        return self.embedding_dim or dlrm_data.DEFAULT_EMBEDDING_DIM[self.synthetic_sizes]
+
+
+@dataclasses.dataclass(frozen=True)
+class DLRMConfig(_Options):
+    """Everything that defines a DLRM's shape (not its training).
+
+    Attributes:
+      table_sizes: 26 table sizes, in C1..C26 order.
+      embedding_dim: D.
+      bottom_mlp: hidden widths of the bottom MLP; a last layer of width D is appended.
+      top_mlp: hidden widths of the top MLP; a last layer of width 1 (sigmoid) is appended.
+      tt_tables: how many of the largest tables are TT-compressed (0: a dense DLRM).
+      tt_rank, tt_cores, tt_initializer, lookup_backend: passed to every tt_keras.TTEmbedding
+        (tt_cores as num_cores).
+      cache_size, cache_warmup_steps, cache_refresh_steps: the TT tables' hot-row cache
+        (rows per table; 0: none), passed to TTEmbedding when cache_size > 0.
+      dense_initializer: the keras Embedding initializer of the uncompressed tables; "dlrm"
+        (default) is DLRM's U(-1/sqrt(N), 1/sqrt(N)) for a table of N rows, the variance
+        TTEmbedding's default "sampled_gaussian" matches, so dense and TT start alike.
+    """
+
+    table_sizes: Tuple[int, ...] = dlrm_data.KAGGLE_TABLE_SIZES
+    embedding_dim: int = 16
+    bottom_mlp: Tuple[int, ...] = option(
+        (512, 256, 64), "Bottom MLP hidden widths (a last layer of width D is appended).",
+        minimum=1)
+    top_mlp: Tuple[int, ...] = option(
+        (512, 256), "Top MLP hidden widths (a last layer of width 1 is appended).", minimum=1)
+    tt_tables: int = option(3, "TT-compress this many of the largest tables.", minimum=0)
+    tt_rank: int = option(16, "TT rank of the TT tables.", minimum=1)
+    tt_cores: int = option(3, "Number of TT cores (2..4).")
+    cache_size: int = option(0, "Hot-row cache rows per TT table (0: no cache).", minimum=0)
+    cache_warmup_steps: int = option(
+        100, "Training steps that only count id frequencies before the cache fills.",
+        minimum=0)
+    cache_refresh_steps: int = option(
+        0, "Refill the cache with the current hot ids every this many steps (0: never).",
+        minimum=0)
+    tt_initializer: str = option("sampled_gaussian", "TTEmbedding initializer.")
+    lookup_backend: str = option("auto", "TTEmbedding lookup backend for training.",
+                                 choices=tt_keras.BACKENDS)
+    dense_initializer: str = "dlrm"
+
+    def __post_init__(self):
+        object.__setattr__(self, "table_sizes", tuple(int(n) for n in self.table_sizes))
+        object.__setattr__(self, "bottom_mlp", tuple(int(n) for n in self.bottom_mlp))
+        object.__setattr__(self, "top_mlp", tuple(int(n) for n in self.top_mlp))
+        super().__post_init__()
+        features = dlrm_data.CAT_FEATURES
+        if len(self.table_sizes) != len(features):
+            raise ValueError(f"need {len(features)} table sizes, got {len(self.table_sizes)}")
+        if self.tt_tables > len(features):
+            raise ValueError(f"tt_tables must be in [0, {len(features)}], got {self.tt_tables}")
+
+    def replace(self, **changes) -> "DLRMConfig":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def tt_features(self) -> Tuple[str, ...]:
+        """The `tt_tables` largest tables' feature names (ties: the lower feature index)."""
+        features = dlrm_data.CAT_FEATURES
+        order = sorted(range(len(features)), key=lambda i: (-self.table_sizes[i], i))
+        return tuple(features[i] for i in sorted(order[: self.tt_tables]))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig(_Options):
+    """How long and how each model trains."""
+
+    steps: int = option(1000, "Total training steps (a resumed run continues to it).",
+                        minimum=0)
+    steps_per_epoch: int = option(
+        200, "Keras 'epoch' length: periodic held-out evaluation and checkpoint.", minimum=1)
+    learning_rate: float = option(0.1, "Learning rate.")
+    optimizer: str = option("sgd", "Optimizer.", choices=OPTIMIZERS)
+    seed: int = option(0, "Seed of the synthetic data, the shuffling and the models.")
+    verbose: int = option(1, "Keras fit verbosity (1: progress bars, 2: one line/epoch).",
+                          minimum=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputConfig(_Options):
+    """What a run leaves behind."""
+
+    model_dir: str = option("", "Checkpoints + TensorBoard (one subdir per model).")
+    export_dir: str = option("", "Export a SavedModel per model here (subdir per model).")
+    export_format: str = option("raw", "Serving signature inputs.",
+                                choices=dlrm_export.INPUT_FORMATS)
+    export_portable: bool = option(
+        True, "Portable export (standard TF ops only); false keeps the custom ops.")
+    out_dir: str = option("runs/dlrm", "Where the curves PNG and results JSON go.")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig(_Options):
+    """What the trainer does."""
+
+    model: str = option("both", "Which DLRM(s) to train.", choices=("dense", "tt", "both"))
+    init_ablation: bool = option(
+        False, "Train the TT model with each of: " + ", ".join(INIT_ABLATION) + ".")
+    report_only: bool = option(
+        False, "Print model sizes and compression ratios for the full Kaggle and Terabyte "
+        "tables (3/5/7 TT tables x ranks 8/16/32/64; also <out_dir>/size_report.json) and "
+        "exit.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One trainer run: a section per concern (see the module doc)."""
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    tables: TablesConfig = dataclasses.field(default_factory=TablesConfig)
+    model: DLRMConfig = dataclasses.field(default_factory=DLRMConfig)
+    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+    output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+    @classmethod
+    def sections(cls) -> Dict[str, type]:
+        """{section name: its dataclass}."""
+        hints = typing.get_type_hints(cls)
+        return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_options(cls, values: Dict[str, Any]) -> "Config":
+        """A Config from {option: value}; options left out keep their defaults."""
+        return cls().override(**values)
+
+    def options(self) -> Dict[str, Any]:
+        """{option: value} over all sections."""
+        return {f.name: getattr(getattr(self, s), f.name)
+                for s in self.sections() for f in option_fields(getattr(self, s))}
+
+    def override(self, **changes) -> "Config":
+        """A copy with options changed by name, e.g. override(steps=5, tt_rank=8)."""
+        unknown = set(changes) - set(self.options())
+        if unknown:
+            raise ValueError(f"unknown options {sorted(unknown)}")
+        replaced = {}
+        for name in self.sections():
+            section = getattr(self, name)
+            mine = {f.name: changes[f.name] for f in option_fields(section) if f.name in changes}
+            replaced[name] = dataclasses.replace(section, **mine) if mine else section
+        return Config(**replaced)
+
+    def dlrm_config(self) -> DLRMConfig:
+        """The model section with the table sizes and D of the tables section."""
+        return self.model.replace(table_sizes=self.tables.table_sizes(),
+                                  embedding_dim=self.tables.dim())
+
+
+# ---------------------------------------------------------------------------------------
+# absl flags
+# ---------------------------------------------------------------------------------------
+
+_DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
+           str: flags.DEFINE_string}
+
+
+def _option_types() -> Dict[str, Tuple[dataclasses.Field, Any]]:
+    """{option: (its field, its annotated type)} over all sections."""
+    out = {}
+    for section in Config.sections().values():
+        hints = typing.get_type_hints(section)
+        for field in option_fields(section):
+            if field.name in out:
+                raise TypeError(f"option {field.name!r} is declared in two sections")
+            out[field.name] = (field, hints[field.name])
+    return out
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines one absl flag per option, with the option's default and help."""
+    for name, (field, kind) in _option_types().items():
+        default, help_text = field.default, field.metadata["help"]
+        if field.metadata["choices"] is not None:
+            flags.DEFINE_enum(name, default, list(field.metadata["choices"]), help_text,
+                              flag_values=flag_values)
+        elif typing.get_origin(kind) is tuple:
+            flags.DEFINE_list(name, [str(v) for v in default], help_text,
+                              flag_values=flag_values)
+        elif kind in _DEFINE:
+            _DEFINE[kind](name, default, help_text, flag_values=flag_values)
+        else:
+            raise TypeError(f"option {name!r}: no flag type for {kind}")
+
+
+def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Config:
+    """The Config of parsed flags (defined by `define_flags`)."""
+    values = {}
+    for name, (_, kind) in _option_types().items():
+        value = flag_values[name].value
+        if typing.get_origin(kind) is tuple:
+            element = typing.get_args(kind)[0]
+            try:
+                value = tuple(element(v) for v in value)
+            except ValueError as e:
+                raise ValueError(f"--{name}: {value!r} is not a list of {element.__name__}") from e
+        values[name] = value
+    return Config.from_options(values)
+
+
+def config_to_argv(config: Config) -> List[str]:
+    """Command-line arguments that `config_from_flags` turns back into `config`."""
+    argv = []
+    for name, value in config.options().items():
+        if isinstance(value, bool):
+            argv.append(f"--{name}" if value else f"--no{name}")
+        elif isinstance(value, tuple):
+            argv.append(f"--{name}=" + ",".join(str(v) for v in value))
+        else:
+            argv.append(f"--{name}={value}")
+    return argv

@@ -1,0 +1,83 @@
+"""The trainer's data sources: a training stream and a held-out set, the same for every model.
+
+`make_source` picks the synthetic Criteo-like stream or Criteo train.txt-format files from
+the data section of the config; the readers themselves are in examples/dlrm/data.py. Both
+sources' training streams are endless and start at a given batch, which is how a resumed run
+continues with the batches it has not seen.
+"""
+
+import math
+from typing import Optional, Sequence
+
+import tensorflow as tf
+
+from examples.dlrm import data as dlrm_data
+from examples.dlrm.config import DataConfig
+
+
+def num_batches(examples: int, batch_size: int) -> int:
+    """Batches that hold `examples` examples (at least one)."""
+    return max(1, math.ceil(examples / batch_size))
+
+
+class SyntheticSource:
+    """`SyntheticCriteo`: a deterministic stream per seed; held out: its "eval" stream."""
+
+    def __init__(self, data: DataConfig, table_sizes: Sequence[int], seed: int):
+        self.data = data
+        self.stream = dlrm_data.SyntheticCriteo(tuple(table_sizes), seed=seed,
+                                                zipf_a=data.zipf_a)
+
+    def describe(self) -> str:
+        return (f"synthetic Criteo-like stream (seed {self.stream.seed}, "
+                f"zipf a={self.stream.zipf_a})")
+
+    def train(self, start_step: int = 0) -> tf.data.Dataset:
+        """The endless training stream, from batch `start_step` on."""
+        return self.stream.dataset(self.data.batch_size, "train", start_batch=start_step)
+
+    def held_out(self, examples: Optional[int] = None) -> tf.data.Dataset:
+        """The first `examples` (default: eval_examples) held-out examples, rounded up to
+        whole batches."""
+        b = self.data.eval_batch_size
+        n = num_batches(examples or self.data.eval_examples, b)
+        return self.stream.dataset(b, "eval", num_batches=n)
+
+
+class FileSource:
+    """Criteo train.txt-format files; held out: every eval_every-th line."""
+
+    def __init__(self, data: DataConfig, table_sizes: Sequence[int], seed: int):
+        self.data = data
+        self.table_sizes = tuple(table_sizes)
+        self.seed = seed
+        self.paths = data.paths
+        if not self.paths:
+            raise ValueError(f"--data names no file: {data.data!r}")
+        for p in self.paths:
+            if not tf.io.gfile.exists(p):
+                raise FileNotFoundError(f"--data file not found: {p}")
+
+    def describe(self) -> str:
+        return f"{', '.join(self.paths)} (held out: every {self.data.eval_every}-th line)"
+
+    def train(self, start_step: int = 0) -> tf.data.Dataset:
+        """The training lines, repeated endlessly, from batch `start_step` on."""
+        d = self.data
+        return dlrm_data.criteo_tsv_dataset(
+            self.paths, self.table_sizes, d.batch_size, split="train", eval_every=d.eval_every,
+            repeat=True, skip_batches=start_step, shuffle_buffer=d.shuffle_buffer,
+            seed=self.seed, drop_remainder=True)
+
+    def held_out(self, examples: Optional[int] = None) -> tf.data.Dataset:
+        """The held-out split, whole or limited to `examples` (rounded up to batches)."""
+        b = self.data.eval_batch_size
+        ds = dlrm_data.criteo_tsv_dataset(self.paths, self.table_sizes, b, split="eval",
+                                          eval_every=self.data.eval_every)
+        return ds.take(num_batches(examples, b)) if examples else ds
+
+
+def make_source(data: DataConfig, table_sizes: Sequence[int], seed: int):
+    """The source --data names: SyntheticSource for 'synthetic', else FileSource."""
+    source = SyntheticSource if data.synthetic else FileSource
+    return source(data, table_sizes, seed)

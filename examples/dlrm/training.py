@@ -1,0 +1,101 @@
+"""Training one DLRM, and the models of a run one after the other (Model Garden's "task").
+
+`train_model` builds a compiled DLRM, restores its checkpoint (a resumed run continues the
+global step up to --steps), trains it with Keras fit (periodic held-out evaluation at each
+epoch end, checkpoints, TensorBoard), evaluates it on the held-out data, optionally exports
+it, and returns reports.model_result. Needs legacy Keras (TFRS): TF_USE_LEGACY_KERAS=1.
+"""
+
+import gc
+import math
+import os
+import time
+from typing import List, Sequence, Tuple
+
+import tensorflow as tf
+
+from examples.dlrm import callbacks as dlrm_callbacks
+from examples.dlrm import export as dlrm_export
+from examples.dlrm import model as dlrm_model
+from examples.dlrm import reports
+from examples.dlrm.config import Config, DLRMConfig, OutputConfig
+from examples.dlrm.memory import MemoryPhase
+
+
+def restore(model, run_dir: str) -> Tuple[tf.train.CheckpointManager, int]:
+    """A checkpoint manager in run_dir/checkpoints (None without a run_dir), and the global
+    step of the checkpoint restored from it (0 when there is none)."""
+    if not run_dir:
+        return None, 0
+    ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    manager = tf.train.CheckpointManager(ckpt, os.path.join(run_dir, "checkpoints"),
+                                         max_to_keep=3)
+    if not manager.latest_checkpoint:
+        return manager, 0
+    ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    step = dlrm_callbacks.global_step(model)
+    print(f"  restored {manager.latest_checkpoint} (step {step})")
+    return manager, step
+
+
+def fit(model, source, config: Config, start_step: int, callbacks: list) -> float:
+    """Trains from start_step to config.training.steps; returns the seconds it took."""
+    total, spe = config.training.steps, config.training.steps_per_epoch
+    if start_step >= total:
+        print(f"  already trained to step {start_step} >= --steps={total}; evaluating only")
+        return 0.0
+    spe = min(spe, total)
+    t0 = time.perf_counter()
+    model.fit(source.train(start_step), epochs=math.ceil(total / spe), steps_per_epoch=spe,
+              initial_epoch=start_step // spe,
+              validation_data=source.held_out(config.data.periodic_eval_examples),
+              callbacks=callbacks, verbose=config.training.verbose)
+    return time.perf_counter() - t0
+
+
+def export(model, label: str, output: OutputConfig) -> dict:
+    """A SavedModel in TF Serving's layout, <export_dir>/<label>/<global step>/."""
+    path = os.path.join(output.export_dir, label, str(dlrm_callbacks.global_step(model)))
+    ops = dlrm_export.export_dlrm(model, path, output.export_format,
+                                  portable=output.export_portable)
+    custom = [op for op in ops if op.startswith("TTKeras>")]
+    print(f"  exported SavedModel to {path} ({len(ops)} op types; "
+          f"{'custom ops: ' + ', '.join(custom) if custom else 'portable: no TTKeras> ops'})")
+    return {"export_path": path, "export_custom_ops": custom}
+
+
+def train_model(label: str, model_config: DLRMConfig, config: Config, source) -> dict:
+    """Builds, trains (resuming from <model_dir>/<label>), evaluates and optionally exports
+    one DLRM on `source` (sources.make_source). Returns reports.model_result."""
+    memory = MemoryPhase()
+    tf.keras.utils.set_random_seed(config.training.seed)
+    model = dlrm_model.build_model(model_config, config.training.optimizer,
+                                   config.training.learning_rate, name=f"dlrm_{label}")
+    print(reports.format_model_header(label, model, dlrm_model.dense_param_count(model)))
+    run_dir = os.path.join(config.output.model_dir, label) if config.output.model_dir else ""
+    manager, start_step = restore(model, run_dir)
+    recorder = dlrm_callbacks.StepRecorder(config.data.batch_size)
+    train_seconds = fit(model, source, config, start_step, dlrm_callbacks.make_callbacks(
+        recorder, config.training.steps, run_dir, manager))
+    t0 = time.perf_counter()
+    metrics = model.evaluate(source.held_out(), return_dict=True, verbose=0)
+    timing = {"examples_per_second": recorder.examples_per_second,
+              "first_step_seconds": recorder.first_step_seconds,
+              "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - t0}
+    result = reports.model_result(label, model, metrics, recorder.curve(), timing,
+                                  memory.result())
+    print(reports.format_result(result))
+    if config.output.export_dir:
+        result.update(export(model, label, config.output))
+    del model  # frees the tables before the next model's phase
+    gc.collect()
+    tf.keras.backend.clear_session()
+    return result
+
+
+def run_comparison(runs: Sequence[Tuple[str, DLRMConfig]], config: Config,
+                   source) -> List[dict]:
+    """Trains each (label, DLRMConfig) in turn on the same source; results, dense first."""
+    results = [train_model(label, model_config, config, source)
+               for label, model_config in runs]
+    return sorted(results, key=lambda r: r["label"] != "dense")
