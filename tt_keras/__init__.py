@@ -33,6 +33,7 @@ _ATTRIBUTES = {
     "TTShape": "tt_math",
     "TTUniform": "initializers",
     "check_portable": "export",
+    "compress": "compression",
     "export_saved_model": "export",
     "graph_op_types": "export",
     "lookup_backend_scope": "lookup",

@@ -106,6 +106,20 @@ def _model_variables(model) -> list:
     return variables
 
 
+def _tf_variable(variable):
+    """The tf.Variable behind a Keras 3 variable (others unchanged).
+
+    A Keras 3 variable saves as a second tf.Variable beside the one the traced function
+    reads, and the checkpoint restores only that copy: TF Serving's C++ loader
+    (LoadSavedModel) then finds the function's variable uninitialized ("Could not find
+    variable"). Saving the tf.Variable itself gives one variable, restored and read.
+    """
+    inner = getattr(variable, "value", None)
+    if isinstance(inner, tf.Variable) and not isinstance(variable, tf.Variable):
+        return inner
+    return variable
+
+
 def _default_serving_fn(model, names):
     def serve(inputs):
         if len(names) == 1:
@@ -174,7 +188,8 @@ def export_saved_model(
         return _outputs(dict(zip(names, args)))
 
     module = tf.Module()
-    module.tt_keras_variables = list(variables) if variables is not None else _model_variables(model)
+    variables = list(variables) if variables is not None else _model_variables(model)
+    module.tt_keras_variables = [_tf_variable(v) for v in variables]
 
     if save_options is None:
         save_options = tf.saved_model.SaveOptions(experimental_custom_gradients=not portable)
