@@ -1,0 +1,203 @@
+r"""The quality study: TT configurations against the dense DLRM, on the same data and seeds.
+
+    python -m benchmarks.quality --quick        # minutes: tables / 100, 1,500 steps
+    python -m benchmarks.quality                # Kaggle sizes, 10,000 steps of batch 128
+    python -m benchmarks.quality --grid=screen --seeds=0 --optimizers=sgd
+
+Every configuration of the grid is trained beside the dense model for each optimizer and
+seed, for the same steps, on the synthetic Criteo stream of that seed (examples/dlrm): one
+`python -m examples.dlrm.train --model=dense|tt` subprocess per model (legacy Keras for
+TFRS; a fresh process returns each model's memory), whose results.json lands in
+<out_dir>/runs/<run>/. A run whose results.json exists is not trained again, so a stopped
+study resumes where it stopped. Then the summary (benchmarks/quality_report.py): AUC and log
+loss gaps to dense, paired by seed, with 95% intervals; compression counting all embedding
+memory (cores, cache, counter); examples/s. It is printed, written to
+<out_dir>/quality.json, and plotted as AUC gap against compression in <out_dir>/pareto.png.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Dict, List, Tuple
+
+from absl import app, flags
+
+from benchmarks import quality_report
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The optimizers of the study and their learning rates: DLRM's SGD, and Adagrad.
+OPTIMIZERS = {"sgd": 0.1, "adagrad": 0.05}
+
+# Configurations: name -> trainer options (examples/dlrm/config.py) that differ from the
+# study's common ones. "dense" is the reference every gap is measured against.
+GRIDS: Dict[str, Dict[str, dict]] = {
+    "default": {
+        "dense": {},
+        "tt7_r32": {"tt_tables": 7, "tt_rank": 32},
+        "tt7_r32_cache10k": {"tt_tables": 7, "tt_rank": 32, "cache_size": 10_000},
+    },
+    "screen": {
+        "dense": {},
+        "tt3_r16": {"tt_tables": 3, "tt_rank": 16},
+        "tt7_r16": {"tt_tables": 7, "tt_rank": 16},
+        "tt7_r32": {"tt_tables": 7, "tt_rank": 32},
+        "tt7_r64": {"tt_tables": 7, "tt_rank": 64},
+        "tt7_r32_cache10k": {"tt_tables": 7, "tt_rank": 32, "cache_size": 10_000},
+        "tt7_r32_approx_normal": {"tt_tables": 7, "tt_rank": 32,
+                                  "tt_initializer": "tt_approx_normal"},
+    },
+    "quick": {
+        "dense": {},
+        "tt7_r8": {"tt_tables": 7, "tt_rank": 8},
+        "tt7_r8_cache300": {"tt_tables": 7, "tt_rank": 8, "cache_size": 300,
+                            "cache_warmup_steps": 20},
+    },
+}
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("grid", "default", list(GRIDS), "Which grid of configurations to run.")
+flags.DEFINE_list("configs", [], "Run only these configurations of the grid (and dense).")
+flags.DEFINE_list("optimizers", list(OPTIMIZERS), "Optimizers: " + ", ".join(OPTIMIZERS))
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (data, teacher and model init).")
+flags.DEFINE_integer("steps", 10_000, "Training steps of every model.")
+flags.DEFINE_integer("batch_size", 128, "Training batch size.")
+flags.DEFINE_integer("eval_examples", 500_000,
+                     "Held-out examples of the final evaluation (the same for every run).")
+flags.DEFINE_float("table_scale", 1.0, "Divide DLRM's Kaggle table sizes by this.")
+flags.DEFINE_string("teacher", "", "The synthetic teacher (the trainer's --teacher), if set.")
+flags.DEFINE_bool("quick", False,
+                  "Minutes, not hours: the quick grid, tables / 100, 1,500 steps, 2 seeds, "
+                  "50,000 held-out examples.")
+flags.DEFINE_string("out_dir", "runs/quality", "Where runs, quality.json and pareto.png go.")
+flags.DEFINE_bool("summary_only", False, "Summarize the runs already in --out_dir.")
+
+
+def study_settings() -> dict:
+    """The flags that define the study (the --quick preset overrides its parts)."""
+    settings = {"grid": FLAGS.grid, "steps": FLAGS.steps, "batch_size": FLAGS.batch_size,
+                "eval_examples": FLAGS.eval_examples, "table_scale": FLAGS.table_scale,
+                "seeds": [int(s) for s in FLAGS.seeds], "optimizers": list(FLAGS.optimizers),
+                "teacher": FLAGS.teacher}
+    if FLAGS.quick:
+        settings.update(grid="quick", steps=1500, eval_examples=50_000, table_scale=100.0,
+                        seeds=settings["seeds"][:2])
+    unknown = set(settings["optimizers"]) - set(OPTIMIZERS)
+    if unknown:
+        raise app.UsageError(f"--optimizers: unknown {sorted(unknown)}; known: "
+                             f"{sorted(OPTIMIZERS)}")
+    return settings
+
+
+def planned_runs(settings: dict) -> List[Tuple[str, str, int, dict]]:
+    """[(configuration, optimizer, seed, trainer options)], dense first in each group."""
+    grid = GRIDS[settings["grid"]]
+    names = [n for n in grid if not FLAGS.configs or n in FLAGS.configs or
+             n == quality_report.DENSE]
+    runs = []
+    for seed in settings["seeds"]:
+        for optimizer in settings["optimizers"]:
+            for name in names:
+                options = {"data": "synthetic", "steps": settings["steps"],
+                           "batch_size": settings["batch_size"],
+                           "eval_examples": settings["eval_examples"],
+                           "table_scale": settings["table_scale"], "seed": seed,
+                           "optimizer": optimizer, "learning_rate": OPTIMIZERS[optimizer],
+                           "steps_per_epoch": max(1, settings["steps"] // 10),
+                           "model": "dense" if name == quality_report.DENSE else "tt",
+                           **grid[name]}
+                if settings["teacher"]:
+                    options["teacher"] = settings["teacher"]
+                runs.append((name, optimizer, seed, options))
+    return runs
+
+
+def run_id(name: str, optimizer: str, seed: int) -> str:
+    return f"{name}-{optimizer}-s{seed}"
+
+
+def train_once(run_dir: str, options: dict) -> dict:
+    """Trains one model in a subprocess (log in run_dir/train.log); returns its result."""
+    os.makedirs(run_dir, exist_ok=True)
+    argv = [f"--{k}={v}" for k, v in options.items()]
+    cmd = [sys.executable, "-m", "examples.dlrm.train", "--verbose=2",
+           f"--out_dir={run_dir}", *argv]
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1",
+               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    with open(os.path.join(run_dir, "train.log"), "w") as log:
+        log.write("$ " + " ".join(cmd[1:]) + "\n")
+        log.flush()
+        done = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if done.returncode:
+        raise RuntimeError(f"training failed (exit {done.returncode}); see "
+                           f"{os.path.join(run_dir, 'train.log')}")
+    with open(os.path.join(run_dir, "results.json")) as f:
+        return json.load(f)[0]
+
+
+def load_runs(out_dir: str, planned) -> List[dict]:
+    """The planned runs that have a result in out_dir."""
+    runs = []
+    for name, optimizer, seed, options in planned:
+        path = os.path.join(out_dir, "runs", run_id(name, optimizer, seed), "results.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                result = json.load(f)[0]
+            result.pop("curve", None)
+            runs.append({"config": name, "optimizer": optimizer, "seed": seed,
+                         "options": options, "result": result})
+    return runs
+
+
+def run_study(settings: dict, out_dir: str) -> None:
+    planned = planned_runs(settings)
+    todo = [p for p in planned if not os.path.exists(
+        os.path.join(out_dir, "runs", run_id(*p[:3]), "results.json"))]
+    print(f"quality study: {len(planned)} runs, {len(planned) - len(todo)} already done, "
+          f"{len(todo)} to train (logs: {os.path.join(out_dir, 'runs')}/<run>/train.log)",
+          flush=True)
+    start = time.time()
+    for k, (name, optimizer, seed, options) in enumerate(todo, 1):
+        t0 = time.time()
+        print(f"[{k}/{len(todo)}] {run_id(name, optimizer, seed)} ...", end=" ", flush=True)
+        result = train_once(os.path.join(out_dir, "runs", run_id(name, optimizer, seed)),
+                            options)
+        elapsed = time.time() - start
+        eta = elapsed / k * (len(todo) - k)
+        print(f"AUC {result['auc']:.4f} logloss {result['logloss']:.4f} "
+              f"{result['compression_ratio']:.1f}x ({time.time() - t0:.0f} s; "
+              f"about {eta / 60:.0f} min left)", flush=True)
+
+
+def summarize(settings: dict, out_dir: str) -> List[dict]:
+    runs = load_runs(out_dir, planned_runs(settings))
+    rows = quality_report.summarize(runs)
+    print(f"\nQuality study ({settings['steps']} steps of batch {settings['batch_size']}, "
+          f"Kaggle tables / {settings['table_scale']:g}, {settings['eval_examples']:,} "
+          f"held-out examples; gaps are TT minus dense, mean +- 95% interval over seeds):")
+    print(quality_report.format_summary(rows))
+    with open(os.path.join(out_dir, "quality.json"), "w") as f:
+        json.dump({"settings": settings, "summary": rows, "runs": runs}, f, indent=1)
+    png = quality_report.plot_pareto(
+        rows, os.path.join(out_dir, "pareto.png"),
+        f"TT vs dense DLRM: {settings['steps']} steps, Kaggle tables / "
+        f"{settings['table_scale']:g}")
+    print(f"\n{os.path.join(out_dir, 'quality.json')}\n{png}")
+    return rows
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    settings = study_settings()
+    out_dir = FLAGS.out_dir
+    os.makedirs(out_dir, exist_ok=True)
+    if not FLAGS.summary_only:
+        run_study(settings, out_dir)
+    summarize(settings, out_dir)
+
+
+if __name__ == "__main__":
+    app.run(main)
