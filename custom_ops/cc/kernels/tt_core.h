@@ -1,7 +1,7 @@
 // Framework-free CPU implementation of the TT embedding-bag math (docs/ops.md).
 //
 // Kept free of TensorFlow headers so the same code serves the plain op, the cached op,
-// the C++ unit tests (tests/cc) and the profiling driver (custom_ops/cc/driver); the
+// the C++ unit tests (tests/cc) and the profiling driver (custom_ops/cc/standalone); the
 // OpKernels only unpack tensors, validate, allocate, and supply a thread pool.
 //
 // Memory: nothing here allocates. Outputs go to arrays the caller sizes; scratch comes
