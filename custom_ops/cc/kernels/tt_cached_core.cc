@@ -36,61 +36,77 @@ namespace {
 // An open-addressing hash index of the cache's ids, rebuilt per call: O(C) to build, about
 // one probe per id. A binary search over the sorted ids costs ~log2(C) mispredicted
 // branches per id, which measured more than the radix sort of the whole batch.
-struct CacheIndex {
+class CacheIndex {
+ public:
   // Key and slot side by side: a probe reads one cache line, not one in each of two arrays.
   struct Entry {
     int64_t key;  // -1: free
     int32_t slot;
   };
-  std::vector<Entry> entries;
-  uint64_t mask = 0;
-  int shift = 0;
 
-  // Fibonacci hashing: the top bits of id * 2^64/phi spread consecutive ids (hot ids of
-  // a vocabulary are often contiguous) over the whole table.
-  uint64_t Bucket(int64_t id) const {
-    return (static_cast<uint64_t>(id) * 0x9E3779B97F4A7C15ull) >> shift;
-  }
-
-  void Build(const int64_t* cache_ids, int64_t cache_size) {
-    // Load factor <= 3/4: a smaller table stays in cache (four entries share a line, so the
-    // longer probe runs mostly stay within one).
+  // Load factor <= 3/4: a smaller table stays in cache (four entries share a line, so the
+  // longer probe runs mostly stay within one).
+  static int TableBits(int64_t cache_size) {
     int bits = 4;
     while (3 * (int64_t{1} << bits) < 4 * cache_size) ++bits;
-    shift = 64 - bits;
-    mask = (uint64_t{1} << bits) - 1;
-    entries.assign(size_t{1} << bits, Entry{-1, -1});
+    return bits;
+  }
+
+  static size_t Bytes(int64_t cache_size) {
+    return ArrayBytes<Entry>(int64_t{1} << TableBits(cache_size));
+  }
+
+  CacheIndex(const int64_t* cache_ids, int64_t cache_size, Workspace* ws) {
+    const int bits = TableBits(cache_size);
+    shift_ = 64 - bits;
+    mask_ = (uint64_t{1} << bits) - 1;
+    entries_ = ws->Take<Entry>(int64_t{1} << bits);
+    std::fill(entries_, entries_ + (int64_t{1} << bits), Entry{-1, -1});
     for (int64_t s = 0; s < cache_size; ++s) {
       const int64_t id = cache_ids[s];
       // Empty slots (ids >= num_rows) could be left out, but an id never equals them, so
       // keeping them is harmless; duplicates are only empty slots (ValidateCacheIds).
       uint64_t b = Bucket(id);
-      while (entries[b].key != -1 && entries[b].key != id) b = (b + 1) & mask;
-      if (entries[b].key == -1) entries[b] = Entry{id, static_cast<int32_t>(s)};
+      while (entries_[b].key != -1 && entries_[b].key != id) b = (b + 1) & mask_;
+      if (entries_[b].key == -1) entries_[b] = Entry{id, static_cast<int32_t>(s)};
     }
   }
 
   int32_t Find(int64_t id) const {
-    for (uint64_t b = Bucket(id);; b = (b + 1) & mask) {
-      const Entry& e = entries[b];
+    for (uint64_t b = Bucket(id);; b = (b + 1) & mask_) {
+      const Entry& e = entries_[b];
       if (e.key == id) return e.slot;
       if (e.key == -1) return -1;
     }
   }
+
+ private:
+  // Fibonacci hashing: the top bits of id * 2^64/phi spread consecutive ids (hot ids of
+  // a vocabulary are often contiguous) over the whole table.
+  uint64_t Bucket(int64_t id) const {
+    return (static_cast<uint64_t>(id) * 0x9E3779B97F4A7C15ull) >> shift_;
+  }
+
+  Entry* entries_ = nullptr;
+  uint64_t mask_ = 0;
+  int shift_ = 0;
 };
 
 }  // namespace
 
+size_t FindCacheSlotsWorkspaceBytes(int64_t cache_size) {
+  return cache_size > 0 ? CacheIndex::Bytes(cache_size) : 0;
+}
+
 template <typename Tid>
 int64_t FindCacheSlots(const int64_t* cache_ids, int64_t cache_size, const Tid* ids,
-                       int64_t nnz, int32_t* slots, const ParallelFor& pfor) {
+                       int64_t nnz, int32_t* slots, Workspace* ws, const ParallelFor& pfor) {
   if (cache_size == 0) {
     std::fill(slots, slots + nnz, -1);
     return 0;
   }
-  static thread_local CacheIndex tl_index;
-  const CacheIndex& index = tl_index;  // see PoolCachedRows on thread_local in lambdas
-  tl_index.Build(cache_ids, cache_size);
+  ScratchScope scratch(ws);
+  const CacheIndex index(cache_ids, cache_size, ws);
   std::atomic<int64_t> hits{0};
   pfor(nnz, 10, [&](int64_t lo, int64_t hi) {
     int64_t local = 0;
@@ -104,21 +120,16 @@ int64_t FindCacheSlots(const int64_t* cache_ids, int64_t cache_size, const Tid* 
 }
 
 template int64_t FindCacheSlots<int32_t>(const int64_t*, int64_t, const int32_t*, int64_t,
-                                         int32_t*, const ParallelFor&);
+                                         int32_t*, Workspace*, const ParallelFor&);
 template int64_t FindCacheSlots<int64_t>(const int64_t*, int64_t, const int64_t*, int64_t,
-                                         int32_t*, const ParallelFor&);
+                                         int32_t*, Workspace*, const ParallelFor&);
 
 template <typename Tid>
 void CollectMisses(const Tid* ids, const int32_t* slots, int64_t nnz, int64_t num_misses,
-                   std::vector<int64_t>* miss_pos, std::vector<Tid>* miss_ids) {
+                   int64_t* pos, Tid* out) {
   // Branch-free: every position is written and the end advances on misses only; hits and
   // misses alternate unpredictably, and a branch per position measured 2x slower. The loop
-  // ends at the last miss, so no write goes past num_misses; sizing by the count (not by
-  // nnz) keeps resize() from zero-filling what is about to be written.
-  miss_pos->resize(num_misses);
-  miss_ids->resize(num_misses);
-  int64_t* pos = miss_pos->data();
-  Tid* out = miss_ids->data();
+  // ends at the last miss, so no write goes past num_misses.
   int64_t m = 0;
   for (int64_t i = 0; i < nnz && m < num_misses; ++i) {
     pos[m] = i;
@@ -128,22 +139,21 @@ void CollectMisses(const Tid* ids, const int32_t* slots, int64_t nnz, int64_t nu
 }
 
 template void CollectMisses<int32_t>(const int32_t*, const int32_t*, int64_t, int64_t,
-                                     std::vector<int64_t>*, std::vector<int32_t>*);
+                                     int64_t*, int32_t*);
 template void CollectMisses<int64_t>(const int64_t*, const int32_t*, int64_t, int64_t,
-                                     std::vector<int64_t>*, std::vector<int64_t>*);
+                                     int64_t*, int64_t*);
+
+size_t PoolCachedRowsWorkspaceBytes(int64_t nnz) { return ArrayBytes<const float*>(nnz); }
 
 void PoolCachedRows(const TTDims& dims, const int32_t* slots, const float* cache_rows,
                     const LookupPlan& miss_plan, const int64_t* miss_pos,
                     const float* tt_rows, Combiner combiner, const int64_t* row_splits,
                     int64_t num_bags, const float* weights, int64_t nnz, float* out,
-                    const ParallelFor& pfor) {
+                    Workspace* ws, const ParallelFor& pfor) {
   const int64_t D = dims.dim;
-  // One source pointer per position, so pooling reads hits and misses alike. Scratch is
-  // per thread and bound to a local: a worker lambda naming a thread_local would see its
-  // own thread's instance.
-  static thread_local std::vector<const float*> tl_src;
-  tl_src.resize(nnz);
-  const float** src = tl_src.data();
+  // One source pointer per position, so pooling reads hits and misses alike.
+  ScratchScope scratch(ws);
+  const float** src = ws->Take<const float*>(nnz);
   // Every position gets its cache row (slot 0's for a miss, overwritten below): no branch
   // on hits and misses, which alternate unpredictably.
   pfor(nnz, 4, [&](int64_t lo, int64_t hi) {
@@ -163,21 +173,41 @@ void PoolCachedRows(const TTDims& dims, const int32_t* slots, const float* cache
   PoolRowPointers(D, src, combiner, row_splits, num_bags, weights, nnz, out, pfor);
 }
 
+namespace {
+
+// The slot sort's positions are split into at most this many chunks.
+constexpr int64_t kMaxSlotChunks = 4;
+
+// Most distinct slots a batch can hit.
+int64_t MaxSlotsHit(int64_t nnz, int64_t cache_size) { return std::min(nnz, cache_size); }
+
+}  // namespace
+
+size_t BuildCacheGradPlanWorkspaceBytes(int64_t nnz, int64_t cache_size) {
+  const int64_t slots = MaxSlotsHit(nnz, cache_size);
+  return ArrayBytes<int64_t>(nnz) + ArrayBytes<int64_t>(slots) +
+         ArrayBytes<int64_t>(slots + 1) + ArrayBytes<int32_t>(kMaxSlotChunks * (cache_size + 1));
+}
+
 void BuildCacheGradPlan(const int32_t* slots, int64_t nnz, int64_t cache_size,
-                        CacheGradPlan* plan, const ParallelFor& pfor) {
+                        Workspace* ws, CacheGradPlan* plan, const ParallelFor& pfor) {
   // A counting sort by slot + 1, misses (slot -1) included as bucket 0: no branch per
   // position (hits and misses alternate unpredictably). The positions are split into a
   // few contiguous chunks, counted and scattered in parallel; within a bucket chunk c's
   // positions go after those of chunks < c, so each bucket's positions stay ascending (a
   // fixed summation order: the chunks do not depend on the thread count).
+  int64_t* order = ws->Take<int64_t>(nnz);
+  int64_t* hit_slots = ws->Take<int64_t>(MaxSlotsHit(nnz, cache_size));
+  int64_t* begin = ws->Take<int64_t>(MaxSlotsHit(nnz, cache_size) + 1);
+  ScratchScope scratch(ws);
   const int64_t buckets = cache_size + 1;
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(4, nnz / 8192));
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(kMaxSlotChunks, nnz / 8192));
   const int64_t chunk = (nnz + chunks - 1) / chunks;
   // int32 counters (a batch has fewer than 2^31 positions: the op checks) keep the
   // chunks' counters small enough to stay in cache.
-  static thread_local std::vector<int32_t> tl_next;
-  tl_next.assign(chunks * buckets, 0);
-  int32_t* next = tl_next.data();  // next[c * buckets + x]: chunk c's next entry of bucket x
+  int32_t* next = ws->Take<int32_t>(chunks * buckets);  // next[c * buckets + x]: chunk c's
+                                                        // next entry of bucket x
+  std::fill(next, next + chunks * buckets, 0);
   pfor(chunks, 4 * chunk, [&](int64_t lo, int64_t hi) {
     for (int64_t c = lo; c < hi; ++c) {
       int32_t* count = next + c * buckets;
@@ -185,8 +215,7 @@ void BuildCacheGradPlan(const int32_t* slots, int64_t nnz, int64_t cache_size,
       for (int64_t i = c * chunk; i < end; ++i) ++count[slots[i] + 1];
     }
   });
-  plan->slots.clear();
-  plan->begin.clear();
+  int64_t num_slots = 0;
   int64_t sum = 0;
   for (int64_t x = 0; x < buckets; ++x) {
     const int64_t first = sum;
@@ -198,13 +227,11 @@ void BuildCacheGradPlan(const int32_t* slots, int64_t nnz, int64_t cache_size,
     if (x == 0) {
       plan->num_misses = sum;
     } else if (sum > first) {
-      plan->slots.push_back(x - 1);
-      plan->begin.push_back(first);
+      hit_slots[num_slots] = x - 1;
+      begin[num_slots++] = first;
     }
   }
-  plan->begin.push_back(nnz);
-  plan->order.resize(nnz);
-  int64_t* order = plan->order.data();
+  begin[num_slots] = nnz;
   pfor(chunks, 4 * chunk, [&](int64_t lo, int64_t hi) {
     for (int64_t c = lo; c < hi; ++c) {
       int32_t* bucket_next = next + c * buckets;
@@ -212,14 +239,17 @@ void BuildCacheGradPlan(const int32_t* slots, int64_t nnz, int64_t cache_size,
       for (int64_t i = c * chunk; i < end; ++i) order[bucket_next[slots[i] + 1]++] = i;
     }
   });
+  plan->order = order;
+  plan->num_slots = num_slots;
+  plan->slots = hit_slots;
+  plan->begin = begin;
 }
 
 void AccumulateCacheGrads(int64_t dim, const CacheGradPlan& plan, const float* grad,
-                          const Floats& scale,
-                          const std::vector<int64_t>& bag_of_pos, float* values,
+                          const float* scale, const int64_t* bag_of_pos, float* values,
                           const ParallelFor& pfor) {
-  SumGradRows(dim, plan.num_slots(), plan.begin.data(), plan.order.data(), grad, scale,
-              bag_of_pos, values, pfor);
+  SumGradRows(dim, plan.num_slots, plan.begin, plan.order, grad, scale, bag_of_pos, values,
+              pfor);
 }
 
 }  // namespace tt_keras

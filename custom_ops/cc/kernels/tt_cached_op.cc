@@ -21,8 +21,11 @@ using tt_keras::Combiner;
 using tt_keras::LookupPlan;
 using tt_keras::TTDims;
 
+using tt_keras::AllocateWorkspace;
+using tt_keras::ArrayBytes;
 using tt_keras::CorePointers;
 using tt_keras::CpuParallelFor;
+using tt_keras::Workspace;
 
 // The cache's shapes (tt_keras::ValidateCacheShapes), and its ids (ValidateCacheIds: read
 // here on the host; the GPU kernels check them on the device).
@@ -120,29 +123,52 @@ class TTEmbeddingBagCachedOp : public tt_keras::BagKernelBase {
     int32_t* slots = slots_out->flat<int32_t>().data();
 
     const auto pfor = CpuParallelFor(ctx);
-    // Per-thread scratch, reused across calls (as the plain op's).
-    static thread_local std::vector<int64_t> miss_pos;
-    static thread_local std::vector<Tid> miss_ids;
-    static thread_local LookupPlan plan;
-    static thread_local tt_keras::Floats rows;
-    num_hits->scalar<int64_t>()() =
-        tt_keras::FindCacheSlots(cache_ids->flat<int64_t>().data(), cache_ids->dim_size(0),
-                                 bags.ids, bags.nnz, slots, pfor);
-    tt_keras::CollectMisses(bags.ids, slots, bags.nnz,
-                            bags.nnz - num_hits->scalar<int64_t>()(), &miss_pos, &miss_ids);
-    const int64_t num_misses = static_cast<int64_t>(miss_ids.size());
+    const int64_t cache_size = cache_ids->dim_size(0);
+    {
+      Tensor memory;
+      Workspace ws;
+      OP_REQUIRES_OK(ctx, AllocateWorkspace(
+                              ctx, tt_keras::FindCacheSlotsWorkspaceBytes(cache_size),
+                              &memory, &ws));
+      num_hits->scalar<int64_t>()() =
+          tt_keras::FindCacheSlots(cache_ids->flat<int64_t>().data(), cache_size, bags.ids,
+                                   bags.nnz, slots, &ws, pfor);
+    }
+    const int64_t num_misses = bags.nnz - num_hits->scalar<int64_t>()();
+    // The misses, compacted, and their plan.
+    Tensor miss_memory;
+    Workspace miss_ws;
+    OP_REQUIRES_OK(ctx, AllocateWorkspace(
+                            ctx,
+                            ArrayBytes<int64_t>(num_misses) + ArrayBytes<Tid>(num_misses) +
+                                tt_keras::BuildPlanWorkspaceBytes(dims, num_misses),
+                            &miss_memory, &miss_ws));
+    int64_t* miss_pos = miss_ws.Take<int64_t>(num_misses);
+    Tid* miss_ids = miss_ws.Take<Tid>(num_misses);
+    tt_keras::CollectMisses(bags.ids, slots, bags.nnz, num_misses, miss_pos, miss_ids);
+    LookupPlan plan;
+    tt_keras::BuildPlan(dims, miss_ids, num_misses, &miss_ws, &plan, pfor);
+    const int64_t rows_size = plan.num_nodes(dims.k) * dims.dim;
+    Tensor memory;
+    Workspace ws;
+    OP_REQUIRES_OK(ctx, AllocateWorkspace(
+                            ctx,
+                            ArrayBytes<float>(rows_size) +
+                                tt_keras::ComputeRowsWorkspaceBytes(dims, plan) +
+                                tt_keras::PoolCachedRowsWorkspaceBytes(bags.nnz),
+                            &memory, &ws));
     const float* tt_rows = nullptr;
     if (num_misses > 0) {
-      tt_keras::BuildPlan(dims, miss_ids.data(), num_misses, &plan, pfor);
       const std::vector<const float*> core_ptrs = CorePointers(cores);
       float* partials = nullptr;
       OP_REQUIRES_OK(ctx, tt_keras::AllocateResiduals(ctx, 3, dims, &plan, &partials));
-      tt_keras::ComputeRows(dims, core_ptrs.data(), plan, partials, &rows, pfor);
-      tt_rows = rows.data();
+      float* rows = ws.Take<float>(rows_size);
+      tt_keras::ComputeRows(dims, core_ptrs.data(), plan, partials, rows, &ws, pfor);
+      tt_rows = rows;
     }
-    tt_keras::PoolCachedRows(dims, slots, cache_rows->flat<float>().data(), plan,
-                             miss_pos.data(), tt_rows, combiner_, bags.row_splits,
-                             bags.num_bags, bags.weights, bags.nnz, out, pfor);
+    tt_keras::PoolCachedRows(dims, slots, cache_rows->flat<float>().data(), plan, miss_pos,
+                             tt_rows, combiner_, bags.row_splits, bags.num_bags, bags.weights,
+                             bags.nnz, out, &ws, pfor);
     if (num_misses == 0) {
       OP_REQUIRES_OK(ctx, tt_keras::AllocateResiduals(ctx, 3, dims, nullptr, nullptr));
     }
@@ -171,30 +197,37 @@ class TTEmbeddingBagCachedGradOp : public tt_keras::BagKernelBase {
     const float* g = grad.flat<float>().data();
     const auto pfor = CpuParallelFor(ctx);
 
-    static thread_local std::vector<int32_t> slots;
-    static thread_local std::vector<Tid> miss_ids;
-    static thread_local tt_keras::Floats scale, miss_scale, leaf_grads;
-    static thread_local std::vector<int64_t> bag_of_pos, miss_bag;
-    static thread_local tt_keras::CacheGradPlan cache_plan;
-    static thread_local LookupPlan plan;
     const Tensor* residual_slots;
     OP_REQUIRES_OK(ctx, ctx->input("residual_slots", &residual_slots));
-    slots.resize(bags.nnz);
+    // Each position's slot and scale, and the positions grouped by slot.
+    Tensor memory;
+    Workspace ws;
+    OP_REQUIRES_OK(ctx, AllocateWorkspace(
+                            ctx,
+                            ArrayBytes<int32_t>(bags.nnz) + ArrayBytes<float>(bags.nnz) +
+                                ArrayBytes<int64_t>(bags.nnz) +
+                                tt_keras::FindCacheSlotsWorkspaceBytes(cache_size) +
+                                tt_keras::BuildCacheGradPlanWorkspaceBytes(bags.nnz, cache_size),
+                            &memory, &ws));
+    int32_t* slots = ws.Take<int32_t>(bags.nnz);
+    float* scale = ws.Take<float>(bags.nnz);
+    int64_t* bag_of_pos = ws.Take<int64_t>(bags.nnz);
     if (residual_slots->NumElements() > 0) {
       // The forward's slots, checked: they index cache rows.
       OP_REQUIRES_OK(ctx, CheckResidualSlots(
                               *residual_slots, cache_ids->flat<int64_t>().data(), cache_size,
-                              bags.ids, bags.nnz, slots.data(), pfor));
+                              bags.ids, bags.nnz, slots, pfor));
     } else {
       tt_keras::FindCacheSlots(cache_ids->flat<int64_t>().data(), cache_size, bags.ids,
-                               bags.nnz, slots.data(), pfor);
+                               bags.nnz, slots, &ws, pfor);
     }
     tt_keras::PositionScales(combiner_, bags.row_splits, bags.num_bags, bags.weights,
-                             bags.nnz, &scale, &bag_of_pos, pfor);
+                             bags.nnz, scale, bag_of_pos, pfor);
 
     // Cache rows: one gradient row per distinct slot hit (an IndexedSlices in Python).
-    tt_keras::BuildCacheGradPlan(slots.data(), bags.nnz, cache_size, &cache_plan, pfor);
-    const int64_t num_hit_slots = cache_plan.num_slots();
+    tt_keras::CacheGradPlan cache_plan;
+    tt_keras::BuildCacheGradPlan(slots, bags.nnz, cache_size, &ws, &cache_plan, pfor);
+    const int64_t num_hit_slots = cache_plan.num_slots;
     Tensor* hit_slots = nullptr;
     Tensor* hit_values = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output("cache_grad_slots",
@@ -202,7 +235,7 @@ class TTEmbeddingBagCachedGradOp : public tt_keras::BagKernelBase {
     OP_REQUIRES_OK(ctx, ctx->allocate_output("cache_grad_values",
                                              TensorShape({num_hit_slots, dims.dim}),
                                              &hit_values));
-    std::copy(cache_plan.slots.begin(), cache_plan.slots.end(),
+    std::copy(cache_plan.slots, cache_plan.slots + num_hit_slots,
               hit_slots->flat<int64_t>().data());
     tt_keras::AccumulateCacheGrads(dims.dim, cache_plan, g, scale, bag_of_pos,
                                    hit_values->flat<float>().data(), pfor);
@@ -223,22 +256,40 @@ class TTEmbeddingBagCachedGradOp : public tt_keras::BagKernelBase {
     if (num_misses == 0) return;
     // The misses' ids, scales and bags, in position order (the first bucket of the cache
     // plan): AggregateLeafGrads indexes them by the misses' plan's positions.
-    miss_ids.resize(num_misses);
-    miss_scale.resize(num_misses);
-    miss_bag.resize(num_misses);
+    Tensor miss_memory;
+    Workspace miss_ws;
+    OP_REQUIRES_OK(ctx, AllocateWorkspace(ctx,
+                                          ArrayBytes<Tid>(num_misses) +
+                                              ArrayBytes<float>(num_misses) +
+                                              ArrayBytes<int64_t>(num_misses),
+                                          &miss_memory, &miss_ws));
+    Tid* miss_ids = miss_ws.Take<Tid>(num_misses);
+    float* miss_scale = miss_ws.Take<float>(num_misses);
+    int64_t* miss_bag = miss_ws.Take<int64_t>(num_misses);
     for (int64_t m = 0; m < num_misses; ++m) {
       const int64_t pos = cache_plan.order[m];
       miss_ids[m] = bags.ids[pos];
       miss_scale[m] = scale[pos];
       miss_bag[m] = bag_of_pos[pos];
     }
+    LookupPlan plan;
+    Tensor plan_memory;
     const float* ready_partials = nullptr;
-    OP_REQUIRES_OK(ctx, tt_keras::ReadOrBuildPlan(ctx, dims, miss_ids.data(), num_misses,
-                                                  pfor, &plan, &ready_partials));
-    tt_keras::AggregateLeafGrads(dims, plan, g, miss_scale, miss_bag, &leaf_grads, pfor);
+    OP_REQUIRES_OK(ctx, tt_keras::ReadOrBuildPlan(ctx, dims, miss_ids, num_misses, pfor,
+                                                  &plan_memory, &plan, &ready_partials));
+    const int64_t num_leaf_grads = plan.num_nodes(dims.k) * dims.dim;
+    Tensor grad_memory;
+    Workspace grad_ws;
+    OP_REQUIRES_OK(ctx, AllocateWorkspace(ctx,
+                                          ArrayBytes<float>(num_leaf_grads) +
+                                              tt_keras::BackpropCoresWorkspaceBytes(
+                                                  dims, plan, ready_partials != nullptr),
+                                          &grad_memory, &grad_ws));
+    float* leaf_grads = grad_ws.Take<float>(num_leaf_grads);
+    tt_keras::AggregateLeafGrads(dims, plan, g, miss_scale, miss_bag, leaf_grads, pfor);
     const std::vector<const float*> core_ptrs = CorePointers(cores);
-    tt_keras::BackpropCores(dims, core_ptrs.data(), plan, &leaf_grads,
-                            grad_ptrs.data(), pfor, ready_partials);
+    tt_keras::BackpropCores(dims, core_ptrs.data(), plan, leaf_grads, grad_ptrs.data(),
+                            &grad_ws, pfor, ready_partials);
   }
 };
 

@@ -1,18 +1,13 @@
-// CPU implementation of the TT embedding-bag math; see tt_core.h and docs/ops.md.
+// The TT core's shape checks, plan (de)serialization and workspace-size queries; see
+// tt_core.h and docs/ops.md. The kernels themselves are in tt_core_kernels.h.
 #include "tt_core.h"
 
 #include <algorithm>
-#include <cmath>
 #include <cstring>
 
-#include "tt_gemm.h"
+#include "tt_core_internal.h"
 
 namespace tt_keras {
-
-using gemm::GatherGemm;
-using gemm::MatMul;
-using gemm::MatMulAcc;
-using gemm::TransposeSlice;
 
 std::string TTDims::Finalize() {
   if (k < 2 || k > kMaxCores) return "expected 2 to 4 cores, got " + std::to_string(k);
@@ -47,201 +42,158 @@ bool ParseCombiner(const std::string& name, Combiner* out) {
   return true;
 }
 
+template <typename Tid>
+std::string ValidateIds(const Tid* ids, int64_t nnz, int64_t num_rows) {
+  for (int64_t i = 0; i < nnz; ++i) {
+    const int64_t id = static_cast<int64_t>(ids[i]);
+    if (id < 0 || id >= num_rows) {
+      return "indices[" + std::to_string(i) + "] = " + std::to_string(id) +
+             " is out of range [0, " + std::to_string(num_rows) + ")";
+    }
+  }
+  return "";
+}
+
+template std::string ValidateIds<int32_t>(const int32_t*, int64_t, int64_t);
+template std::string ValidateIds<int64_t>(const int64_t*, int64_t, int64_t);
+
+std::string ValidateRowSplits(const int64_t* s, int64_t num_bags, int64_t nnz) {
+  if (s[0] != 0) return "row_splits[0] = " + std::to_string(s[0]) + " must be 0";
+  for (int64_t b = 0; b < num_bags; ++b) {
+    if (s[b + 1] < s[b]) {
+      return "row_splits must not decrease: row_splits[" + std::to_string(b + 1) + "] = " +
+             std::to_string(s[b + 1]) + " < row_splits[" + std::to_string(b) + "] = " +
+             std::to_string(s[b]);
+    }
+  }
+  if (s[num_bags] != nnz) {
+    return "row_splits[-1] = " + std::to_string(s[num_bags]) +
+           " must equal the number of indices, " + std::to_string(nnz);
+  }
+  return "";
+}
+
 namespace {
 
-int BitLength(uint64_t x) {
-  int bits = 0;
-  while (x) {
-    ++bits;
-    x >>= 1;
-  }
-  return bits;
+namespace in = internal;
+
+// The workspace queries of tt_core_kernels.h's entry points, next to each other: each one
+// mirrors the arrays its kernel takes (and tests/cc checks the kernels' peak use against
+// them).
+
+size_t SortWorkspaceBytes(int64_t nnz) {
+  return std::max(ArrayBytes<in::IdPos>(nnz),
+                  2 * ArrayBytes<uint64_t>(nnz) +
+                      ArrayBytes<int64_t>(in::kMaxSortChunks << in::kMaxDigitBits));
 }
 
-// Sorts (id, position) pairs by id. When both fit in 64 bits they are packed into one word
-// and LSD-radix-sorted on the id bits only (stable, so positions stay ascending per id).
-// Each pass splits the keys into a few contiguous chunks, counted and scattered in parallel;
-// chunk c's keys of a digit go after those of chunks < c, which keeps the sort stable.
-template <typename Tid>
-void SortByIds(const Tid* ids, int64_t nnz, int64_t max_id, std::vector<int64_t>* sorted_ids,
-               std::vector<int64_t>* sorted_pos, const ParallelFor& pfor) {
-  sorted_ids->resize(nnz);
-  sorted_pos->resize(nnz);
-  const int pos_bits = std::max(1, BitLength(static_cast<uint64_t>(nnz)));
-  const int id_bits = std::max(1, BitLength(static_cast<uint64_t>(max_id)));
-  if (pos_bits + id_bits > 64 || nnz < 64) {
-    std::vector<std::pair<int64_t, int64_t>> pairs(nnz);
-    for (int64_t i = 0; i < nnz; ++i) pairs[i] = {static_cast<int64_t>(ids[i]), i};
-    std::sort(pairs.begin(), pairs.end());
-    for (int64_t i = 0; i < nnz; ++i) {
-      (*sorted_ids)[i] = pairs[i].first;
-      (*sorted_pos)[i] = pairs[i].second;
-    }
-    return;
+// The plan's arrays at their largest, as BuildPlan takes them.
+size_t PlanArraysBytes(const TTDims& dims, int64_t nnz) {
+  size_t bytes = ArrayBytes<int64_t>(nnz) + ArrayBytes<int64_t>(nnz + 1);
+  for (int level = 1; level <= dims.k; ++level) {
+    const int64_t n = in::MaxNodes(dims, level, nnz);
+    bytes += ArrayBytes<int64_t>(n);
+    if (level < dims.k) bytes += ArrayBytes<int64_t>(n + 1);
+    if (level > 1) bytes += 2 * ArrayBytes<int64_t>(n);
   }
-  // Scratch kept per thread: fresh multi-megabyte buffers each call cost more in page
-  // faults than the sort itself. Bound to pointers: the workers must see this thread's.
-  static thread_local std::vector<uint64_t> tl_a, tl_b;
-  static thread_local std::vector<int64_t> tl_count;
-  tl_a.resize(nnz);
-  tl_b.resize(nnz);
-  uint64_t* a = tl_a.data();
-  uint64_t* b = tl_b.data();
-  // Digits of up to 12 bits: two passes cover the ids of a 16M-row table, and 4096 counters
-  // still sit in L1 (measured: 0.54 ms vs 0.70 ms with three 8-bit passes, 53k ids).
-  const int passes = (id_bits + 11) / 12;
-  const int digit_bits = (id_bits + passes - 1) / passes;
-  const uint64_t mask = (uint64_t{1} << digit_bits) - 1;
-  const int64_t buckets = int64_t{1} << digit_bits;
-  const int64_t chunks = std::min<int64_t>(4, (nnz + 8191) / 8192);
-  const int64_t chunk = (nnz + chunks - 1) / chunks;
-  tl_count.resize(chunks * buckets);
-  int64_t* count = tl_count.data();
-  pfor(chunks, 4 * chunk, [&](int64_t lo, int64_t hi) {
-    uint64_t* dst = a;
-    const int64_t end = std::min(nnz, hi * chunk);
-    for (int64_t i = lo * chunk; i < end; ++i) {
-      dst[i] = (static_cast<uint64_t>(ids[i]) << pos_bits) | static_cast<uint64_t>(i);
-    }
-  });
-  for (int pass = 0; pass < passes; ++pass) {
-    const int shift = pos_bits + pass * digit_bits;
-    // The loops read captured pointers into locals first: through the lambda's references
-    // every store would force them to be reloaded (measured: 3x slower).
-    pfor(chunks, 4 * chunk, [&](int64_t lo, int64_t hi) {
-      const uint64_t* src = a;
-      for (int64_t c = lo; c < hi; ++c) {
-        int64_t* cnt = count + c * buckets;
-        std::fill(cnt, cnt + buckets, 0);
-        const int64_t end = std::min(nnz, (c + 1) * chunk);
-        for (int64_t i = c * chunk; i < end; ++i) ++cnt[(src[i] >> shift) & mask];
-      }
-    });
-    int64_t sum = 0;
-    for (int64_t x = 0; x < buckets; ++x) {
-      for (int64_t c = 0; c < chunks; ++c) {
-        const int64_t n = count[c * buckets + x];
-        count[c * buckets + x] = sum;
-        sum += n;
-      }
-    }
-    pfor(chunks, 8 * chunk, [&](int64_t lo, int64_t hi) {
-      const uint64_t* src = a;
-      uint64_t* dst = b;
-      for (int64_t c = lo; c < hi; ++c) {
-        int64_t* next = count + c * buckets;
-        const int64_t end = std::min(nnz, (c + 1) * chunk);
-        for (int64_t i = c * chunk; i < end; ++i) dst[next[(src[i] >> shift) & mask]++] = src[i];
-      }
-    });
-    std::swap(a, b);
-  }
-  const uint64_t pos_mask = (uint64_t{1} << pos_bits) - 1;
-  int64_t* out_ids = sorted_ids->data();
-  int64_t* out_pos = sorted_pos->data();
-  pfor(chunks, 4 * chunk, [&](int64_t lo, int64_t hi) {
-    const uint64_t* src = a;
-    int64_t* ids_dst = out_ids;
-    int64_t* pos_dst = out_pos;
-    const int64_t end = std::min(nnz, hi * chunk);
-    for (int64_t i = lo * chunk; i < end; ++i) {
-      ids_dst[i] = static_cast<int64_t>(src[i] >> pos_bits);
-      pos_dst[i] = static_cast<int64_t>(src[i] & pos_mask);
-    }
-  });
+  return bytes;
 }
 
-// Digit of a level-L node (L in 1..k): the index into core L-1.
-inline int64_t NodeDigit(const TTDims& dims, const LookupPlan& plan, int level, int64_t n) {
-  return plan.digit[level][n];
-}
-
-// x / d for 0 <= x, 0 < d, through a double reciprocal and one correction step: a 64-bit
-// idiv per node (~20 cycles, 100k of them per batch) was a visible share of the op's time.
-class Divider {
- public:
-  explicit Divider(int64_t d) : d_(d), inv_(1.0 / static_cast<double>(d)) {}
-  int64_t Div(int64_t x) const {
-    // Doubles hold x exactly below 2^52, so the estimate is off by at most one there.
-    if (x >= (int64_t{1} << 52)) return x / d_;
-    int64_t q = static_cast<int64_t>(static_cast<double>(x) * inv_);
-    if (q * d_ > x) --q;
-    else if ((q + 1) * d_ <= x) ++q;
-    return q;
-  }
-
- private:
-  int64_t d_;
-  double inv_;
-};
-
-// Nodes of `level` grouped by digit (counting sort), so one worker owns each core slice.
-void GroupByDigit(const TTDims& dims, const LookupPlan& plan, int level,
-                  std::vector<int64_t>* begin, std::vector<int64_t>* order) {
+// GroupByDigit: begin (p + 1) and order (one per node), kept; its counters (p + 1), not.
+size_t GroupByDigitBytes(const TTDims& dims, const LookupPlan& plan, int level) {
   const int64_t p = dims.p[level - 1];
-  const int64_t n = plan.num_nodes(level);
-  begin->assign(p + 1, 0);
-  for (int64_t i = 0; i < n; ++i) ++(*begin)[NodeDigit(dims, plan, level, i) + 1];
-  for (int64_t d = 0; d < p; ++d) (*begin)[d + 1] += (*begin)[d];
-  static thread_local std::vector<int64_t> fill;
-  fill.assign(begin->begin(), begin->end() - 1);
-  order->resize(n);
-  for (int64_t i = 0; i < n; ++i) (*order)[fill[NodeDigit(dims, plan, level, i)]++] = i;
+  return 2 * ArrayBytes<int64_t>(p + 1) + ArrayBytes<int64_t>(plan.num_nodes(level));
+}
+
+// ExtendLevel: the digit groups and one row pointer of A and of C per row of a node.
+size_t ExtendLevelBytes(const TTDims& dims, const LookupPlan& plan, int level) {
+  const int64_t rows = plan.num_nodes(level) * dims.col_prefix[level - 1];
+  return GroupByDigitBytes(dims, plan, level) + ArrayBytes<const float*>(rows) +
+         ArrayBytes<float*>(rows);
+}
+
+// TransposedLastCore: a copy of the last core.
+size_t TransposedLastCoreBytes(const TTDims& dims) {
+  const int t = dims.k - 1;
+  return ArrayBytes<float>(dims.p[t] * dims.CoreSliceSize(t));
+}
+
+// BackpropLastLevelBySiblings: the transposed core, the parts and a dG per part.
+size_t BackpropLastLevelBySiblingsBytes(const TTDims& dims, const LookupPlan& plan) {
+  const int64_t parts = in::LastLevelParts(plan);
+  const int t = dims.k - 1;
+  return TransposedLastCoreBytes(dims) + ArrayBytes<int64_t>(parts + 1) +
+         ArrayBytes<float>(parts * dims.p[t] * dims.CoreSliceSize(t));
+}
+
+// One level of BackpropCores: the digit groups, and above level 1 the stacked row
+// pointers, the transposed core and dG slices (when not in dot form) and the children's
+// shares (when not summed straight into the parents).
+size_t LevelBackwardBytes(const TTDims& dims, const LookupPlan& plan, int level) {
+  const in::LevelBackward how = in::HowToBackprop(dims, level);
+  const int t = level - 1;
+  const int64_t core_floats = dims.p[t] * dims.CoreSliceSize(t);
+  size_t bytes = GroupByDigitBytes(dims, plan, level);
+  if (level == 1) return bytes;
+  const int64_t rows = plan.num_nodes(level) * dims.col_prefix[t];
+  if (!how.dot_form) bytes += 2 * ArrayBytes<float>(core_floats);
+  if (!how.direct_to_parent) {
+    bytes += ArrayBytes<float>(plan.num_nodes(level) * dims.PartialSize(level - 1));
+  }
+  return bytes + 2 * ArrayBytes<const float*>(rows);
 }
 
 }  // namespace
 
-template <typename Tid>
-void BuildPlan(const TTDims& dims, const Tid* ids, int64_t nnz, LookupPlan* plan,
-               const ParallelFor& pfor) {
-  const int k = dims.k;
-  plan->k = k;
-  static thread_local std::vector<int64_t> sorted_ids;
-  SortByIds(ids, nnz, dims.padded_rows - 1, &sorted_ids, &plan->sorted_pos, pfor);
+size_t BuildPlanWorkspaceBytes(const TTDims& dims, int64_t nnz) {
+  return PlanArraysBytes(dims, nnz) + ArrayBytes<int64_t>(nnz) + SortWorkspaceBytes(nnz);
+}
 
-  auto& leaves = plan->key[k];
-  leaves.clear();
-  plan->pos_begin.clear();
-  for (int64_t i = 0; i < nnz; ++i) {
-    if (i == 0 || sorted_ids[i] != sorted_ids[i - 1]) {
-      leaves.push_back(sorted_ids[i]);
-      plan->pos_begin.push_back(i);
-    }
+size_t ComputePartialsWorkspaceBytes(const TTDims& dims, const LookupPlan& plan) {
+  size_t bytes = 0;
+  for (int level = 2; level < dims.k; ++level) {
+    bytes = std::max(bytes, ExtendLevelBytes(dims, plan, level));
   }
-  plan->pos_begin.push_back(nnz);
+  return bytes;
+}
 
-  for (int level = k - 1; level >= 1; --level) {
-    const auto& child_keys = plan->key[level + 1];
-    auto& keys = plan->key[level];
-    auto& child_begin = plan->child_begin[level];
-    auto& child_parent = plan->parent[level + 1];
-    auto& child_digit = plan->digit[level + 1];
-    keys.clear();
-    child_begin.clear();
-    child_parent.resize(child_keys.size());
-    child_digit.resize(child_keys.size());
-    const int64_t divisor = dims.p[level];
-    const Divider divide(divisor);
-    for (size_t c = 0; c < child_keys.size(); ++c) {
-      const int64_t key = divide.Div(child_keys[c]);
-      child_digit[c] = child_keys[c] - key * divisor;
-      if (keys.empty() || keys.back() != key) {
-        keys.push_back(key);
-        child_begin.push_back(static_cast<int64_t>(c));
-      }
-      child_parent[c] = static_cast<int64_t>(keys.size()) - 1;
-    }
-    child_begin.push_back(static_cast<int64_t>(child_keys.size()));
+size_t ComputeRowsWorkspaceBytes(const TTDims& dims, const LookupPlan& plan) {
+  const size_t last = in::LastLevelBySiblings(dims) ? TransposedLastCoreBytes(dims)
+                                                : ExtendLevelBytes(dims, plan, dims.k);
+  return std::max(ComputePartialsWorkspaceBytes(dims, plan), last);
+}
+
+size_t PoolRowsWorkspaceBytes(int64_t nnz) { return ArrayBytes<const float*>(nnz); }
+
+size_t BackpropCoresWorkspaceBytes(const TTDims& dims, const LookupPlan& plan,
+                                   bool have_partials) {
+  size_t bytes = ArrayBytes<float>(PartialsSize(dims, plan));  // the levels' dP
+  if (!have_partials) {
+    bytes += ArrayBytes<float>(PartialsSize(dims, plan)) +
+             ComputePartialsWorkspaceBytes(dims, plan);
   }
-  plan->digit[1] = plan->key[1];  // level-1 keys are the first digits themselves
+  size_t levels =
+      in::LastLevelBySiblings(dims) ? BackpropLastLevelBySiblingsBytes(dims, plan) : 0;
+  for (int level = 1; level <= dims.k; ++level) {
+    levels = std::max(levels, LevelBackwardBytes(dims, plan, level));
+  }
+  return bytes + levels;
+}
+
+size_t DeserializePlanWorkspaceBytes(const TTDims& dims, int64_t nnz) {
+  size_t bytes = 0;
+  for (int level = 2; level <= dims.k; ++level) {
+    bytes += ArrayBytes<int64_t>(in::MaxNodes(dims, level, nnz));
+  }
+  return bytes;
 }
 
 int64_t SerializedPlanSize(const LookupPlan& plan) {
   const int k = plan.k;
-  int64_t size = 2 + k + static_cast<int64_t>(plan.sorted_pos.size() + plan.pos_begin.size());
+  int64_t size = 2 + k + plan.nnz + plan.num_nodes(k) + 1;
   for (int level = 1; level <= k; ++level) {
     size += plan.num_nodes(level);
-    if (level < k) size += static_cast<int64_t>(plan.child_begin[level].size());
+    if (level < k) size += plan.num_nodes(level) + 1;
     if (level > 1) size += plan.num_nodes(level);
   }
   return size;
@@ -250,23 +202,23 @@ int64_t SerializedPlanSize(const LookupPlan& plan) {
 void SerializePlan(const LookupPlan& plan, int64_t* out) {
   const int k = plan.k;
   *out++ = k;
-  *out++ = static_cast<int64_t>(plan.sorted_pos.size());
+  *out++ = plan.nnz;
   for (int level = 1; level <= k; ++level) *out++ = plan.num_nodes(level);
-  auto put = [&out](const std::vector<int64_t>& v) {
-    std::memcpy(out, v.data(), sizeof(int64_t) * v.size());
-    out += v.size();
+  auto put = [&out](const int64_t* v, int64_t count) {
+    if (count > 0) std::memcpy(out, v, sizeof(int64_t) * count);
+    out += count;
   };
-  put(plan.sorted_pos);
-  put(plan.pos_begin);
+  put(plan.sorted_pos, plan.nnz);
+  put(plan.pos_begin, plan.num_nodes(k) + 1);
   for (int level = 1; level <= k; ++level) {
-    put(plan.key[level]);
-    if (level < k) put(plan.child_begin[level]);
-    if (level > 1) put(plan.parent[level]);
+    put(plan.key[level], plan.num_nodes(level));
+    if (level < k) put(plan.child_begin[level], plan.num_nodes(level) + 1);
+    if (level > 1) put(plan.parent[level], plan.num_nodes(level));
   }
 }
 
 std::string DeserializePlan(const TTDims& dims, int64_t nnz, const int64_t* data,
-                            int64_t size, LookupPlan* plan) {
+                            int64_t size, Workspace* ws, LookupPlan* plan) {
   const int k = dims.k;
   if (size < 2 + k || data[0] != k || data[1] != nnz) {
     return "residual_plan does not belong to these cores and indices";
@@ -275,22 +227,27 @@ std::string DeserializePlan(const TTDims& dims, int64_t nnz, const int64_t* data
   int64_t expected = 2 + k + nnz;
   for (int level = 1; level <= k; ++level) {
     n[level] = data[1 + level];
-    if (n[level] < 0 || n[level] > nnz) return "residual_plan has a bad node count";
+    if (n[level] < 0 || n[level] > in::MaxNodes(dims, level, nnz)) {
+      return "residual_plan has a bad node count";
+    }
     expected += n[level] + (level < k ? n[level] + 1 : 0) + (level > 1 ? n[level] : 0);
   }
   expected += n[k] + 1;
   if (size != expected) return "residual_plan has the wrong size";
   const int64_t* p = data + 2 + k;
   // Every value is range-checked: the backward indexes arrays with them.
-  auto take = [&p](std::vector<int64_t>* v, int64_t count, int64_t lo, int64_t hi) {
-    v->assign(p, p + count);
+  auto take = [&p](const int64_t** v, int64_t count, int64_t lo, int64_t hi) {
+    *v = p;
     p += count;
-    for (int64_t x : *v) {
-      if (x < lo || x > hi) return false;
+    for (int64_t i = 0; i < count; ++i) {
+      if ((*v)[i] < lo || (*v)[i] > hi) return false;
     }
     return true;
   };
+  *plan = LookupPlan();
   plan->k = k;
+  plan->nnz = nnz;
+  for (int level = 1; level <= k; ++level) plan->nodes[level] = n[level];
   if (!take(&plan->sorted_pos, nnz, 0, nnz - 1) ||
       !take(&plan->pos_begin, n[k] + 1, 0, nnz)) {
     return "residual_plan has an out-of-range position";
@@ -299,7 +256,7 @@ std::string DeserializePlan(const TTDims& dims, int64_t nnz, const int64_t* data
     if (plan->pos_begin[i] > plan->pos_begin[i + 1]) return "residual_plan is not ordered";
   }
   for (int level = 1; level <= k; ++level) {
-    const int64_t key_limit = dims.padded_rows / dims.row_stride[level - 1] - 1;
+    const int64_t key_limit = dims.MaxPrefixes(level) - 1;
     if (!take(&plan->key[level], n[level], 0, key_limit)) return "residual_plan has a bad key";
     if (level < k) {
       if (!take(&plan->child_begin[level], n[level] + 1, 0, n[level + 1])) {
@@ -315,13 +272,17 @@ std::string DeserializePlan(const TTDims& dims, int64_t nnz, const int64_t* data
       return "residual_plan has a bad parent";
     }
     // Digits are not serialized: derived from the (range-checked) keys they are in range.
-    const Divider divide(dims.p[level - 1]);
-    auto& digit = plan->digit[level];
-    digit.resize(n[level]);
+    if (level == 1) {
+      plan->digit[1] = plan->key[1];  // below p[0]: the first digits themselves
+      continue;
+    }
+    const in::Divider divide(dims.p[level - 1]);
+    int64_t* digit = ws->Take<int64_t>(n[level]);
     for (int64_t i = 0; i < n[level]; ++i) {
       const int64_t key = plan->key[level][i];
       digit[i] = key - divide.Div(key) * dims.p[level - 1];
     }
+    plan->digit[level] = digit;
   }
   return "";
 }
@@ -332,502 +293,6 @@ int64_t PartialsSize(const TTDims& dims, const LookupPlan& plan) {
     size += plan.num_nodes(level) * dims.PartialSize(level);
   }
   return size;
-}
-
-template void BuildPlan<int32_t>(const TTDims&, const int32_t*, int64_t, LookupPlan*,
-                                 const ParallelFor&);
-template void BuildPlan<int64_t>(const TTDims&, const int64_t*, int64_t, LookupPlan*,
-                                 const ParallelFor&);
-
-void PositionScales(Combiner combiner, const int64_t* row_splits, int64_t num_bags,
-                    const float* weights, int64_t nnz, Floats* scale_out,
-                    std::vector<int64_t>* bag_out, const ParallelFor& pfor) {
-  scale_out->resize(nnz);
-  bag_out->resize(nnz);
-  float* scale = scale_out->data();
-  int64_t* bag_of_pos = bag_out->data();
-  if (combiner == Combiner::kNone) {
-    pfor(nnz, 2, [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; ++i) {
-        scale[i] = 1.f;
-        bag_of_pos[i] = i;
-      }
-    });
-    return;
-  }
-  const int64_t avg_bag = num_bags > 0 ? std::max<int64_t>(1, nnz / num_bags) : 1;
-  pfor(num_bags, 4 * avg_bag, [&](int64_t lo, int64_t hi) {
-    for (int64_t b = lo; b < hi; ++b) {
-      const int64_t first = row_splits[b], last = row_splits[b + 1];
-      double norm = 1.0;
-      if (combiner == Combiner::kMean) {
-        norm = 0.0;
-        for (int64_t i = first; i < last; ++i) norm += weights ? weights[i] : 1.0;
-      } else if (combiner == Combiner::kSqrtn) {
-        norm = 0.0;
-        for (int64_t i = first; i < last; ++i) {
-          norm += weights ? double(weights[i]) * weights[i] : 1.0;
-        }
-        norm = std::sqrt(norm);
-      }
-      const float inv = norm == 0.0 ? 0.f : static_cast<float>(1.0 / norm);
-      for (int64_t i = first; i < last; ++i) {
-        scale[i] = (weights ? weights[i] : 1.f) * inv;
-        bag_of_pos[i] = b;
-      }
-    }
-  });
-}
-
-namespace {
-
-// P_L[n] = P_{L-1}[parent(n)] @ G_{L-1}[digit(n)] for every node of `level` (2..k). Nodes are
-// visited grouped by digit so each core slice is loaded once and then served from L1: in
-// key order, consecutive nodes hit different slices of a megabyte-sized core.
-void ExtendLevel(const TTDims& dims, const float* const* cores, const LookupPlan& plan,
-                 int level, const float* prev, float* dst, const ParallelFor& pfor) {
-  const int t = level - 1;
-  const int64_t n = plan.num_nodes(level);
-  const int64_t out_size = dims.PartialSize(level);
-  const int64_t prev_size = dims.PartialSize(level - 1);
-  const int64_t slice = dims.CoreSliceSize(t);
-  const int64_t m = dims.col_prefix[t], kk = dims.r[t], nn = dims.q[t] * dims.r[t + 1];
-  // Per-thread scratch, bound to locals: a lambda that names a thread_local directly
-  // would see the worker thread's instance, not this one.
-  static thread_local std::vector<int64_t> tl_digit_begin, tl_order;
-  std::vector<int64_t>& digit_begin = tl_digit_begin;
-  std::vector<int64_t>& order = tl_order;
-  GroupByDigit(dims, plan, level, &digit_begin, &order);
-  const auto& parent = plan.parent[level];
-  const float* core = cores[t];
-  const int64_t avg = std::max<int64_t>(1, n / dims.p[t]);
-  pfor(dims.p[t], 2 * avg * m * kk * nn, [&](int64_t lo, int64_t hi) {
-    // The rows of all nodes of digit d form one GEMM with slice d (see RowsGemm).
-    static thread_local std::vector<const float*> a_rows;
-    static thread_local std::vector<float*> c_rows;
-    for (int64_t d = lo; d < hi; ++d) {
-      const int64_t begin = digit_begin[d], count = digit_begin[d + 1] - begin;
-      a_rows.resize(count * m);
-      c_rows.resize(count * m);
-      for (int64_t j = 0; j < count; ++j) {
-        const int64_t node = order[begin + j];
-        for (int64_t i = 0; i < m; ++i) {
-          a_rows[j * m + i] = prev + parent[node] * prev_size + i * kk;
-          c_rows[j * m + i] = dst + node * out_size + i * nn;
-        }
-      }
-      gemm::RowsGemm(a_rows.data(), core + d * slice, c_rows.data(), count * m, kk, nn);
-    }
-  });
-}
-
-// Asks for the cache lines of floats [p, p + n) ahead of their use.
-inline void PrefetchBlock(const float* p, int64_t n) {
-  for (int64_t x = 0; x < n; x += 16) __builtin_prefetch(p + x);
-}
-// How many nodes ahead a digit-grouped loop prefetches.
-constexpr int64_t kPrefetchAhead = 2;
-
-// Floats of a core that stay resident in a typical per-core L2 (256 KiB).
-constexpr int64_t kL2Floats = 64 * 1024;
-
-// The last core (r_k = 1) turns each distinct id's (Q x r) partial into its (Q x q) row: a
-// long contraction over the rank and a short output. Read in the plan's order, siblings
-// share their parent's partial, and when the core fits in L2 its slices can be read in any
-// order; computed as dot products along the rank (both operands contiguous there) it runs
-// 8-wide instead of q-wide. Needs r % 8 == 0; otherwise the digit-grouped path is used.
-bool LastLevelBySiblings(const TTDims& dims) {
-  const int t = dims.k - 1;
-  return dims.r[t] % 8 == 0 && dims.p[t] * dims.CoreSliceSize(t) <= kL2Floats;
-}
-
-// The last core with each slice transposed, (q, r) per digit: the layout both passes read.
-const Floats& TransposedLastCore(const TTDims& dims, const float* core) {
-  const int t = dims.k - 1;
-  const int64_t slice = dims.CoreSliceSize(t);
-  static thread_local Floats transposed;
-  transposed.resize(dims.p[t] * slice);
-  for (int64_t d = 0; d < dims.p[t]; ++d) {
-    TransposeSlice(core + d * slice, dims.r[t], dims.q[t], transposed.data() + d * slice);
-  }
-  return transposed;
-}
-
-// Rows of the leaves, parent by parent (LastLevelBySiblings).
-void ExtendLastLevelBySiblings(const TTDims& dims, const float* const* cores,
-                               const LookupPlan& plan, const float* prev,
-                               Floats* rows, const ParallelFor& pfor) {
-  const int k = dims.k, t = k - 1;
-  const int64_t m = dims.col_prefix[t], kk = dims.r[t], nn = dims.q[t];
-  const int64_t slice = dims.CoreSliceSize(t), prev_size = dims.PartialSize(k - 1);
-  const float* gt = TransposedLastCore(dims, cores[t]).data();
-  const int64_t num_parents = plan.num_nodes(k - 1);
-  const auto& child_begin = plan.child_begin[k - 1];
-  rows->resize(plan.num_nodes(k) * dims.dim);
-  float* out = rows->data();
-  const int64_t per_parent = 2 * m * kk * nn * std::max<int64_t>(1, plan.num_nodes(k) / num_parents);
-  pfor(num_parents, per_parent, [&](int64_t lo, int64_t hi) {
-    for (int64_t par = lo; par < hi; ++par) {
-      for (int64_t c = child_begin[par]; c < child_begin[par + 1]; ++c) {
-        gemm::MatMulBt<false>(prev + par * prev_size, gt + NodeDigit(dims, plan, k, c) * slice,
-                       out + c * dims.dim, m, kk, nn);
-      }
-    }
-  });
-}
-
-// Backward of ExtendLastLevelBySiblings, one pass over the parents: each child's row
-// gradient g (Q x q) adds g @ G[d] to its parent's dP and g^T @ P into dG[d]. The latter
-// is accumulated per part of the parents (each part has its own copy of dG, so that no two
-// workers write the same slice) and the copies are summed at the end.
-void BackpropLastLevelBySiblings(const TTDims& dims, const float* const* cores,
-                                 const LookupPlan& plan, const float* prev,
-                                 const float* leaf_grads, float* core_grad,
-                                 Floats* parent_grads, const ParallelFor& pfor) {
-  const int k = dims.k, t = k - 1;
-  const int64_t m = dims.col_prefix[t], kk = dims.r[t], nn = dims.q[t];
-  const int64_t slice = dims.CoreSliceSize(t), prev_size = dims.PartialSize(k - 1);
-  const int64_t core_size = dims.p[t] * slice, dim = dims.dim;
-  const float* gt = TransposedLastCore(dims, cores[t]).data();
-  const int64_t num_parents = plan.num_nodes(k - 1), num_leaves = plan.num_nodes(k);
-  const auto& child_begin = plan.child_begin[k - 1];
-  // Parts of about equal leaf counts; a few suffice for the thread pools of CPU hosts, and
-  // each costs one zeroed copy of dG.
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(4, num_leaves / 1024));
-  static thread_local std::vector<int64_t> tl_part_begin;
-  std::vector<int64_t>& part_begin = tl_part_begin;
-  part_begin.assign(parts + 1, num_parents);
-  part_begin[0] = 0;
-  for (int64_t s = 1, par = 0; s < parts; ++s) {
-    while (par < num_parents && child_begin[par] < s * num_leaves / parts) ++par;
-    part_begin[s] = par;
-  }
-  static thread_local Floats tl_part_grads;
-  Floats& part_grads = tl_part_grads;
-  part_grads.resize(parts * core_size);
-  parent_grads->resize(num_parents * prev_size);
-  float* upper = parent_grads->data();
-  pfor(parts, 4 * m * kk * nn * num_leaves / parts, [&](int64_t lo, int64_t hi) {
-    for (int64_t s = lo; s < hi; ++s) {
-      float* dgt = part_grads.data() + s * core_size;
-      std::fill(dgt, dgt + core_size, 0.f);
-      for (int64_t par = part_begin[s]; par < part_begin[s + 1]; ++par) {
-        const float* p = prev + par * prev_size;
-        float* dp = upper + par * prev_size;
-        for (int64_t c = child_begin[par]; c < child_begin[par + 1]; ++c) {
-          const float* g = leaf_grads + c * dim;
-          const int64_t off = NodeDigit(dims, plan, k, c) * slice;
-          if (c == child_begin[par]) {
-            gemm::Gemm<false>(g, nn, 1, gt + off, dp, m, nn, kk);
-          } else {
-            gemm::Gemm<true>(g, nn, 1, gt + off, dp, m, nn, kk);
-          }
-          gemm::Gemm<true>(g, 1, nn, p, dgt + off, nn, m, kk);
-        }
-      }
-    }
-  });
-  pfor(dims.p[t], 2 * parts * slice, [&](int64_t lo, int64_t hi) {
-    for (int64_t d = lo; d < hi; ++d) {
-      for (int64_t j = 0; j < nn; ++j) {
-        for (int64_t l = 0; l < kk; ++l) {
-          float sum = 0.f;
-          for (int64_t s = 0; s < parts; ++s) sum += part_grads[s * core_size + d * slice + j * kk + l];
-          core_grad[d * slice + l * nn + j] = sum;
-        }
-      }
-    }
-  });
-}
-
-}  // namespace
-
-// Where each level's partials start in a buffer that holds levels 1..k-1 back to back.
-void PartialOffsets(const TTDims& dims, const LookupPlan& plan, float* partials,
-                    float** at) {
-  for (int level = 1; level < dims.k; ++level) {
-    at[level] = partials;
-    partials += plan.num_nodes(level) * dims.PartialSize(level);
-  }
-}
-
-void ComputePartials(const TTDims& dims, const float* const* cores, const LookupPlan& plan,
-                     float* partials, const ParallelFor& pfor) {
-  float* at[kMaxCores + 1] = {nullptr};
-  PartialOffsets(dims, plan, partials, at);
-  // P_1 is the core slice itself: (1 x q_0 r_1) read as (q_0 x r_1).
-  const int64_t size = dims.PartialSize(1);
-  for (int64_t i = 0; i < plan.num_nodes(1); ++i) {
-    std::memcpy(at[1] + i * size, cores[0] + NodeDigit(dims, plan, 1, i) * dims.CoreSliceSize(0),
-                sizeof(float) * size);
-  }
-  for (int level = 2; level < dims.k; ++level) {
-    ExtendLevel(dims, cores, plan, level, at[level - 1], at[level], pfor);
-  }
-}
-
-void ComputeRows(const TTDims& dims, const float* const* cores, const LookupPlan& plan,
-                 float* partials, Floats* rows, const ParallelFor& pfor) {
-  ComputePartials(dims, cores, plan, partials, pfor);
-  float* at[kMaxCores + 1] = {nullptr};
-  PartialOffsets(dims, plan, partials, at);
-  // With r_k = 1 the last partial product is the row itself.
-  rows->resize(plan.num_nodes(dims.k) * dims.dim);
-  if (LastLevelBySiblings(dims)) {
-    ExtendLastLevelBySiblings(dims, cores, plan, at[dims.k - 1], rows, pfor);
-  } else {
-    ExtendLevel(dims, cores, plan, dims.k, at[dims.k - 1], rows->data(), pfor);
-  }
-}
-
-void PoolRowPointers(int64_t dim, const float* const* row_of_pos, Combiner combiner,
-                     const int64_t* row_splits, int64_t num_bags, const float* weights,
-                     int64_t nnz, float* out, const ParallelFor& pfor) {
-  const int64_t D = dim;
-  if (combiner == Combiner::kNone) {
-    pfor(nnz, D, [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; ++i) {
-        std::memcpy(out + i * D, row_of_pos[i], sizeof(float) * D);
-      }
-    });
-    return;
-  }
-  const int64_t avg_bag = num_bags > 0 ? std::max<int64_t>(1, nnz / num_bags) : 1;
-  gemm::WithRowWidth(D, [&](auto width) {
-    pfor(num_bags, 2 * avg_bag * D, [&](int64_t lo, int64_t hi) {
-      for (int64_t b = lo; b < hi; ++b) {
-        const int64_t first = row_splits[b], count = row_splits[b + 1] - first;
-        // The norm is accumulated in double so long bags lose nothing to rounding.
-        double norm = 0.0;
-        if (combiner != Combiner::kSum) {
-          for (int64_t i = first; i < first + count; ++i) {
-            const double w = weights ? weights[i] : 1.0;
-            norm += combiner == Combiner::kSqrtn ? w * w : w;
-          }
-          if (combiner == Combiner::kSqrtn) norm = std::sqrt(norm);
-        }
-        const float inv = norm == 0.0 ? 0.f : static_cast<float>(1.0 / norm);
-        gemm::SumRows(
-            width, D, count,
-            [&](int64_t j) {
-              return std::make_pair(weights ? weights[first + j] : 1.f, row_of_pos[first + j]);
-            },
-            combiner != Combiner::kSum, inv, out + b * D);
-      }
-    });
-  });
-}
-
-void PoolRows(const TTDims& dims, const LookupPlan& plan, Combiner combiner,
-              const int64_t* row_splits, int64_t num_bags, const float* weights,
-              int64_t nnz, const float* rows, float* out, const ParallelFor& pfor) {
-  const int64_t D = dims.dim;
-  static thread_local std::vector<const float*> tl_row_of_pos;
-  std::vector<const float*>& row_of_pos = tl_row_of_pos;
-  row_of_pos.resize(nnz);
-  const float** row_ptr = row_of_pos.data();
-  pfor(plan.num_nodes(dims.k), 8 * std::max<int64_t>(1, nnz / plan.num_nodes(dims.k)),
-       [&](int64_t lo, int64_t hi) {
-         for (int64_t leaf = lo; leaf < hi; ++leaf) {
-           for (int64_t j = plan.pos_begin[leaf]; j < plan.pos_begin[leaf + 1]; ++j) {
-             row_ptr[plan.sorted_pos[j]] = rows + leaf * D;
-           }
-         }
-       });
-  PoolRowPointers(D, row_of_pos.data(), combiner, row_splits, num_bags, weights, nnz, out,
-                  pfor);
-}
-
-void SumGradRows(int64_t dim, int64_t num_groups, const int64_t* group_begin,
-                 const int64_t* positions, const float* grad, const Floats& scale,
-                 const std::vector<int64_t>& bag_of_pos, float* out, const ParallelFor& pfor) {
-  const int64_t avg =
-      num_groups > 0 ? std::max<int64_t>(1, group_begin[num_groups] / num_groups) : 1;
-  const float* sc = scale.data();
-  const int64_t* bag = bag_of_pos.data();
-  gemm::WithRowWidth(dim, [&](auto width) {
-    pfor(num_groups, 2 * avg * dim, [&](int64_t lo, int64_t hi) {
-      for (int64_t n = lo; n < hi; ++n) {
-        const int64_t* pos = positions + group_begin[n];
-        gemm::SumRows(
-            width, dim, group_begin[n + 1] - group_begin[n],
-            [&](int64_t j) { return std::make_pair(sc[pos[j]], grad + bag[pos[j]] * dim); },
-            false, 1.f, out + n * dim);
-      }
-    });
-  });
-}
-
-void AggregateLeafGrads(const TTDims& dims, const LookupPlan& plan, const float* grad,
-                        const Floats& scale,
-                        const std::vector<int64_t>& bag_of_pos,
-                        Floats* leaf_grads, const ParallelFor& pfor) {
-  const int64_t n = plan.num_nodes(dims.k);
-  leaf_grads->resize(n * dims.dim);  // every element is written
-  SumGradRows(dims.dim, n, plan.pos_begin.data(), plan.sorted_pos.data(), grad, scale,
-              bag_of_pos, leaf_grads->data(), pfor);
-}
-
-void BackpropCores(const TTDims& dims, const float* const* cores, const LookupPlan& plan,
-                   Floats* leaf_grads, float* const* core_grads, const ParallelFor& pfor,
-                   const float* residual_partials) {
-  const int k = dims.k;
-  static thread_local Floats tl_partials;
-  if (residual_partials == nullptr) {
-    tl_partials.resize(PartialsSize(dims, plan));
-    ComputePartials(dims, cores, plan, tl_partials.data(), pfor);
-    residual_partials = tl_partials.data();
-  }
-  float* at[kMaxCores + 1] = {nullptr};
-  PartialOffsets(dims, plan, const_cast<float*>(residual_partials), at);
-  const float* partial_ptrs[kMaxCores + 1] = {nullptr};
-  for (int level = 1; level < k; ++level) partial_ptrs[level] = at[level];
-  // Scratch kept per thread (see SortByIds), one buffer per level so that sizes settle and
-  // nothing is re-zeroed: level_grads[L] is dL/dP_L of level L's nodes (the leaves' is
-  // *leaf_grads); contrib[n] is node n's share of its parent's gradient. Bound to locals so
-  // the worker lambdas see this thread's buffers (see ExtendLevel).
-  static thread_local Floats tl_level_grads[kMaxCores + 1];
-  static thread_local Floats tl_contrib, tl_transposed;
-  static thread_local std::vector<int64_t> tl_digit_begin, tl_order;
-  Floats* level_grads = tl_level_grads;
-  Floats& contrib = tl_contrib;
-  Floats& transposed = tl_transposed;
-  std::vector<int64_t>& digit_begin = tl_digit_begin;
-  std::vector<int64_t>& order = tl_order;
-  int top = k;
-  if (LastLevelBySiblings(dims)) {
-    BackpropLastLevelBySiblings(dims, cores, plan, partial_ptrs[k - 1], leaf_grads->data(),
-                                core_grads[k - 1], &level_grads[k - 1], pfor);
-    top = k - 1;
-  }
-  for (int level = top; level >= 1; --level) {
-    const int t = level - 1;
-    const int64_t slice = dims.CoreSliceSize(t);
-    const int64_t m = dims.col_prefix[t], kk = dims.r[t], nn = dims.q[t] * dims.r[t + 1];
-    const int64_t size = dims.PartialSize(level);
-    const int64_t prev_size = level > 1 ? dims.PartialSize(level - 1) : 0;
-    const int64_t num_nodes = plan.num_nodes(level);
-    const float* g = level == k ? leaf_grads->data() : level_grads[level].data();
-    const float* core = cores[t];
-    float* dcore = core_grads[t];
-    // A core that fits in L2 is read in whatever order; a bigger one only digit by digit.
-    // So a parent sums its children's dP_L[c] @ G_t[d_c]^T directly when the core is small,
-    // and otherwise each child's share goes through `contrib`, written in digit order.
-    const bool direct_to_parent = dims.p[t] * slice <= kL2Floats;
-    // With q r_out a multiple of 8, dP @ G^T runs as dot products along it (MatMulBt), and
-    // dG_t[d] comes out in the core's own layout; otherwise through transposed slices.
-    const bool dot_form = nn % 8 == 0;
-    if (level > 1 && !dot_form) {
-      transposed.resize(dims.p[t] * slice);
-      pfor(dims.p[t], 2 * slice, [&](int64_t lo, int64_t hi) {
-        for (int64_t d = lo; d < hi; ++d) {
-          TransposeSlice(core + d * slice, kk, nn, transposed.data() + d * slice);
-        }
-      });
-    }
-    if (level > 1 && !direct_to_parent) contrib.resize(num_nodes * prev_size);
-    // out (+)= dP_L[node] @ G_t[d]^T: node's share of its parent's gradient.
-    auto parent_share = [&](int64_t node, int64_t d, bool accumulate, float* out) {
-      const float* dp = g + node * size;
-      if (dot_form) {
-        if (accumulate) {
-          gemm::MatMulBt<true>(dp, core + d * slice, out, m, nn, kk);
-        } else {
-          gemm::MatMulBt<false>(dp, core + d * slice, out, m, nn, kk);
-        }
-      } else if (accumulate) {
-        MatMulAcc(dp, transposed.data() + d * slice, out, m, nn, kk);
-      } else {
-        MatMul(dp, transposed.data() + d * slice, out, m, nn, kk);
-      }
-    };
-
-    // Per digit d (one worker owns slice d: no atomics, a fixed summation order, and each
-    // slice of dG written exactly once):
-    //   dG_t[d] = sum over nodes n with digit d of P_{L-1}[parent(n)]^T @ dP_L[n]
-    //   contrib[n] = dP_L[n] @ G_t[d]^T, summed into the parent's gradient below.
-    // The first is one GEMM over the group's nodes stacked along the contraction, so that the
-    // output panel stays in registers for the whole group instead of being re-read for
-    // every node; when q r_out is not a multiple of 8 it is computed transposed,
-    // (q r_out x r_in) = dP_stack^T @ P_stack, for 8-wide panels along r_in.
-    GroupByDigit(dims, plan, level, &digit_begin, &order);
-    const float* prev = level > 1 ? partial_ptrs[level - 1] : nullptr;
-    const auto& parent = plan.parent[level];
-    const int64_t avg = std::max<int64_t>(1, num_nodes / dims.p[t]);
-    pfor(dims.p[t], 4 * avg * m * kk * nn, [&](int64_t lo, int64_t hi) {
-      static thread_local std::vector<const float*> grad_rows, prev_rows;
-      static thread_local Floats dgt;
-      for (int64_t d = lo; d < hi; ++d) {
-        const int64_t begin = digit_begin[d], count = digit_begin[d + 1] - begin;
-        float* dst = dcore + d * slice;
-        if (count == 0) {
-          std::fill(dst, dst + slice, 0.f);
-          continue;
-        }
-        if (level == 1) {
-          std::memcpy(dst, g + order[begin] * size, sizeof(float) * slice);
-          for (int64_t j = begin + 1; j < begin + count; ++j) {
-            const float* src = g + order[j] * size;
-            for (int64_t c = 0; c < slice; ++c) dst[c] += src[c];
-          }
-          continue;
-        }
-        // Row x of the stack is row i of node j's dP (nn wide) and of its parent's P (kk).
-        grad_rows.resize(count * m);
-        prev_rows.resize(count * m);
-        for (int64_t j = 0; j < count; ++j) {
-          const int64_t node = order[begin + j];
-          // Nodes of a digit are scattered over a dP buffer of megabytes: fetch a later
-          // node's block while this one computes (the loads stalled on L3 otherwise).
-          if (j + kPrefetchAhead < count) {
-            PrefetchBlock(g + order[begin + j + kPrefetchAhead] * size, size);
-          }
-          for (int64_t i = 0; i < m; ++i) {
-            grad_rows[j * m + i] = g + node * size + i * nn;
-            prev_rows[j * m + i] = prev + parent[node] * prev_size + i * kk;
-          }
-          if (!direct_to_parent) {
-            parent_share(node, d, false, contrib.data() + node * prev_size);
-          }
-        }
-        if (dot_form) {
-          GatherGemm(prev_rows.data(), grad_rows.data(), dst, kk, count * m, nn);
-          continue;
-        }
-        dgt.resize(nn * kk);
-        GatherGemm(grad_rows.data(), prev_rows.data(), dgt.data(), nn, count * m, kk);
-        for (int64_t a = 0; a < kk; ++a) {
-          for (int64_t b = 0; b < nn; ++b) dst[a * nn + b] = dgt[b * kk + a];
-        }
-      }
-    });
-    if (level == 1) break;
-
-    // Children of a parent are contiguous, so each parent sums its own range.
-    const int64_t num_parents = plan.num_nodes(level - 1);
-    const auto& child_begin = plan.child_begin[level - 1];
-    Floats& upper = level_grads[level - 1];
-    upper.resize(num_parents * prev_size);
-    const int64_t per_child = direct_to_parent ? 2 * m * nn * kk : prev_size;
-    pfor(num_parents, per_child * std::max<int64_t>(1, num_nodes / num_parents),
-         [&](int64_t lo, int64_t hi) {
-           for (int64_t par = lo; par < hi; ++par) {
-             float* dst = upper.data() + par * prev_size;
-             const int64_t first = child_begin[par], last = child_begin[par + 1];
-             if (direct_to_parent) {
-               for (int64_t c = first; c < last; ++c) {
-                 parent_share(c, NodeDigit(dims, plan, level, c), c != first, dst);
-               }
-               continue;
-             }
-             std::memcpy(dst, contrib.data() + first * prev_size, sizeof(float) * prev_size);
-             for (int64_t c = first + 1; c < last; ++c) {
-               const float* src = contrib.data() + c * prev_size;
-               for (int64_t x = 0; x < prev_size; ++x) dst[x] += src[x];
-             }
-           }
-         });
-  }
 }
 
 }  // namespace tt_keras

@@ -16,8 +16,11 @@ using tt_keras::Combiner;
 using tt_keras::LookupPlan;
 using tt_keras::TTDims;
 
+using tt_keras::AllocateWorkspace;
+using tt_keras::ArrayBytes;
 using tt_keras::CorePointers;
 using tt_keras::CpuParallelFor;
+using tt_keras::Workspace;
 
 template <typename Tid>
 class TTEmbeddingBagOp : public tt_keras::BagKernelBase {
@@ -43,18 +46,29 @@ class TTEmbeddingBagOp : public tt_keras::BagKernelBase {
     }
 
     const auto pfor = CpuParallelFor(ctx);
-    // Per-thread scratch: reused across calls so large batches do not page-fault afresh.
-    static thread_local LookupPlan plan;
-    static thread_local tt_keras::Floats rows;
-    tt_keras::BuildPlan(dims, bags.ids, bags.nnz, &plan, pfor);
+    LookupPlan plan;
+    Tensor plan_memory;
+    Workspace plan_ws;
+    OP_REQUIRES_OK(ctx, AllocateWorkspace(ctx, tt_keras::BuildPlanWorkspaceBytes(dims, bags.nnz),
+                                          &plan_memory, &plan_ws));
+    tt_keras::BuildPlan(dims, bags.ids, bags.nnz, &plan_ws, &plan, pfor);
     const std::vector<const float*> core_ptrs = CorePointers(cores);
     // The partial products go straight into the residual output for the gradient, which
     // then skips the sort and the leading cores' GEMMs.
     float* partials = nullptr;
     OP_REQUIRES_OK(ctx, tt_keras::AllocateResiduals(ctx, 1, dims, &plan, &partials));
-    tt_keras::ComputeRows(dims, core_ptrs.data(), plan, partials, &rows, pfor);
+    const int64_t rows_size = plan.num_nodes(dims.k) * dims.dim;
+    Tensor memory;
+    Workspace ws;
+    OP_REQUIRES_OK(ctx, AllocateWorkspace(ctx,
+                                          ArrayBytes<float>(rows_size) +
+                                              tt_keras::ComputeRowsWorkspaceBytes(dims, plan) +
+                                              tt_keras::PoolRowsWorkspaceBytes(bags.nnz),
+                                          &memory, &ws));
+    float* rows = ws.Take<float>(rows_size);
+    tt_keras::ComputeRows(dims, core_ptrs.data(), plan, partials, rows, &ws, pfor);
     tt_keras::PoolRows(dims, plan, combiner_, bags.row_splits, bags.num_bags, bags.weights,
-                       bags.nnz, rows.data(), out, pfor);
+                       bags.nnz, rows, out, &ws, pfor);
   }
 };
 
@@ -86,20 +100,32 @@ class TTEmbeddingBagGradOp : public tt_keras::BagKernelBase {
     if (bags.nnz == 0) return;
 
     const auto pfor = CpuParallelFor(ctx);
-    static thread_local LookupPlan plan;
-    static thread_local tt_keras::Floats scale, leaf_grads;
-    static thread_local std::vector<int64_t> bag_of_pos;
     // The forward's residuals, when it left them, spare the sort and the leading GEMMs.
+    LookupPlan plan;
+    Tensor plan_memory;
     const float* ready_partials = nullptr;
-    OP_REQUIRES_OK(ctx, tt_keras::ReadOrBuildPlan(ctx, dims, bags.ids, bags.nnz, pfor, &plan,
-                                                  &ready_partials));
+    OP_REQUIRES_OK(ctx, tt_keras::ReadOrBuildPlan(ctx, dims, bags.ids, bags.nnz, pfor,
+                                                  &plan_memory, &plan, &ready_partials));
+    const int64_t num_leaf_grads = plan.num_nodes(dims.k) * dims.dim;
+    Tensor memory;
+    Workspace ws;
+    OP_REQUIRES_OK(ctx, AllocateWorkspace(
+                            ctx,
+                            ArrayBytes<float>(bags.nnz) + ArrayBytes<int64_t>(bags.nnz) +
+                                ArrayBytes<float>(num_leaf_grads) +
+                                tt_keras::BackpropCoresWorkspaceBytes(
+                                    dims, plan, ready_partials != nullptr),
+                            &memory, &ws));
+    float* scale = ws.Take<float>(bags.nnz);
+    int64_t* bag_of_pos = ws.Take<int64_t>(bags.nnz);
+    float* leaf_grads = ws.Take<float>(num_leaf_grads);
     tt_keras::PositionScales(combiner_, bags.row_splits, bags.num_bags, bags.weights,
-                             bags.nnz, &scale, &bag_of_pos, pfor);
+                             bags.nnz, scale, bag_of_pos, pfor);
     tt_keras::AggregateLeafGrads(dims, plan, grad.flat<float>().data(), scale, bag_of_pos,
-                                 &leaf_grads, pfor);
+                                 leaf_grads, pfor);
     const std::vector<const float*> core_ptrs = CorePointers(cores);
-    tt_keras::BackpropCores(dims, core_ptrs.data(), plan, &leaf_grads,
-                            grad_ptrs.data(), pfor, ready_partials);
+    tt_keras::BackpropCores(dims, core_ptrs.data(), plan, leaf_grads, grad_ptrs.data(), &ws,
+                            pfor, ready_partials);
   }
 };
 

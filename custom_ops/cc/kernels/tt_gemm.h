@@ -2,20 +2,22 @@
 //
 // The matrices here are tiny (2-128 per side), where library GEMMs spend more time
 // dispatching than computing; these keep an output panel in registers across the whole
-// contraction. GCC vector types compile to AVX with -march=native and to SSE pairs elsewhere.
-#ifndef TT_KERAS_CUSTOM_OPS_CC_KERNELS_TT_GEMM_H_
-#define TT_KERAS_CUSTOM_OPS_CC_KERNELS_TT_GEMM_H_
+// contraction. GCC vector types compile to AVX where the ISA variant has it and to SSE
+// pairs elsewhere.
+//
+// No include guard: like tt_core_kernels.h, which includes it, this is compiled once per ISA
+// variant, in namespace TT_ISA_NAMESPACE, with TT_ISA_HAS_AVX set to 1 where the variant has
+// AVX (the target pragma does not reach the preprocessor, so __AVX__ cannot tell).
+#include <immintrin.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
 #include <utility>
-#if defined(__AVX__)
-#include <immintrin.h>
-#endif
 
 namespace tt_keras {
+namespace TT_ISA_NAMESPACE {
 namespace gemm {
 
 // Loads and stores go through memcpy: the operands are not 32-byte aligned, and memcpy is
@@ -37,10 +39,11 @@ inline void Store(float* p, V v) {
 // register), so a vector shared by several FMAs would be loaded once per FMA and the load
 // ports, not the FMAs, would bound the kernels (measured on the 3 x 32 panel of RowsPanel:
 // 20 GMAC/s folded, 30 pinned, of a 47 GMAC/s peak per core).
+// Without AVX a 32-byte vector is a pair of SSE registers, which the constraint cannot name.
 template <typename V>
 inline V InRegister(V v) {
 #if defined(__x86_64__)
-  asm("" : "+x"(v));
+  if constexpr (sizeof(V) == 16 || TT_ISA_HAS_AVX) asm("" : "+x"(v));
 #endif
   return v;
 }
@@ -244,7 +247,7 @@ inline void TransposeSlice(const float* src, int64_t rows, int64_t cols, float* 
 
 // The sums of eight vectors' lanes, as one vector: lane x = sum of a[x]'s lanes.
 inline v8f LaneSums8(const v8f* a) {
-#if defined(__AVX__)
+#if TT_ISA_HAS_AVX
   const __m256 t0 = _mm256_hadd_ps(__m256(a[0]), __m256(a[1]));
   const __m256 t1 = _mm256_hadd_ps(__m256(a[2]), __m256(a[3]));
   const __m256 t2 = _mm256_hadd_ps(__m256(a[4]), __m256(a[5]));
@@ -372,6 +375,5 @@ inline void SumRows(RowWidth<NV>, int64_t dim, int64_t count, const Term& term, 
 }
 
 }  // namespace gemm
+}  // namespace TT_ISA_NAMESPACE
 }  // namespace tt_keras
-
-#endif  // TT_KERAS_CUSTOM_OPS_CC_KERNELS_TT_GEMM_H_

@@ -1,13 +1,11 @@
-// Helpers shared by the TT CPU OpKernels: the thread-pool adapter and core pointers.
+// Helpers shared by the TT CPU OpKernels: the thread-pool adapter, scratch memory from the
+// op's allocator, the residual plan, core pointers.
 #ifndef TT_KERAS_CUSTOM_OPS_CC_KERNELS_TT_OP_UTIL_H_
 #define TT_KERAS_CUSTOM_OPS_CC_KERNELS_TT_OP_UTIL_H_
 
-#include <algorithm>
-#include <atomic>
-#include <memory>
-#include <thread>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "tensorflow/core/framework/op_kernel.h"
@@ -16,71 +14,24 @@
 
 namespace tt_keras {
 
-// The blocks of one parallel loop, shared by the calling thread and its helpers. Held by
-// shared_ptr: a helper that wakes after the caller has finished every block still reads
-// `next` (finds nothing left) after the loop has returned.
-struct ParallelLoop {
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
-  int64_t blocks = 0, block = 0, total = 0;
-  const std::function<void(int64_t, int64_t)>* fn = nullptr;
-
-  // Runs blocks until none is left; returns how many this thread ran.
-  int64_t Work() {
-    int64_t ran = 0;
-    for (int64_t b; (b = next.fetch_add(1, std::memory_order_relaxed)) < blocks; ++ran) {
-      (*fn)(b * block, std::min(total, (b + 1) * block));
-    }
-    return ran;
-  }
-};
-
-// tt_core's ParallelFor on the op's intra-op thread pool. The calling thread starts on the
-// blocks at once and pool threads join as they wake, taking blocks from a shared counter;
-// the caller then waits only for blocks already running. The pool's own ParallelFor hands
-// the whole loop to the pool and sleeps until it is done: a wake-up and a sleep for each
-// of the ~20 loops of a lookup, which measured about 10% of the op's forward and backward
-// on 2 cores. Block boundaries depend only on the thread count, and every loop body writes
-// disjoint outputs per item, so results do not depend on which thread runs which block.
+// tt_core's ParallelFor on the op's intra-op thread pool (see MakeParallelFor).
 inline ParallelFor CpuParallelFor(tensorflow::OpKernelContext* ctx) {
   tensorflow::thread::ThreadPool* pool =
       ctx->device()->tensorflow_cpu_worker_threads()->workers;
-  const int threads = pool->NumThreads();
-  return [pool, threads](int64_t total, int64_t cost,
-                         const std::function<void(int64_t, int64_t)>& fn) {
-    if (total <= 0) return;
-    // Small loops run inline: waking a worker costs more than they do.
-    constexpr int64_t kInlineFlops = 200000;
-    if (threads <= 1 || total * cost < kInlineFlops) {
-      fn(0, total);
-      return;
-    }
-    auto loop = std::make_shared<ParallelLoop>();
-    loop->blocks = std::min<int64_t>(total, 4 * threads);
-    loop->block = (total + loop->blocks - 1) / loop->blocks;
-    loop->blocks = (total + loop->block - 1) / loop->block;
-    loop->total = total;
-    loop->fn = &fn;
-    const int helpers = static_cast<int>(std::min<int64_t>(threads - 1, loop->blocks - 1));
-    for (int h = 0; h < helpers; ++h) {
-      pool->Schedule([loop] {
-        const int64_t ran = loop->Work();
-        if (ran > 0) loop->done.fetch_add(ran, std::memory_order_acq_rel);
-      });
-    }
-    const int64_t ran = loop->Work();
-    loop->done.fetch_add(ran, std::memory_order_acq_rel);
-    // Every block is taken; wait for those still running elsewhere (a block's worth).
-    for (int spins = 0; loop->done.load(std::memory_order_acquire) < loop->blocks; ++spins) {
-      if (spins < 4096) {
-#if defined(__x86_64__)
-        __builtin_ia32_pause();
-#endif
-      } else {
-        std::this_thread::yield();
-      }
-    }
-  };
+  return MakeParallelFor(pool->NumThreads(),
+                         [pool](std::function<void()> task) { pool->Schedule(std::move(task)); });
+}
+
+// Scratch memory of one Compute call from the op's allocator: a temporary tensor of
+// `bytes` (a tt_core *WorkspaceBytes() query or a sum of them) viewed as a Workspace. It
+// is TF's to track and free; `holder` must outlive every use of the workspace.
+inline tensorflow::Status AllocateWorkspace(tensorflow::OpKernelContext* ctx, size_t bytes,
+                                            tensorflow::Tensor* holder, Workspace* ws) {
+  const int64_t size = static_cast<int64_t>(bytes + kWorkspaceAlign);
+  TF_RETURN_IF_ERROR(
+      ctx->allocate_temp(tensorflow::DT_INT8, tensorflow::TensorShape({size}), holder));
+  *ws = Workspace(holder->flat<int8_t>().data(), static_cast<size_t>(size));
+  return tensorflow::OkStatus();
 }
 
 // What every TT bag kernel reads from its attrs: the table's rows and the combiner.
@@ -121,23 +72,29 @@ inline tensorflow::Status AllocateResiduals(tensorflow::OpKernelContext* ctx, in
 
 // A gradient op's plan: the forward's (inputs "residual_plan" / "residual_partials"), checked,
 // when it left one; else built afresh from ids (then *ready_partials stays nullptr and the
-// backward recomputes the partial products).
+// backward recomputes the partial products). The plan's memory is `holder`'s (or the
+// residual input's).
 template <typename Tid>
 tensorflow::Status ReadOrBuildPlan(tensorflow::OpKernelContext* ctx, const TTDims& dims,
                                    const Tid* ids, int64_t nnz, const ParallelFor& pfor,
-                                   LookupPlan* plan, const float** ready_partials) {
+                                   tensorflow::Tensor* holder, LookupPlan* plan,
+                                   const float** ready_partials) {
   const tensorflow::Tensor* residual_plan;
   const tensorflow::Tensor* residual_partials;
   TF_RETURN_IF_ERROR(ctx->input("residual_plan", &residual_plan));
   TF_RETURN_IF_ERROR(ctx->input("residual_partials", &residual_partials));
   *ready_partials = nullptr;
+  Workspace ws;
   if (residual_plan->NumElements() == 0) {
-    BuildPlan(dims, ids, nnz, plan, pfor);
+    TF_RETURN_IF_ERROR(AllocateWorkspace(ctx, BuildPlanWorkspaceBytes(dims, nnz), holder, &ws));
+    BuildPlan(dims, ids, nnz, &ws, plan, pfor);
     return tensorflow::OkStatus();
   }
+  TF_RETURN_IF_ERROR(
+      AllocateWorkspace(ctx, DeserializePlanWorkspaceBytes(dims, nnz), holder, &ws));
   const std::string error =
       DeserializePlan(dims, nnz, residual_plan->flat<int64_t>().data(),
-                      residual_plan->NumElements(), plan);
+                      residual_plan->NumElements(), &ws, plan);
   if (!error.empty()) return tensorflow::errors::InvalidArgument(error);
   if (residual_partials->NumElements() != PartialsSize(dims, *plan)) {
     return tensorflow::errors::InvalidArgument(

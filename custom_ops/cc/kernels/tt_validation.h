@@ -110,28 +110,13 @@ absl::Status ValidateBagInputs(tensorflow::OpKernelContext* ctx, Combiner combin
   const tensorflow::Tensor& splits = *splits_ptr;
   const tensorflow::Tensor& weights = *weights_ptr;
   bags->ids = indices.flat<Tid>().data();
-  for (int64_t i = 0; i < bags->nnz; ++i) {
-    const int64_t id = static_cast<int64_t>(bags->ids[i]);
-    if (id < 0 || id >= num_rows) {
-      return errors::InvalidArgument("indices[", i, "] = ", id, " is out of range [0, ",
-                                     num_rows, ")");
-    }
-  }
+  std::string error = ValidateIds(bags->ids, bags->nnz, num_rows);
+  if (!error.empty()) return errors::InvalidArgument(error);
   if (weights.dim_size(0) != 0) bags->weights = weights.flat<float>().data();
   if (combiner == Combiner::kNone) return absl::OkStatus();
   bags->row_splits = splits.flat<int64_t>().data();
-  const int64_t* s = bags->row_splits;
-  if (s[0] != 0) return errors::InvalidArgument("row_splits[0] = ", s[0], " must be 0");
-  for (int64_t b = 0; b < bags->num_bags; ++b) {
-    if (s[b + 1] < s[b]) {
-      return errors::InvalidArgument("row_splits must not decrease: row_splits[", b + 1,
-                                     "] = ", s[b + 1], " < row_splits[", b, "] = ", s[b]);
-    }
-  }
-  if (s[bags->num_bags] != bags->nnz) {
-    return errors::InvalidArgument("row_splits[-1] = ", s[bags->num_bags],
-                                   " must equal the number of indices, ", bags->nnz);
-  }
+  error = ValidateRowSplits(bags->row_splits, bags->num_bags, bags->nnz);
+  if (!error.empty()) return errors::InvalidArgument(error);
   return absl::OkStatus();
 }
 
