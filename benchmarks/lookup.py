@@ -14,7 +14,7 @@ lookup called in turns so that load from elsewhere falls on both alike; "fwd+bwd
 output and the gradients of sum(output^2) with respect to the table (cores or dense table).
 
 Cache rows (--cache_fractions, issue 5): for each configuration and each cache of that
-fraction of the rows, the layer's Space-Saving counter (tt_keras.cache) runs over
+fraction of the rows, the layer's Space-Saving counter (tt_keras.cache_updates) runs over
 --cache_warmup_batches batches of the workload; the top rows it finds are cached (with
 values drawn at random: timings do not depend on them), and a further, held-out batch is
 timed. Each line compares, on that one batch: the cached op (gradients for the cores and,

@@ -183,19 +183,23 @@ def ids_in_range(ids, num_rows):
         "indices[", first, "] = ", _at(wide, first), f" is out of range [0, {num_rows})"))
 
 
+def _int64_vector(values, name):
+    """values as an int64 vector: integers of a static rank 1, else an error naming `name`."""
+    values = tf.convert_to_tensor(values)
+    if not values.dtype.is_integer:
+        raise TypeError(f"{name} must be integers, got dtype {values.dtype.name}")
+    if values.shape.rank != 1:
+        raise ValueError(f"{name} must be a vector, got shape {shape_text(values.shape)}")
+    return tf.cast(values, tf.int64)
+
+
 def row_splits_tensor(row_splits, combiner):
     """The bag boundaries as an int64 vector (empty for combiner "none", which has none)."""
     if combiner == "none":
         return tf.zeros([0], tf.int64)
     if row_splits is None:
         raise ValueError(f"combiner={combiner!r} needs row_splits (bag boundaries)")
-    row_splits = tf.convert_to_tensor(row_splits)
-    if not row_splits.dtype.is_integer:
-        raise TypeError(f"row_splits must be integers, got dtype {row_splits.dtype.name}")
-    if row_splits.shape.rank != 1:
-        raise ValueError(f"row_splits must be a vector, got shape "
-                         f"{shape_text(row_splits.shape)}")
-    return tf.cast(row_splits, tf.int64)
+    return _int64_vector(row_splits, "row_splits")
 
 
 def valid_row_splits(row_splits, num_ids):
@@ -300,13 +304,7 @@ def same_entries(a, b):
 
 def cache_tensors(cache_ids, cache_rows, dim):
     """cache_ids as an int64 vector and cache_rows as float32 [len(cache_ids), dim]."""
-    cache_ids = tf.convert_to_tensor(cache_ids)
-    if not cache_ids.dtype.is_integer:
-        raise TypeError(f"cache_ids must be integers, got dtype {cache_ids.dtype.name}")
-    if cache_ids.shape.rank != 1:
-        raise ValueError(f"cache_ids must be a vector, got shape "
-                         f"{shape_text(cache_ids.shape)}")
-    cache_ids = tf.cast(cache_ids, tf.int64)
+    cache_ids = _int64_vector(cache_ids, "cache_ids")
     cache_rows = tf.convert_to_tensor(cache_rows)
     if not cache_rows.dtype.is_floating:
         raise TypeError(f"cache_rows must be floats, got dtype {cache_rows.dtype.name}")
