@@ -145,16 +145,15 @@ CASES = {
 
 def failure(call, tensors, backend, graph):
     """The error of the lookup, called eagerly or as a graph over inputs of unknown shape."""
+    inputs = {k: tf.constant(v) for k, v in tensors.items()}
     if graph:
-        signature = {k: tf.TensorSpec([None] * np.ndim(v), tf.as_dtype(np.asarray(v).dtype))
-                     for k, v in tensors.items()}
-        fn = tf.function(lambda **t: call(backend, **t), input_signature=None)
-        run = lambda: fn.get_concrete_function(**signature)(  # noqa: E731
-            **{k: tf.constant(v) for k, v in tensors.items()})
-    else:
-        run = lambda: call(backend, **{k: tf.constant(v) for k, v in tensors.items()})  # noqa
+        traced = tf.function(lambda **t: call(backend, **t))
+        specs = {k: tf.TensorSpec([None] * v.shape.rank, v.dtype) for k, v in inputs.items()}
     with pytest.raises(ERRORS) as err:
-        run()
+        if graph:
+            traced.get_concrete_function(**specs)(**inputs)
+        else:
+            call(backend, **inputs)
     return err.value
 
 

@@ -263,7 +263,8 @@ class HotRowCache(keras.layers.Layer):
         eager = tf.executing_eagerly()
         with _EAGER_UPDATE_LOCK if eager else contextlib.nullcontext():
             # In a graph, the update waits for the checks above.
-            with tf.control_dependencies([ids, row_splits]):
+            checked = [ids, row_splits] + ([weights] if weights is not None else [])
+            with tf.control_dependencies(checked):
                 updates = self.update(tf.cast(ids, tf.int64), tt_rows, training)
             # The lookup reads the cache as this call's update left it (filled or refreshed
             # before the lookup, so this call's gradient reaches the rows it used).

@@ -84,15 +84,14 @@ def require(value, ok, message):
         return value
     check = tf.debugging.Assert(ok, [_join(message())], summarize=1)
     with tf.control_dependencies([check]):
-        return tf.nest.map_structure(tf.identity, value)
+        return tf.identity(value)
 
 
 def _first(mask):
     """Position of the first true entry of a boolean vector (its length when none): what a
     message names, deterministic on every device (argmax's ties are not)."""
-    positions = tf.range(tf.size(mask, out_type=tf.int64))
-    return tf.reduce_min(tf.concat([tf.boolean_mask(positions, mask),
-                                    tf.size(mask, out_type=tf.int64)[None]], 0))
+    size = tf.size(mask, out_type=tf.int64)
+    return tf.reduce_min(tf.concat([tf.where(mask, tf.range(size), size), size[None]], 0))
 
 
 def _at(vector, position):
