@@ -14,7 +14,7 @@ lookup called in turns so that load from elsewhere falls on both alike; "fwd+bwd
 output and the gradients of sum(output^2) with respect to the table (cores or dense table).
 
 Cache rows (--cache_fractions, issue 5): for each configuration and each cache of that
-fraction of the rows, the layer's Space-Saving counter (tt_keras.cache) runs over
+fraction of the rows, the layer's Space-Saving counter (tt_keras.cache_updates) runs over
 --cache_warmup_batches batches of the workload; the top rows it finds are cached (with
 values drawn at random: timings do not depend on them), and a further, held-out batch is
 timed. Each line compares, on that one batch: the cached op (gradients for the cores and,
@@ -30,7 +30,8 @@ import tensorflow as tf
 from absl import app, flags
 
 from benchmarks.workload import NUM_ROWS, ROW_SHAPE, interleaved_median_ms, zipf_ids
-from tt_keras import TTEmbedding, cache, lookup_backend_scope, tt_embedding_bag, tt_math
+from tt_keras import TTEmbedding, cache, cache_updates, lookup_backend_scope, tt_embedding_bag
+from tt_keras import tt_math
 from tt_keras.lookup import tt_embedding_bag_cached
 
 FLAGS = flags.FLAGS
@@ -118,13 +119,13 @@ def run_config(name, ids, row_splits, rng):
 def counter_top_ids(batches, cache_size):
     """The cache the layer would fill after counting `batches`, and the ms per batch the
     counter costs."""
-    counter_size = min(cache.HotRowCache.DEFAULT_COUNTER_MULTIPLE * cache_size, NUM_ROWS)
+    counter_size = min(cache.CacheConfig.DEFAULT_COUNTER_MULTIPLE * cache_size, NUM_ROWS)
     keys = tf.Variable(tf.fill([counter_size], tf.constant(cache.EMPTY_ID, tf.int64)))
     counts = tf.Variable(tf.zeros([counter_size], tf.int64))
 
     @tf.function
     def count(ids):
-        new_keys, new_counts = cache.space_saving_update(keys, counts, ids)
+        new_keys, new_counts = cache_updates.space_saving_update(keys, counts, ids)
         keys.assign(new_keys)
         counts.assign(new_counts)
 
@@ -133,7 +134,7 @@ def counter_top_ids(batches, cache_size):
         start = time.perf_counter()
         count(b)
         times.append(time.perf_counter() - start)
-    top = cache.top_ids(keys, counts, cache_size)
+    top = cache_updates.top_ids(keys, counts, cache_size)
     return top, 1000 * float(np.median(times[1:]))
 
 

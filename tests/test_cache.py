@@ -3,6 +3,7 @@ the layer's cache life cycle, all against the NumPy oracle. Run under Keras 3 an
 TF_USE_LEGACY_KERAS=1."""
 
 import os
+import re
 import threading
 
 import numpy as np
@@ -12,7 +13,7 @@ import tensorflow as tf
 import tt_keras
 from tests import tolerance
 from tt_keras import cache as tt_cache
-from tt_keras import oracle, tt_math
+from tt_keras import cache_updates, oracle, tt_math
 from tt_keras._keras import IS_KERAS_3, keras
 from tt_keras.cache import EMPTY_ID
 from tt_keras.lookup import lookup_backend_scope, tt_embedding_bag_cached
@@ -290,9 +291,12 @@ def test_out_of_range_ids_name_position_and_value(backend, bad_id):
 
 def test_cached_lookup_argument_errors(backend):
     cores = oracle.random_cores(SHAPES[3], np.random.default_rng(0))
-    with pytest.raises(ValueError, match=r"cache_rows must have shape \[cache_size, 8\]"):
+    with pytest.raises(ValueError, match=re.escape(
+            "cache_rows has shape [1,7] but cache_ids has 1 slots and the cores give rows of 8 "
+            "columns: expected [1,8]")):
         tt_embedding_bag_cached(cores, [3], np.zeros((1, 7), np.float32), [1], backend=backend)
-    with pytest.raises(ValueError, match="cache_ids has 2 slots but cache_rows has 1 rows"):
+    with pytest.raises(ValueError, match=re.escape(
+            "cache_rows has shape [1,8] but cache_ids has 2 slots")):
         tt_embedding_bag_cached(cores, [3, 4], np.zeros((1, 8), np.float32), [1],
                                 backend=backend)
     with pytest.raises(TypeError, match="cache_ids must be integers"):
@@ -326,7 +330,8 @@ def test_space_saving_counts_exactly_while_there_is_room():
     keys = tf.fill([6], tf.constant(EMPTY_ID, tf.int64))
     counts = tf.zeros([6], tf.int64)
     for batch in ([5, 5, 9, 1], [9, 5, 2]):
-        keys, counts = tt_cache.space_saving_update(keys, counts, tf.constant(batch, tf.int64))
+        keys, counts = cache_updates.space_saving_update(keys, counts,
+                                                         tf.constant(batch, tf.int64))
     got = {int(k): int(c) for k, c in zip(keys.numpy(), counts.numpy()) if k != EMPTY_ID}
     assert got == {5: 3, 9: 2, 1: 1, 2: 1}
     assert (keys.numpy() == EMPTY_ID).sum() == 2
@@ -346,13 +351,13 @@ def test_counter_finds_the_true_top_c_of_a_zipf_stream(order):
     for b in range(batches):
         step(tf.constant(stream[b * batch:(b + 1) * batch], tf.int64))
     truth = np.bincount(stream, minlength=num_rows)
-    cached = np.asarray(layer.cache_ids)
+    cached = np.asarray(layer.cache.cache_ids)
     assert (cached != EMPTY_ID).all() and len(np.unique(cached)) == cache_size
     # Ties at the boundary may pick either id: compare the counts, which are unambiguous.
     np.testing.assert_array_equal(np.sort(truth[cached]), np.sort(truth)[-cache_size:])
     # Space-Saving never undercounts (the population halved the counts once).
-    keys = np.asarray(layer.cache_counter_keys)
-    counts = np.asarray(layer.cache_counter_counts)
+    keys = np.asarray(layer.cache.cache_counter_keys)
+    counts = np.asarray(layer.cache.cache_counter_counts)
     kept = keys != EMPTY_ID
     assert (2 * counts[kept] + 1 >= truth[keys[kept]]).all()
     assert layer.cache_hit_rate > 0.3
@@ -387,8 +392,8 @@ def cores_of(layer):
 
 
 def cache_of(layer):
-    ids = np.asarray(layer.cache_ids)
-    rows = np.asarray(layer.cache_rows, np.float64)
+    ids = np.asarray(layer.cache.cache_ids)
+    rows = np.asarray(layer.cache.cache_rows, np.float64)
     return {int(i): rows[s] for s, i in enumerate(ids) if i != EMPTY_ID}
 
 
@@ -461,7 +466,7 @@ def test_training_follows_the_oracle_through_warmup_fill_and_sgd(backend):
         # Uncached rows follow the cores; cached rows are the cache's.
         np.testing.assert_allclose(full_table(layer),
                                    mixed_table(want_cores, N, cache), rtol=1e-4, atol=1e-5)
-    assert int(np.asarray(layer.cache_step)) == len(FILL_BATCHES)
+    assert int(np.asarray(layer.cache.cache_step)) == len(FILL_BATCHES)
 
 
 def test_refresh_keeps_rows_that_stay(backend):
@@ -494,8 +499,8 @@ def test_counter_runs_before_each_refresh_only(backend):
                        cache_counter_decay=1.0)
 
     def counted():
-        keys = np.asarray(layer.cache_counter_keys)
-        counts = np.asarray(layer.cache_counter_counts)
+        keys = np.asarray(layer.cache.cache_counter_keys)
+        counts = np.asarray(layer.cache.cache_counter_counts)
         return {int(k): int(c) for k, c in zip(keys, counts) if k != EMPTY_ID}
 
     for n in range(1, 10):
@@ -510,7 +515,7 @@ def test_counter_runs_before_each_refresh_only(backend):
             cache = sorted(cache_of(layer))
             assert cache[0] == 50 and cache[1] in (101, 102, 103)
     # The refresh at call 9 ranks 50 (6 counts) first; the ids of calls 1-3, 7-9 tie at 2.
-    assert 50 in cache_of(layer) and int(np.asarray(layer.cache_step)) == 9
+    assert 50 in cache_of(layer) and int(np.asarray(layer.cache.cache_step)) == 9
 
 
 def test_inference_never_changes_the_cache(backend):
@@ -531,19 +536,48 @@ def test_training_flag_given_as_a_tensor(backend):
     call = tf.function(lambda ids, training: layer(ids, training=training))
     ids = tf.constant([[4, 4, 5]])
     call(ids, tf.constant(False))
-    assert int(np.asarray(layer.cache_step)) == 0
+    assert int(np.asarray(layer.cache.cache_step)) == 0
     call(ids, tf.constant(True))
     call(ids, tf.constant(True))  # call 2: fill
-    assert int(np.asarray(layer.cache_step)) == 2 and sorted(cache_of(layer)) == [4, 5]
+    assert int(np.asarray(layer.cache.cache_step)) == 2 and sorted(cache_of(layer)) == [4, 5]
     assert layer.cache_hit_rate == 1.0
 
 
-def test_a_rejected_training_call_leaves_no_trace(backend):
-    layer = make_layer(backend, cache_size=2, cache_warmup_steps=3)
+def bad_training_batch(fault):
+    """(ids, weights, error text) of a batch the lookup refuses."""
+    if fault == "id":
+        return tf.constant([[4, N, 5]], tf.int64), None, "out of range"
+    if fault == "weights":
+        return (tf.constant([[4, 4, 5], [5, 5, 4]], tf.int64), tf.ones([3, 2]),
+                r"weights of shape \[3,2\] do not match ids of shape \[2,3\]")
+    ids = tf.RaggedTensor.from_row_splits(tf.constant([4, 4, 5], tf.int64),
+                                          tf.constant([0, 2, 1, 3], tf.int64), validate=False)
+    return ids, None, "row_splits must not decrease"
+
+
+@pytest.mark.parametrize("graph", [False, True])
+@pytest.mark.parametrize("fault", ["id", "weights", "ragged_splits"])
+def test_a_rejected_training_call_leaves_no_trace(backend, graph, fault):
+    """Call 2 would fill the cache: refused, it must not, nor count, nor take a step (its
+    batch is checked before the cache's update, also where shapes are known only late)."""
+    layer = make_layer(backend, cache_size=2, cache_warmup_steps=1)
     layer(tf.constant([[4, 4, 5]]), training=True)
     state = [np.asarray(v).copy() for v in layer.weights]
-    with pytest.raises(tf.errors.InvalidArgumentError, match="out of range"):
-        layer(tf.constant([[4, N, 5]]), training=True)
+    ids, weights, needle = bad_training_batch(fault)
+
+    def call(ids, weights):
+        return layer(ids, weights=weights, training=True)
+
+    if graph and fault != "ragged_splits":
+        specs = [tf.TensorSpec([None, None], tf.int64)] + (
+            [tf.TensorSpec([None, None], tf.float32)] if weights is not None else [None])
+        call = tf.function(call).get_concrete_function(*specs)
+    elif graph:
+        call = tf.function(call)
+    # Eagerly a shape fault is a ValueError (the shapes are static), at run time an
+    # InvalidArgumentError.
+    with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match=needle):
+        call(ids, weights)
     for before, v in zip(state, layer.weights):
         np.testing.assert_array_equal(before, np.asarray(v))
 
@@ -601,9 +635,9 @@ def test_model_fit_with_keras_optimizers(backend, optimizer):
     for i in (3, 4, 5):
         np.testing.assert_array_equal(trained[i], filled[i])
     assert layer.cache_hit_rate == pytest.approx((later[8:, :2] < 6).sum() / 24)
-    step = int(np.asarray(layer.cache_step))
+    step = int(np.asarray(layer.cache.cache_step))
     model.predict(later, verbose=0)
-    assert int(np.asarray(layer.cache_step)) == step
+    assert int(np.asarray(layer.cache.cache_step)) == step
 
 
 def test_missing_library_falls_back_to_the_pure_tf_cache(tmp_path, monkeypatch):
@@ -686,12 +720,11 @@ def test_savedmodel_round_trip(tmp_path, portable):
     ids = tf.constant([[1, 2, 7], [0, 4, 299]], tf.int64)
     loaded = tf.saved_model.load(path)
     tolerance.assert_reordered_close(loaded.serve(ids).numpy(), layer(ids).numpy())
-    # The cache's variables travel in the SavedModel's checkpoint.
-    prefix = os.path.join(path, "variables", "variables")
-    names = [n for n, _ in tf.train.list_variables(prefix) if "cache_ids" in n]
-    assert names, tf.train.list_variables(prefix)
-    np.testing.assert_array_equal(tf.train.load_variable(prefix, names[0]),
-                                  np.asarray(layer.cache_ids))
+    # The cache's variables travel in the SavedModel, where the cache module holds them.
+    for name in ("cache_ids", "cache_rows", "cache_counter_keys", "cache_counter_counts",
+                 "cache_step"):
+        np.testing.assert_array_equal(getattr(loaded.embedding.cache, name).numpy(),
+                                      np.asarray(getattr(layer.cache, name)), err_msg=name)
 
 
 def test_keras_savedmodel_round_trip(tmp_path):
@@ -752,3 +785,69 @@ def test_sizes_count_the_cache():
 def test_bad_cache_arguments_name_the_argument(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         tt_keras.TTEmbedding(N, D, tt_rank=4, **kwargs)
+
+
+# ---------------------------------------------------------------- the cache as a module
+
+def test_the_cache_owns_its_variables(tmp_path):
+    """A HotRowCache sublayer holds the cache's variables (named as in 0.1.0); the layer
+    reaches them through it, and saves them under it."""
+    layer = trained_layer()
+    assert isinstance(layer.cache, tt_cache.HotRowCache)
+    names = [v.name.split("/")[-1].split(":")[0] for v in layer.weights]
+    assert names == ["core_0", "core_1", "core_2", "cache_rows", "cache_ids",
+                     "cache_counter_keys", "cache_counter_counts", "cache_step",
+                     "cache_last_hits", "cache_last_lookups"]
+    assert [v.name.split("/")[-1].split(":")[0] for v in layer.trainable_weights] == [
+        "core_0", "core_1", "core_2", "cache_rows"]
+    prefix = tf.train.Checkpoint(embedding=layer).save(str(tmp_path / "ckpt"))
+    saved = {n for n, _ in tf.train.list_variables(prefix)}
+    assert "embedding/cache/cache_ids/.ATTRIBUTES/VARIABLE_VALUE" in saved
+    assert not any(n.startswith("embedding/cache_") for n in saved)
+    assert layer.cache.num_bytes == layer.cache_bytes == 3 * D * 4 + 3 * 8 + 2 * 12 * 8 + 24
+    assert tt_keras.TTEmbedding(N, D, tt_rank=4).cache is None
+
+
+def test_an_old_checkpoint_restores_into_an_unbuilt_layer():
+    """tt_keras 0.1.0 checkpoints name the cache variables under the layer; restored before
+    the layer is built, they wait for the cache's variables."""
+    from tests.test_compat import load_expected
+    directory, config, expected = load_expected("v0.1.0")
+    layer = tt_keras.TTEmbedding(**config["cached"], name="embedding")
+    status = tf.train.Checkpoint(embedding=layer).read(os.path.join(directory, "ckpt_cached-1"))
+    layer.build()
+    status.assert_existing_objects_matched()
+    for name in ("cache_ids", "cache_rows", "cache_counter_keys", "cache_counter_counts",
+                 "cache_step"):
+        np.testing.assert_array_equal(np.asarray(getattr(layer.cache, name)),
+                                      expected["cached/" + name], err_msg=name)
+
+
+def test_concurrent_eager_training_calls_count_every_step(backend):
+    """Four threads make 25 eager training calls each: 100 steps, one fill (at call 6), and
+    the counter and the cache stay consistent."""
+    layer = make_layer(backend, cache_size=2, cache_warmup_steps=5)
+    start = threading.Barrier(4)
+    errors = []
+
+    def train():
+        start.wait()
+        try:
+            for _ in range(25):
+                layer(tf.constant([[1, 1, 2], [2, 7, 1]]), training=True)
+        except Exception as e:  # pylint: disable=broad-except
+            errors.append(e)
+
+    threads = [threading.Thread(target=train) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert int(np.asarray(layer.cache.cache_step)) == 100
+    assert sorted(cache_of(layer)) == [1, 2]
+    # Calls 1-6 counted 1 (3 per call) and 2 (2 per call); the fill halved the counts.
+    counts = dict(zip(np.asarray(layer.cache.cache_counter_keys).tolist(),
+                      np.asarray(layer.cache.cache_counter_counts).tolist()))
+    assert counts[1] == 9 and counts[2] == 6
+    assert int(np.asarray(layer.cache.cache_last_lookups)) == 6 and layer.cache_hit_rate == 5 / 6

@@ -135,8 +135,8 @@ def test_hot_row_cache_is_trained_through_the_model():
     assert all(r > 0 for r in rates.values()), rates  # power-law ids: hot rows are hit
     # Inference only reads the cache.
     layer = model.embeddings.tables[cfg.tt_features[0]]
-    step = int(layer.cache_step.numpy())
+    step = int(layer.cache.cache_step.numpy())
     feats, _ = _batch(cfg, 8)
     model(feats, training=False)
     model.predict(feats, verbose=0)
-    assert int(layer.cache_step.numpy()) == step
+    assert int(layer.cache.cache_step.numpy()) == step

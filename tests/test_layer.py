@@ -1,6 +1,7 @@
 """TTEmbedding against the NumPy-reconstructed dense table, in Keras 3 and in tf_keras."""
 
 import os
+import threading
 import warnings
 
 import numpy as np
@@ -296,3 +297,163 @@ def test_library_built_for_another_tensorflow_is_not_loaded(tmp_path, monkeypatc
     monkeypatch.setattr(lookup, "tt_ops_library", LazyOpLibrary(str(tmp_path)))
     with pytest.warns(RuntimeWarning, match="built for TensorFlow 1.15.0"):
         make_layer("auto")(tf.constant([1]))
+
+
+# ---------------------------------------------------------------- hardening
+
+def test_concurrent_first_calls_build_the_layer_once(backend):
+    """Threads making the first call of an unbuilt layer: one set of cores, and every call
+    (then and later) returns the oracle's rows."""
+    layer = tt_keras.TTEmbedding(N, D, tt_rank=[3, 4], tt_row_shape=(5, 6, 10),
+                                 tt_col_shape=(2, 2, 3), lookup_backend=backend)
+    ids = tf.constant([[1, 2], [299, 0]])
+    start = threading.Barrier(4)
+    outputs, errors = [None] * 4, []
+
+    def first_call(i):
+        start.wait()
+        try:
+            outputs[i] = layer(ids).numpy()
+        except Exception as e:  # pylint: disable=broad-except
+            errors.append(e)
+
+    threads = [threading.Thread(target=first_call, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert sorted(v.name.split("/")[-1].split(":")[0] for v in layer.weights) == [
+        "core_0", "core_1", "core_2"]
+    table = oracle.dense_table([c.numpy() for c in layer.cores], N)
+    for out in outputs + [layer(ids).numpy()]:
+        np.testing.assert_allclose(out, table[ids.numpy()], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(input_dim=100, output_dim=4, tt_row_shape=(2**16,) * 4),
+     r"tt_row_shape \(65536, 65536, 65536, 65536\) holds 18446744073709551616 rows"),
+    (dict(input_dim=2**63 + 10, output_dim=4), r"input_dim = 9223372036854775818 exceeds 2\^62"),
+    (dict(input_dim=10_000, output_dim=16, tt_rank=100_000),
+     r"tt_rank \(1, 100000, 100000, 1\) gives 400,014,000,000 TT parameters"),
+])
+def test_tables_beyond_the_limits_are_refused_at_construction(kwargs, needle):
+    with pytest.raises(ValueError, match=needle):
+        tt_keras.TTEmbedding(**kwargs)
+
+
+def test_sizes_of_an_unbuilt_layer_create_no_variables():
+    layer = tt_keras.TTEmbedding(10_131_227, 16, tt_rank=32, cache_size=1013)
+    sizes = (layer.cache_size, layer.cache_bytes, layer.cache_hit_rate, layer.embedding_bytes,
+             layer.compression_ratio, layer.num_params)
+    assert sizes[:3] == (1013, 1013 * 16 * 4 + 1013 * 8 + 2 * 4052 * 8 + 3 * 8, 0.0)
+    assert sizes[3] == 495_360 * 4 + sizes[1]
+    assert not layer.built and not layer.weights and not layer.cache.built
+
+
+def empty_input(kind):
+    if kind == "ragged":
+        return tf.RaggedTensor.from_row_splits(tf.zeros([0], tf.int64), tf.zeros([1], tf.int64))
+    if kind == "sparse":
+        return tf.sparse.SparseTensor(tf.zeros([0, 2], tf.int64), tf.zeros([0], tf.int64),
+                                      [0, 3])
+    return tf.zeros([0, 3], tf.int64)
+
+
+@pytest.mark.parametrize("graph", [False, True])
+@pytest.mark.parametrize("kind", ["dense", "ragged", "sparse", "dense_none"])
+@pytest.mark.parametrize("cache_size,training", [(0, False), (3, False), (3, True)])
+def test_an_empty_batch_gives_an_empty_result(backend, graph, kind, cache_size, training):
+    layer = make_layer(backend, combiner=None if kind == "dense_none" else "sum",
+                       cache_size=cache_size, cache_warmup_steps=0)
+    call = lambda x: layer(x, training=training)  # noqa: E731
+    out = (tf.function(call) if graph else call)(empty_input(kind))
+    assert out.shape == ((0, 3, D) if kind == "dense_none" else (0, D))
+    if cache_size and training:
+        assert int(np.asarray(layer.cache.cache_step)) == 1 and layer.cache_hit_rate == 0.0
+
+
+def test_the_portable_export_serves_an_empty_batch(tmp_path):
+    ids = keras.Input(shape=(3,), dtype="int64", name="ids")
+    model = keras.Model(ids, make_layer(combiner="mean", cache_size=3)(ids))
+    path = str(tmp_path / "export")
+    tt_keras.export_saved_model(model, path, {"ids": tf.TensorSpec([None, 3], tf.int64)})
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    assert serve(ids=tf.zeros([0, 3], tf.int64))["predictions"].shape == (0, D)
+    full = serve(ids=tf.constant([[1, 2, 3]], tf.int64))["predictions"].numpy()
+    tolerance.assert_reordered_close(full, model(np.array([[1, 2, 3]])).numpy())
+
+
+@pytest.mark.parametrize("splits,needle", [
+    ([0, 5, 3], r"row_splits must not decrease: row_splits\[2\] = 3 < row_splits\[1\] = 5"),
+    ([1, 2, 3], r"row_splits\[0\] = 1 must be 0"),
+    ([0, 1, 2], r"row_splits\[-1\] = 2 must equal the number of indices, 3"),
+])
+def test_ragged_ids_with_bad_splits_are_refused(backend, splits, needle):
+    layer = make_layer(backend, "sum")
+    ids = tf.RaggedTensor.from_row_splits(tf.constant([1, 2, 3], tf.int64),
+                                          tf.constant(splits, tf.int64), validate=False)
+    for call in (layer, tf.function(layer)):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=needle):
+            call(ids)
+
+
+def test_ragged_ids_with_bad_outer_splits_are_refused(backend):
+    layer = make_layer(backend, "sum")
+    inner = tf.RaggedTensor.from_row_splits(tf.constant([1, 2, 3], tf.int64),
+                                            tf.constant([0, 1, 3], tf.int64))
+    ids = tf.RaggedTensor.from_row_splits(inner, tf.constant([0, 3], tf.int64), validate=False)
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        layer(ids)
+
+
+def test_dense_weights_of_another_shape_are_refused_in_graphs(backend):
+    """The right number of weights in the wrong shape would pair weights with other ids."""
+    layer = make_layer(backend, "sum")
+    call = tf.function(lambda ids, w: layer(ids, weights=w), input_signature=[
+        tf.TensorSpec([None, None], tf.int64), tf.TensorSpec([None, None], tf.float32)])
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"weights of shape \[3,2\] do not match ids of shape \[2,3\]"):
+        call(tf.ones([2, 3], tf.int64), tf.ones([3, 2]))
+    w = np.arange(6, dtype=np.float32).reshape(2, 3)
+    ids = np.array([[1, 2, 3], [4, 5, 6]])
+    table = oracle.dense_table([c.numpy() for c in layer.cores], N)
+    np.testing.assert_allclose(call(tf.constant(ids), tf.constant(w)).numpy(),
+                               oracle.pooled_oracle(table, ids.tolist(), w.tolist(), "sum"),
+                               rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("cache_size", [0, 3])
+def test_second_order_gradients(backend, cache_size):
+    """The op's gradient ops have no gradient: asked for one, they say so. The pure-TF path
+    differentiates twice (checked against finite differences of its first derivative)."""
+    layer = make_layer(backend, "sum", cache_size=cache_size, cache_warmup_steps=0)
+    ids = tf.constant([[1, 2, 2], [7, 299, 0]])
+    if cache_size:
+        layer(ids, training=True)  # fills the cache with 2, and two of 0, 1, 7, 299
+    def grad_norm():
+        with tf.GradientTape() as inner:
+            loss = tf.reduce_sum(layer(ids) ** 2)
+        grads = inner.gradient(loss, layer.cores)
+        return tf.add_n([tf.reduce_sum(tf.convert_to_tensor(g) ** 2) for g in grads])
+
+    with tf.GradientTape() as outer:
+        norm = grad_norm()
+    if backend == "op":
+        with pytest.raises(tf.errors.UnimplementedError,
+                           match="second-order gradients of TTKeras>TTEmbeddingBag"):
+            outer.gradient(norm, layer.cores)
+        return
+    second = tf.convert_to_tensor(outer.gradient(norm, layer.cores)[0]).numpy()
+    # Central difference of the first derivative along one direction of the first core.
+    core = layer.cores[0]
+    start = core.numpy()
+    direction = np.random.default_rng(8).normal(size=start.shape).astype(np.float32)
+    eps = 1e-2
+    core.assign(start + eps * direction)
+    ahead = float(grad_norm())
+    core.assign(start - eps * direction)
+    behind = float(grad_norm())
+    core.assign(start)
+    np.testing.assert_allclose(float((second * direction).sum()), (ahead - behind) / (2 * eps),
+                               rtol=2e-2, atol=1e-3)

@@ -1,5 +1,6 @@
 """tt_embedding_bag on both backends (custom op, pure TF) against the NumPy oracle."""
 
+import re
 import threading
 
 import numpy as np
@@ -273,7 +274,8 @@ def test_segment_id_argument_errors(backend):
     with pytest.raises(ValueError, match="not both"):
         tt_embedding_bag(cores, [1, 2], [0, 2], combiner="sum", segment_ids=[0, 0],
                          backend=backend)
-    with pytest.raises(ValueError, match="segment_ids has 3 entries but ids has 2"):
+    with pytest.raises(ValueError, match=re.escape("segment_ids has shape [3] but indices has 2 "
+                                                   "entries")):
         tt_embedding_bag(cores, [1, 2], combiner="sum", segment_ids=[0, 0, 1], backend=backend)
     with pytest.raises(TypeError, match="segment_ids must be integers"):
         tt_embedding_bag(cores, [1, 2], combiner="sum", segment_ids=[0.0, 1.0],
@@ -307,7 +309,7 @@ def test_argument_errors(backend):
         tt_embedding_bag(cores, [1, 2], None, None, "sum", backend=backend)
     with pytest.raises(ValueError, match="weights need a combiner"):
         tt_embedding_bag(cores, [1, 2], None, [1.0, 1.0], "none", backend=backend)
-    with pytest.raises(ValueError, match="num_rows = 500"):
+    with pytest.raises(ValueError, match="cores hold 210 rows but num_rows is 500"):
         tt_embedding_bag(cores, [1, 2], num_rows=500, backend=backend)
     with pytest.raises(TypeError, match="weights must be floats"):
         tt_embedding_bag(cores, [1, 2], [0, 2], tf.constant([1, 2]), "sum", backend=backend)

@@ -21,8 +21,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The public API: tt_keras 0.1.0's, and register_all.
 PUBLIC_API = {
-    "BACKENDS", "OpLibraryUnavailable", "SampledGaussian", "TTApproxNormal", "TTEmbedding",
-    "TTInitializer", "TTNaiveUniform", "TTShape", "TTUniform", "check_portable", "compress",
+    "BACKENDS", "CacheConfig", "HotRowCache", "OpLibraryUnavailable", "SampledGaussian",
+    "TTApproxNormal", "TTEmbedding", "TTInitializer", "TTNaiveUniform", "TTShape", "TTUniform",
+    "check_portable", "compress",
     "export_saved_model", "graph_op_types", "initializers", "lookup_backend_scope",
     "plan_rank", "register_all", "resolve_backend", "suggest_shapes", "to_dense", "tt_embedding_bag",
     "tt_embedding_bag_cached", "tt_math", "tt_svd",

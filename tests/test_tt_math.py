@@ -1,11 +1,12 @@
 """Tests of tt_keras.tt_math (the NumPy TT arithmetic) and of the shared NumPy oracles."""
 
 import math
+import time
 
 import numpy as np
 import pytest
 
-from tt_keras import oracle, tt_math
+from tt_keras import factorization, oracle, tt_math
 from tt_keras.tt_math import TTShape
 
 
@@ -586,3 +587,63 @@ def test_cached_oracle_against_finite_differences(combiner):
     assert not slot_grads[[0, 3, 4]].any()  # id 1 is never looked up; empty slots
     for got, fd in zip(core_grads, fds[:-1]):
         np.testing.assert_allclose(got, fd, rtol=1e-6, atol=1e-8)
+
+
+# --------------------------------------------------------------------------------------------
+# Limits: 2^62 rows, parameter counts, factoring large row counts
+# --------------------------------------------------------------------------------------------
+
+
+def test_rows_beyond_2_62_are_refused_by_name():
+    # 2^64 rows: numpy's int64 product wraps to 0, Python's does not.
+    with pytest.raises(ValueError, match=r"tt_row_shape \(65536, 65536, 65536, 65536\) holds "
+                                         r"18446744073709551616 rows, more than 2\^62"):
+        TTShape.create(100, 4, 1, row_shape=(2**16,) * 4, col_shape=(1, 1, 2, 2))
+    with pytest.raises(ValueError, match=r"row_shape \(65536, 65536, 65536, 65536\) holds"):
+        TTShape((2**16,) * 4, (1, 1, 2, 2), (1, 1, 1, 1, 1))
+    with pytest.raises(ValueError, match=r"input_dim = 9223372036854775818 exceeds 2\^62"):
+        TTShape.create(2**63 + 10, 4, 1)
+    with pytest.raises(ValueError, match=r"input_dim = 4611686018427387905 exceeds 2\^62"):
+        tt_math.suggest_shapes(2**62 + 1, 16)
+    # The limit itself is a table.
+    assert TTShape.create(2**62, 4, 1, row_shape=(2**31, 2**31)).padded_rows == 2**62
+
+
+@pytest.mark.parametrize("n", [2**62 - 57, 2**62 - 5, 2**62, 2147483647**2,
+                               999_999_999_989 * 1_000_003, 3 * 10**18 + 7])
+def test_suggest_shapes_near_2_62_is_fast(n):
+    """Row counts near 2^62: factors within [n, 2^62], found in well under a second (the
+    trial division and exhaustive search of 0.1.0 took about a minute for 2^62 - 57)."""
+    for k in (2, 3, 4):
+        start = time.perf_counter()
+        rows, cols = tt_math.suggest_shapes(n, 16, k)
+        assert time.perf_counter() - start < 10, (n, k)
+        assert n <= math.prod(rows) <= tt_math.MAX_ROWS and math.prod(cols) == 16
+        assert len(rows) == k and list(rows) == sorted(rows)
+
+
+def test_prime_factors_of_large_numbers():
+    for n, want in [(2147483647**2, {2147483647: 2}),
+                    (999_999_999_989 * 1_000_003, {1_000_003: 1, 999_999_999_989: 1}),
+                    (2**62, {2: 62}), (11_000_000, {2: 6, 5: 6, 11: 1}), (1, {})]:
+        assert factorization.prime_factors(n) == want
+    rng = np.random.default_rng(7)
+    for n in rng.integers(2, 2**62, size=30, dtype=np.int64):
+        factors = factorization.prime_factors(int(n))
+        assert math.prod(p**e for p, e in factors.items()) == n
+        assert all(factorization.is_prime(p) for p in factors)
+    sieve = [i for i in range(2, 2000) if all(i % d for d in range(2, int(i**0.5) + 1))]
+    assert [i for i in range(2000) if factorization.is_prime(i)] == sieve
+    assert factorization.divisors(360) == [d for d in range(1, 361) if 360 % d == 0]
+
+
+def test_param_count_beyond_the_dense_table_is_refused():
+    shape = TTShape.create(10_000, 16, 100_000)
+    with pytest.raises(ValueError, match=r"tt_rank \(1, 100000, 100000, 1\) gives "
+                                         r"400,014,000,000 TT parameters, more than the "
+                                         r"160,000 entries of the dense 10000 x 16 table"):
+        tt_math.check_param_count(shape, 10_000)
+    # Small tables may keep ranks above what the dense table needs.
+    small = TTShape.create(300, 12, 16)
+    assert small.num_params > 300 * 12
+    assert tt_math.check_param_count(small, 300) == small.num_params

@@ -24,6 +24,8 @@ __version__ = "0.1.0"
 # Public name -> the submodule that defines it (relative to this package).
 _ATTRIBUTES = {
     "BACKENDS": "lookup",
+    "CacheConfig": "cache",
+    "HotRowCache": "cache",
     "OpLibraryUnavailable": "ops",
     "SampledGaussian": "initializers",
     "TTApproxNormal": "initializers",

@@ -1,171 +1,42 @@
-"""The hot-row cache of TTEmbedding: frequency counting, (re)population, and the pure-TF
-cached lookup. See docs/cache.md for the behaviour and the op contract.
+"""The hot-row cache of TTEmbedding: its settings, and the module that owns its state.
 
 Ids of recommendation data are power-law distributed, so a few rows take most lookups
-(spec section 5). The cache keeps those rows uncompressed in front of the TT chain:
+(spec section 5). The cache keeps those rows uncompressed in front of the TT chain: a
+heavy-hitter counter counts id frequencies during a warm-up, then the `cache_size` most
+frequent ids are filled from the current TT product and trained as ordinary rows, and
+lookups of them skip the chain. See docs/cache.md.
 
-- During warm-up a heavy-hitter counter (batched Space-Saving, `space_saving_update`) counts
-  id frequencies. Its memory is `counter_size` keys and counts, set from the cache size and
-  independent of the number of rows.
-- Then the `cache_size` most frequent ids are filled from the current TT product
-  (`repopulate`) and trained as ordinary rows; lookups of them skip the chain.
+- `CacheConfig`: the layer's cache_* arguments, checked; the variables' shapes and bytes,
+  known without creating any variable.
+- `HotRowCache`: a Keras layer (Keras 3 or tf_keras, whichever this process uses) that owns
+  the cache's variables, so they are tracked like any sublayer's: `layer.weights`,
+  tf.train.Checkpoint, tf.saved_model.save, Keras files. It offers the cached lookup with
+  the state update of a training call, the cache's bytes and its hit rate.
 
-Everything here is written with standard TF ops (it runs inside model.fit's tf.function and
-in a portable SavedModel). The layer glue (variables, the per-call step logic) is
-`HotRowCache`; the fast lookup is the `TTKeras>TTEmbeddingBagCached` op, reached through
-`tt_keras.lookup.tt_embedding_bag_cached`, and `lookup_reference` is its pure-TF twin.
+The state changes are pure functions in tt_keras.cache_updates; the lookup itself is
+tt_keras.lookup.tt_embedding_bag_cached (the op, or its pure-TF twin in reference.py).
 """
 
+import contextlib
+import dataclasses
+import math
 import numbers
+import threading
+from typing import ClassVar, Optional
 
 import numpy as np
 import tensorflow as tf
 
-from tt_keras import reference
+from tt_keras import cache_updates, checks
+from tt_keras._keras import keras
+from tt_keras.lookup import tt_embedding_bag, tt_embedding_bag_cached
+from tt_keras.reference import EMPTY_ID
 
-# Key of an empty counter entry and id of an empty cache slot. It is >= any table's
-# num_rows, so it never matches an id, and it sorts last, so cache_ids stay sorted with the
-# empty slots at the end.
-EMPTY_ID = np.iinfo(np.int64).max
+__all__ = ["EMPTY_ID", "CacheConfig", "HotRowCache"]
 
-__all__ = [
-    "EMPTY_ID",
-    "HotRowCache",
-    "decay_counts",
-    "find_slots",
-    "lookup_reference",
-    "repopulate",
-    "space_saving_update",
-    "top_ids",
-]
-
-
-# --------------------------------------------------------------------------------------------
-# Lookup
-# --------------------------------------------------------------------------------------------
-
-
-def find_slots(cache_ids, ids):
-    """Cache slot of each id (int64, -1 where the id is not cached).
-
-    cache_ids: sorted int64 [C] with EMPTY_ID in empty slots; ids: int64 vector.
-    A binary search (tf.searchsorted): no table of num_rows entries anywhere.
-    """
-    # One EMPTY_ID past the end keeps every search result a valid index (also for C = 0)
-    # and can never equal an id.
-    padded = tf.concat([cache_ids, tf.constant([EMPTY_ID], tf.int64)], 0)
-    pos = tf.searchsorted(padded, ids, side="left", out_type=tf.int64)
-    hit = tf.equal(tf.gather(padded, pos), ids)
-    return tf.where(hit, pos, tf.constant(-1, tf.int64))
-
-
-def lookup_reference(cores, cache_ids, cache_rows, ids, row_splits, weights, combiner):
-    """The pure-TF counterpart of TTKeras>TTEmbeddingBagCached (inputs already checked).
-
-    Hits gather their cache row; misses (only those) run reference.tt_rows, each distinct
-    miss once; the two are stitched back in position order and pooled like the plain
-    lookup. The gather makes the cache rows' gradient a tf.IndexedSlices.
-
-    Returns (output, num_hits).
-    """
-    slots = find_slots(cache_ids, ids)
-    hit = slots >= 0
-    hit_pos = tf.cast(tf.where(hit)[:, 0], tf.int32)
-    miss_pos = tf.cast(tf.where(tf.logical_not(hit))[:, 0], tf.int32)
-    hit_rows = tf.gather(cache_rows, tf.gather(slots, hit_pos))
-    miss_rows = reference.tt_rows(cores, tf.gather(ids, miss_pos))
-    rows = tf.dynamic_stitch([hit_pos, miss_pos], [hit_rows, miss_rows])
-    num_hits = tf.size(hit_pos, out_type=tf.int64)
-    if combiner == "none":
-        return rows, num_hits
-    return reference.pool_rows(rows, row_splits, weights, combiner), num_hits
-
-
-# --------------------------------------------------------------------------------------------
-# Frequency counting and population
-# --------------------------------------------------------------------------------------------
-
-
-def space_saving_update(keys, counts, ids):
-    """One batch of the Space-Saving heavy-hitter counter, merged with standard ops.
-
-    keys: int64 [K], EMPTY_ID in free entries; counts: int64 [K]; ids: int64 vector.
-    Returns the new (keys, counts), the K largest estimates of the union of the kept keys
-    and the batch's distinct ids (in no particular order).
-
-    A kept key adds the batch's count to its estimate. A new key gets its batch count plus
-    the table's smallest count when the table is full: that is Space-Saving's rule (a
-    newcomer replaces the minimum and inherits its count as an error bound), applied to a
-    whole batch at once. Estimates never undercount, and every id whose true frequency
-    exceeds 1/K of the stream is kept (Metwally et al., 2005; Agarwal et al., "Mergeable
-    summaries", 2012) -- unlike a plain top-K of exact batch counts, which can drop a
-    frequent id that never stands out within one batch.
-    """
-    size = keys.shape[0]
-    occupied = tf.not_equal(keys, EMPTY_ID)
-    floor = tf.where(tf.reduce_all(occupied), tf.reduce_min(counts), tf.constant(0, tf.int64))
-    # The batch is reduced to its distinct ids first: the merge below then runs over
-    # K + distinct entries rather than K + batch size (measured faster despite two uniques).
-    batch_keys, _, batch_counts = tf.unique_with_counts(ids, out_idx=tf.int64)
-    all_keys = tf.concat([keys, batch_keys], 0)
-    all_counts = tf.concat([counts, batch_counts], 0)
-    was_kept = tf.concat([tf.cast(occupied, tf.int64), tf.zeros_like(batch_counts)], 0)
-    union, where_in_union = tf.unique(all_keys, out_idx=tf.int64)
-    num_union = tf.size(union, out_type=tf.int64)
-    summed = tf.math.unsorted_segment_sum(all_counts, where_in_union, num_union)
-    kept = tf.math.unsorted_segment_max(was_kept, where_in_union, num_union) > 0
-    is_empty = tf.equal(union, EMPTY_ID)
-    estimate = tf.where(kept, summed, summed + floor)
-    estimate = tf.where(is_empty, tf.zeros_like(estimate), estimate)
-    # Free entries pad the candidates to at least K. top_k need not sort (sorted=True costs
-    # 2-4x more at K ~ 10^4); ties at the boundary go either way.
-    pad = tf.maximum(size - num_union, 0)
-    candidates = tf.concat([union, tf.fill([pad], tf.constant(EMPTY_ID, tf.int64))], 0)
-    estimates = tf.concat([estimate, tf.zeros([pad], tf.int64)], 0)
-    top_counts, top = tf.math.top_k(estimates, k=size, sorted=False)
-    top_keys = tf.gather(candidates, top)
-    top_keys = tf.where(top_counts > 0, top_keys, tf.constant(EMPTY_ID, tf.int64))
-    return top_keys, top_counts
-
-
-def decay_counts(keys, counts, decay):
-    """Counts scaled by `decay` (floored); entries that reach zero are freed."""
-    if decay == 1.0:
-        return keys, counts
-    counts = tf.cast(tf.floor(tf.cast(counts, tf.float64) * decay), tf.int64)
-    keys = tf.where(counts > 0, keys, tf.constant(EMPTY_ID, tf.int64))
-    return keys, counts
-
-
-def top_ids(keys, counts, cache_size):
-    """The cache_size keys of largest count, sorted, EMPTY_ID-padded when fewer are known."""
-    top_counts, top = tf.math.top_k(counts, k=cache_size, sorted=False)
-    ids = tf.gather(keys, top)
-    ids = tf.where(top_counts > 0, ids, tf.constant(EMPTY_ID, tf.int64))
-    return tf.sort(ids)
-
-
-def repopulate(old_ids, old_rows, new_ids, tt_rows):
-    """The cache's new rows for the sorted ids new_ids.
-
-    Rows that stay cached keep what they learned (found by id, wherever their old slot);
-    newcomers start from the TT product, `tt_rows(ids) -> [len(ids), D]` of the current
-    cores; empty slots are zero. Rows that leave are simply dropped: their lookups go back
-    to the TT chain, i.e. they revert to the TT product.
-    """
-    valid = tf.not_equal(new_ids, EMPTY_ID)
-    old_slot = find_slots(old_ids, new_ids)
-    stays = tf.logical_and(valid, old_slot >= 0)
-    kept = tf.gather(old_rows, tf.maximum(old_slot, 0))
-    fresh = tt_rows(tf.where(valid, new_ids, tf.zeros_like(new_ids)))
-    fresh = tf.cast(fresh, old_rows.dtype)
-    rows = tf.where(stays[:, None], kept, tf.where(valid[:, None], fresh, tf.zeros_like(fresh)))
-    return tf.stop_gradient(rows)
-
-
-# --------------------------------------------------------------------------------------------
-# The layer's cache: arguments, variables, step logic
-# --------------------------------------------------------------------------------------------
+# Eager training calls from several threads take turns to update a cache's state: its
+# variables are assigned one by one, and the assignments of two calls would interleave.
+_EAGER_UPDATE_LOCK = threading.Lock()
 
 
 def _as_count(value, name, minimum=0):
@@ -181,6 +52,97 @@ def _as_count(value, name, minimum=0):
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def _empty_ids_initializer(shape, dtype=None, **kwargs):
+    del dtype, kwargs
+    return tf.fill(shape, tf.constant(EMPTY_ID, tf.int64))
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheConfig:
+    """The settings of a hot-row cache, checked (`CacheConfig.create`).
+
+    Attributes:
+      cache_size: C, rows the cache holds (0: no cache).
+      warmup_steps: W, training calls that only count before the fill.
+      refresh_steps: R, refill every R training calls after the fill (0: never).
+      counter_size: K, entries of the heavy-hitter counter.
+      counter_decay: counts are multiplied by this at each fill and refresh.
+      requested_counter_size: the cache_counter_size given (None: K is the default,
+        min(4 C, input_dim)), which is what the layer's config keeps.
+    """
+
+    cache_size: int = 0
+    warmup_steps: int = 0
+    refresh_steps: int = 0
+    counter_size: int = 0
+    counter_decay: float = 0.5
+    requested_counter_size: Optional[int] = None
+
+    DEFAULT_COUNTER_MULTIPLE: ClassVar[int] = 4
+
+    @classmethod
+    def create(cls, input_dim, cache_size=0, cache_warmup_steps=0, cache_refresh_steps=0,
+               cache_counter_size=None, cache_counter_decay=0.5):
+        """The config of the layer arguments of the same names; a ValueError names a bad
+        one and its value."""
+        cache_size = _as_count(cache_size, "cache_size")
+        if cache_size > input_dim:
+            raise ValueError(f"cache_size = {cache_size} exceeds input_dim = {input_dim}: "
+                             "the cache cannot hold more rows than the table has")
+        warmup_steps = _as_count(cache_warmup_steps, "cache_warmup_steps")
+        refresh_steps = _as_count(cache_refresh_steps, "cache_refresh_steps")
+        requested = None
+        if cache_counter_size is None:
+            counter_size = min(cls.DEFAULT_COUNTER_MULTIPLE * cache_size, input_dim)
+        else:
+            counter_size = requested = _as_count(cache_counter_size, "cache_counter_size")
+            if cache_size and counter_size < cache_size:
+                raise ValueError(f"cache_counter_size = {counter_size} is smaller than "
+                                 f"cache_size = {cache_size}: the counter must be able "
+                                 "to rank at least as many ids as the cache holds")
+        if isinstance(cache_counter_decay, bool) or not isinstance(cache_counter_decay,
+                                                                   numbers.Real):
+            raise ValueError(f"cache_counter_decay must be a number in (0, 1], got "
+                             f"{cache_counter_decay!r}")
+        if not 0.0 < float(cache_counter_decay) <= 1.0:
+            raise ValueError(f"cache_counter_decay must be in (0, 1], got {cache_counter_decay}")
+        return cls(cache_size, warmup_steps, refresh_steps,
+                   counter_size if cache_size else 0, float(cache_counter_decay), requested)
+
+    @property
+    def enabled(self):
+        return self.cache_size > 0
+
+    def variable_specs(self, dim, rows_dtype=None):
+        """(name, shape, dtype, initializer, trainable) of each of the cache's variables, in
+        the order they are created; rows_dtype None means the layer's variable dtype."""
+        c, k = self.cache_size, self.counter_size
+        return [
+            ("cache_ids", (c,), "int64", _empty_ids_initializer, False),
+            ("cache_rows", (c, dim), rows_dtype, "zeros", True),
+            ("cache_counter_keys", (k,), "int64", _empty_ids_initializer, False),
+            ("cache_counter_counts", (k,), "int64", "zeros", False),
+            ("cache_step", (), "int64", "zeros", False),
+            ("cache_last_hits", (), "int64", "zeros", False),
+            ("cache_last_lookups", (), "int64", "zeros", False),
+        ] if self.enabled else []
+
+    def num_bytes(self, dim, float_size):
+        """Bytes of the cache's variables, rows of float_size bytes: C (D f + 8) + 16 K + 24."""
+        return sum(math.prod(shape) * (float_size if dtype is None else tf.as_dtype(dtype).size)
+                   for _, shape, dtype, _, _ in self.variable_specs(dim))
+
+    def layer_config(self):
+        """The layer arguments that recreate this config."""
+        return {
+            "cache_size": self.cache_size,
+            "cache_warmup_steps": self.warmup_steps,
+            "cache_refresh_steps": self.refresh_steps,
+            "cache_counter_size": self.requested_counter_size,
+            "cache_counter_decay": self.counter_decay,
+        }
 
 
 def _read(variable):
@@ -199,141 +161,193 @@ def _nothing():
     return tf.constant(True)
 
 
-def _empty_ids_initializer(shape, dtype=None, **kwargs):
-    del dtype, kwargs
-    return tf.fill(shape, tf.constant(EMPTY_ID, tf.int64))
+def _count_up(variable):
+    """Adds one to an int64 scalar variable and returns the new value. The add is one
+    AssignAddVariableOp, atomic under the variable's lock: Keras 3's assign_add reads, then
+    assigns, and loses the increments of calls running at the same time."""
+    handle = variable.handle
+    added = tf.raw_ops.AssignAddVariableOp(resource=handle, value=tf.constant(1, tf.int64))
+    with tf.control_dependencies([] if added is None else [added]):
+        return tf.raw_ops.ReadVariableOp(resource=handle, dtype=tf.int64)
 
 
-class HotRowCache:
-    """Arguments and step logic of a TTEmbedding's cache (the layer owns the variables).
+def _training_flag(training):
+    """True, False, or a boolean tensor (legacy Keras may pass one) decided at run time.
+    None is how a direct call without `training` arrives: inference."""
+    if training is None or isinstance(training, (bool, int, np.bool_)):
+        return bool(training)
+    return training
 
-    Args mirror the layer's: cache_size (C), cache_warmup_steps (W), cache_refresh_steps
-    (R, 0 = never), cache_counter_size (K, default min(4 C, input_dim)), and
-    cache_counter_decay (counts are multiplied by it at each (re)population).
 
-    Steps are training calls of the layer. Call n (1-based) counts its batch, then fills the
-    cache when n == W + 1, and refills it when R > 0 and n = W + 1 + j R (j >= 1), before
-    its own lookup; so W = 0 fills the cache from the first training batch.
+class HotRowCache(keras.layers.Layer):
+    """The hot-row cache in front of a TT table: a Keras layer that owns the cache's state.
 
-    The counter runs in the calls 1..W+1 and, with R > 0, in the W calls before each
-    refresh and at the refresh itself (every call when R <= W + 1): each refill sees as
-    many fresh batches as the first fill did, on top of the decayed older counts. Outside
-    those windows training pays nothing for the counter, which matters: one Space-Saving
-    merge costs about as much as the lookup itself (3-10 ms for 53k ids, K = 4k-40k, on 2
-    CPU cores). With R = 0 the counter stops once the cache is filled.
+    Variables (created by `build`, attributes of the same names): `cache_rows` [C, D]
+    (trainable), `cache_ids` [C] int64 (sorted, EMPTY_ID in empty slots),
+    `cache_counter_keys` and `cache_counter_counts` [K] int64, and the int64 scalars
+    `cache_step` (training calls seen), `cache_last_hits` and `cache_last_lookups` (of the
+    last training call). The names are those of tt_keras 0.1.0, whose layer held these
+    variables itself.
+
+    Steps are training calls. Call n (1-based) counts its batch, then fills the cache when
+    n == W + 1 and refills it when R > 0 and n = W + 1 + j R (j >= 1), before its own lookup
+    (cache_updates.schedule); so W = 0 fills the cache from the first training batch.
+
+    Args:
+      config: a CacheConfig with cache_size >= 1.
+      num_rows: rows of the table; ids lie in [0, num_rows).
+      dim: the width D of a row.
+      **kwargs: Keras layer arguments (name; dtype: the rows' dtype policy).
     """
 
-    DEFAULT_COUNTER_MULTIPLE = 4
+    def __init__(self, config, num_rows, dim, **kwargs):
+        super().__init__(**kwargs)
+        if not config.enabled:
+            raise ValueError(f"a HotRowCache needs cache_size >= 1, got {config.cache_size}")
+        self.config = config
+        self.num_rows = int(num_rows)
+        self.dim = int(dim)
+        self._values_from_layer = False
 
-    def __init__(self, input_dim, cache_size=0, cache_warmup_steps=0, cache_refresh_steps=0,
-                 cache_counter_size=None, cache_counter_decay=0.5):
-        self.cache_size = _as_count(cache_size, "cache_size")
-        if self.cache_size > input_dim:
-            raise ValueError(f"cache_size = {self.cache_size} exceeds input_dim = {input_dim}: "
-                             "the cache cannot hold more rows than the table has")
-        self.warmup_steps = _as_count(cache_warmup_steps, "cache_warmup_steps")
-        self.refresh_steps = _as_count(cache_refresh_steps, "cache_refresh_steps")
-        if cache_counter_size is None:
-            counter_size = min(self.DEFAULT_COUNTER_MULTIPLE * self.cache_size, input_dim)
-        else:
-            counter_size = _as_count(cache_counter_size, "cache_counter_size")
-            if self.cache_size and counter_size < self.cache_size:
-                raise ValueError(f"cache_counter_size = {counter_size} is smaller than "
-                                 f"cache_size = {self.cache_size}: the counter must be able "
-                                 "to rank at least as many ids as the cache holds")
-        self.counter_size = counter_size if self.cache_size else 0
-        # get_config keeps None: a clone with another cache_size gets its own default.
-        self.user_counter_size = None if cache_counter_size is None else counter_size
-        if isinstance(cache_counter_decay, bool) or not isinstance(cache_counter_decay,
-                                                                   numbers.Real):
-            raise ValueError(f"cache_counter_decay must be a number in (0, 1], got "
-                             f"{cache_counter_decay!r}")
-        if not 0.0 < float(cache_counter_decay) <= 1.0:
-            raise ValueError(f"cache_counter_decay must be in (0, 1], got {cache_counter_decay}")
-        self.counter_decay = float(cache_counter_decay)
+    def build(self, input_shape=None):
+        """Creates the variables (once)."""
+        if self.built:
+            return
+        for name, shape, dtype, initializer, trainable in self.config.variable_specs(self.dim):
+            setattr(self, name, self.add_weight(name=name, shape=shape, dtype=dtype,
+                                                initializer=initializer, trainable=trainable))
+        self.built = True
+
+    # ---------------------------------------------------------------- sizes and statistics
 
     @property
-    def enabled(self):
-        return self.cache_size > 0
+    def num_bytes(self):
+        """Bytes of the cache's variables (known before they exist)."""
+        return self.config.num_bytes(self.dim, tf.as_dtype(self.dtype or "float32").size)
 
-    def variable_specs(self, dim, rows_dtype):
-        """(attribute name, shape, dtype, initializer, trainable) of each cache variable;
-        rows_dtype None means the layer's variable dtype."""
-        c, k = self.cache_size, self.counter_size
-        return [
-            ("cache_ids", (c,), "int64", _empty_ids_initializer, False),
-            ("cache_rows", (c, dim), rows_dtype, "zeros", True),
-            ("cache_counter_keys", (k,), "int64", _empty_ids_initializer, False),
-            ("cache_counter_counts", (k,), "int64", "zeros", False),
-            ("cache_step", (), "int64", "zeros", False),
-            ("cache_last_hits", (), "int64", "zeros", False),
-            ("cache_last_lookups", (), "int64", "zeros", False),
-        ]
+    @property
+    def hit_rate(self):
+        """Fraction of the ids of the last training call served by the cache (0.0 before the
+        first training call; inference calls do not change it)."""
+        if not self.built:
+            return 0.0
+        lookups = int(np.asarray(self.cache_last_lookups))
+        return int(np.asarray(self.cache_last_hits)) / lookups if lookups else 0.0
 
-    def train_update(self, state, ids, tt_rows, training=True):
+    # ---------------------------------------------------------------- lookup
+
+    def lookup(self, cores, ids, row_splits=None, weights=None, combiner="none",
+               backend="auto", check_splits=True, training=None):
+        """The cached lookup of `ids` (tt_embedding_bag_cached's arguments), after the state
+        update of a training call.
+
+        training: True for a training call (it counts, fills or refreshes as scheduled, and
+        records its hits); False or None for inference, which only reads the cache; or a
+        boolean tensor, decided when the graph runs. A training call checks its batch before
+        it changes any state, so a rejected call leaves no trace.
+        """
+        training = _training_flag(training)
+        if training is False:
+            return tt_embedding_bag_cached(
+                cores, self.cache_ids, self.cache_rows, ids, row_splits=row_splits,
+                weights=weights, combiner=combiner, num_rows=self.num_rows, backend=backend,
+                check_splits=check_splits)
+        ids, row_splits, weights = checks.batch_tensors(ids, row_splits, weights, combiner)
+        ids, row_splits = checks.batch_values(ids, row_splits, combiner, self.num_rows,
+                                              check_splits)
+
+        def tt_rows(some_ids):
+            return tt_embedding_bag(cores, some_ids, combiner="none", num_rows=self.num_rows,
+                                    backend=backend)
+
+        eager = tf.executing_eagerly()
+        with _EAGER_UPDATE_LOCK if eager else contextlib.nullcontext():
+            # In a graph, the update waits for the checks above.
+            checked = [ids, row_splits] + ([weights] if weights is not None else [])
+            with tf.control_dependencies(checked):
+                updates = self.update(tf.cast(ids, tf.int64), tt_rows, training)
+            # The lookup reads the cache as this call's update left it (filled or refreshed
+            # before the lookup, so this call's gradient reaches the rows it used).
+            with tf.control_dependencies(updates):
+                cache_ids = tf.identity(self.cache_ids)
+                cache_rows = tf.identity(self.cache_rows)
+        out, num_hits = tt_embedding_bag_cached(
+            cores, cache_ids, cache_rows, ids, row_splits=row_splits, weights=weights,
+            combiner=combiner, num_rows=self.num_rows, backend=backend, check_splits=False,
+            return_num_hits=True)
+        with _EAGER_UPDATE_LOCK if eager else contextlib.nullcontext():
+            recorded = self._record(num_hits, tf.size(ids, out_type=tf.int64), training)
+        with tf.control_dependencies([recorded]):
+            return tf.identity(out)
+
+    def update(self, ids, tt_rows, training=True):
         """The state changes of one training call, before its lookup; returns the tensors
         the lookup must depend on.
 
-        state: object with the variables of `variable_specs` as attributes; ids: int64
-        vector of the batch; tt_rows: ids -> TT rows of the current cores; training: True,
-        or a boolean tensor (legacy Keras may pass one) to decide at run time.
+        ids: int64 vector of the batch, already checked; tt_rows: ids -> TT rows of the
+        current cores (what the cache is filled from); training: True, False, or a boolean
+        tensor to decide at run time.
         """
         if training is False:
             return []
         if training is not True:
-            return [tf.cond(training, lambda: _done(*self.train_update(state, ids, tt_rows)),
-                            _nothing)]
-        n = _read(state.cache_step) + 1  # this call's number, 1-based
-        fill_at = self.warmup_steps + 1
-        populate = tf.equal(n, fill_at)
-        count = n <= fill_at
-        if self.refresh_steps:
-            after = n > fill_at
-            to_refresh = (self.refresh_steps - (n - fill_at) % self.refresh_steps) % \
-                self.refresh_steps  # calls until the next refresh, 0 at one
-            populate = tf.logical_or(populate, tf.logical_and(after, tf.equal(to_refresh, 0)))
-            count = tf.logical_or(count, tf.logical_and(after,
-                                                        to_refresh <= self.warmup_steps))
+            return [tf.cond(training, lambda: _done(*self.update(ids, tt_rows)), _nothing)]
+        config = self.config
+        call = _count_up(self.cache_step)  # this call's number, 1-based
+        count, populate = cache_updates.schedule(call, config.warmup_steps,
+                                                 config.refresh_steps)
 
         def do_count():
-            keys, counts = space_saving_update(_read(state.cache_counter_keys),
-                                               _read(state.cache_counter_counts), ids)
-            return _done(state.cache_counter_keys.assign(keys),
-                         state.cache_counter_counts.assign(counts))
-
-        counted = tf.cond(count, do_count, _nothing)
+            keys, counts = cache_updates.space_saving_update(
+                _read(self.cache_counter_keys), _read(self.cache_counter_counts), ids)
+            return _done(self.cache_counter_keys.assign(keys),
+                         self.cache_counter_counts.assign(counts))
 
         def do_populate():
-            keys = _read(state.cache_counter_keys)
-            counts = _read(state.cache_counter_counts)
-            new_ids = top_ids(keys, counts, self.cache_size)
-            rows = repopulate(_read(state.cache_ids), _read(state.cache_rows), new_ids, tt_rows)
-            keys, counts = decay_counts(keys, counts, self.counter_decay)
-            return _done(state.cache_ids.assign(new_ids),
-                         state.cache_rows.assign(tf.cast(rows, state.cache_rows.dtype)),
-                         state.cache_counter_keys.assign(keys),
-                         state.cache_counter_counts.assign(counts))
+            keys, counts = _read(self.cache_counter_keys), _read(self.cache_counter_counts)
+            new_ids = cache_updates.top_ids(keys, counts, config.cache_size)
+            rows = cache_updates.repopulate(_read(self.cache_ids), _read(self.cache_rows),
+                                            new_ids, tt_rows)
+            keys, counts = cache_updates.decay_counts(keys, counts, config.counter_decay)
+            return _done(self.cache_ids.assign(new_ids),
+                         self.cache_rows.assign(tf.cast(rows, self.cache_rows.dtype)),
+                         self.cache_counter_keys.assign(keys),
+                         self.cache_counter_counts.assign(counts))
 
+        counted = tf.cond(count, do_count, _nothing)
         with tf.control_dependencies([counted]):
             populated = tf.cond(populate, do_populate, _nothing)
-        with tf.control_dependencies([populated]):
-            stepped = state.cache_step.assign_add(1)
-        return [counted, populated, stepped]
+        return [counted, populated]
 
-    def record_hits(self, state, num_hits, num_lookups, training=True):
-        """Stores the hits and lookups of a training call (what cache_hit_rate reports)."""
+    def _record(self, num_hits, num_lookups, training):
+        """Stores the hits and lookups of a training call (what hit_rate reports)."""
         def record():
-            return _done(state.cache_last_hits.assign(num_hits),
-                         state.cache_last_lookups.assign(num_lookups))
-        if training is False:
-            return _nothing()
+            return _done(self.cache_last_hits.assign(num_hits),
+                         self.cache_last_lookups.assign(num_lookups))
         return record() if training is True else tf.cond(training, record, _nothing)
 
-    def get_config(self):
-        return {
-            "cache_size": self.cache_size,
-            "cache_warmup_steps": self.warmup_steps,
-            "cache_refresh_steps": self.refresh_steps,
-            "cache_counter_size": self.user_counter_size,
-            "cache_counter_decay": self.counter_decay,
-        }
+    # ---------------------------------------------------------------- files of tt_keras 0.1.0
+
+    def variables_by_legacy_name(self):
+        """{name: variable}: in tt_keras 0.1.0 the layer held these variables itself, under
+        the same names (cache_ids, ...), which is how its checkpoints and SavedModels refer
+        to them from the layer. Empty before build."""
+        if not self.built:
+            return {}
+        return {spec[0]: getattr(self, spec[0]) for spec in self.config.variable_specs(self.dim)}
+
+    def load_legacy_values(self, values):
+        """Assigns values listed as a tt_keras 0.1.0 Keras file lists them among the layer's
+        own variables (trainable first: the rows; then ids, counter keys and counts, step,
+        last hits and lookups). This cache's own entry of such a file is then empty."""
+        variables = list(self.trainable_weights) + list(self.non_trainable_weights)
+        if len(values) != len(variables):
+            raise ValueError(f"expected {len(variables)} cache values, got {len(values)}")
+        for variable, value in zip(variables, values):
+            variable.assign(value)
+        self._values_from_layer = True
+
+    def load_own_variables(self, store):
+        if self._values_from_layer and not list(store.keys()):
+            return
+        super().load_own_variables(store)

@@ -1,15 +1,22 @@
 """TTEmbedding: a Keras embedding layer whose table is stored as Tensor-Train cores."""
 
+import threading
+
 import numpy as np
 import tensorflow as tf
 
 from tt_keras import cache as tt_cache
+from tt_keras import checks
 from tt_keras import initializers as tt_initializers
 from tt_keras import tt_math
 from tt_keras._keras import IS_KERAS_3, keras, register_serializable
-from tt_keras.lookup import BACKENDS, _checked_ids, tt_embedding_bag, tt_embedding_bag_cached
+from tt_keras.lookup import BACKENDS, tt_embedding_bag
 
 COMBINERS = (None,) + tt_math.COMBINERS[1:]  # the layer spells "none" as None
+
+# Builds take turns: threads making the first calls of an unbuilt layer would otherwise each
+# add the cores (Keras checks `built` before it calls build, and sets it after).
+_BUILD_LOCK = threading.RLock()
 
 
 def _check_ids_dtype(dtype, what="ids"):
@@ -19,6 +26,21 @@ def _check_ids_dtype(dtype, what="ids"):
             f"TTEmbedding expects integer {what}, got {what} of dtype {dtype.name}; cast them "
             "with tf.cast(ids, tf.int64) if they hold whole numbers"
         )
+
+
+def _dense_weights(weights, ids):
+    """Weights of dense ids, checked to have the ids' shape: statically when both shapes are
+    known, else when the graph runs (right size, wrong shape is refused too)."""
+    weights = tf.convert_to_tensor(weights)
+    if weights.shape.is_fully_defined() and ids.shape.is_fully_defined():
+        if weights.shape != ids.shape:
+            raise ValueError(f"weights of shape {checks.shape_text(weights.shape)} do not "
+                             f"match ids of shape {checks.shape_text(ids.shape)}")
+        return weights
+    return checks.require(
+        weights, checks.same_entries(tf.shape(weights), tf.shape(ids)),
+        lambda: ("weights of shape ", checks.tensor_shape_text(weights),
+                 " do not match ids of shape ", checks.tensor_shape_text(ids)))
 
 
 def _check_weights(weights, ids_kind):
@@ -80,7 +102,8 @@ class TTEmbedding(keras.layers.Layer):
         favour recent traffic (1.0: never forget).
 
     With a cache, training calls (training=True, as model.fit passes) update the cache
-    state in-graph; inference calls only read it.
+    state in-graph; inference calls only read it. The cache is the sublayer `cache`
+    (a tt_keras.cache.HotRowCache, None without a cache), which owns its variables.
     """
 
     def __init__(
@@ -106,6 +129,7 @@ class TTEmbedding(keras.layers.Layer):
         self.tt_shape = tt_math.TTShape.create(
             input_dim, output_dim, tt_rank, tt_row_shape, tt_col_shape, num_cores
         )
+        tt_math.check_param_count(self.tt_shape, input_dim)
         if combiner not in COMBINERS:
             raise ValueError(f"combiner must be one of {COMBINERS}, got {combiner!r}")
         if lookup_backend not in BACKENDS:
@@ -116,19 +140,27 @@ class TTEmbedding(keras.layers.Layer):
         self.lookup_backend = lookup_backend
         self.embeddings_initializer = tt_initializers.get(embeddings_initializer)
         self.embeddings_regularizer = keras.regularizers.get(embeddings_regularizer)
-        self._cache = tt_cache.HotRowCache(
+        self._cache_config = tt_cache.CacheConfig.create(
             self.input_dim, cache_size, cache_warmup_steps, cache_refresh_steps,
             cache_counter_size, cache_counter_decay)
-        # Custom ops cannot be compiled by XLA, which Keras 3 turns on by default on GPUs;
-        # nor can the cache's counter (tf.unique has a data-dependent shape).
-        self.supports_jit = lookup_backend == "reference" and not self._cache.enabled
+        self.cache = tt_cache.HotRowCache(
+            self._cache_config, self.input_dim, self.output_dim, name="cache",
+            dtype=self.dtype_policy) if self._cache_config.enabled else None
+        # Keras 3 turns XLA on by default on GPUs, which cannot compile the custom ops, the
+        # cache's counter (tf.unique has a data-dependent shape) or the argument checks
+        # (string ops); and XLA drops Assert ops, so bad ids would go unchecked.
+        self.supports_jit = False
         self._cores = []
 
     # ---------------------------------------------------------------- weights
 
     def build(self, input_shape=None):
-        if self._cores:
-            return
+        with _BUILD_LOCK:
+            if not self._cores:
+                self._build_weights()
+        self.built = True
+
+    def _build_weights(self):
         for t, shape in enumerate(self.tt_shape.core_shapes):
             core_init = tt_initializers.for_core(self.embeddings_initializer, self.tt_shape,
                                                  self.input_dim, t)
@@ -143,13 +175,12 @@ class TTEmbedding(keras.layers.Layer):
             # lists in a type that tf.train.Checkpoint does not descend into.
             setattr(self, f"core_{t}", core)
             self._cores.append(core)
-        if self._cache.enabled:
-            for name, shape, dtype, initializer, trainable in self._cache.variable_specs(
-                    self.output_dim, None):
-                setattr(self, name, self.add_weight(name=name, shape=shape, dtype=dtype,
-                                                    initializer=initializer,
-                                                    trainable=trainable))
-        self.built = True
+        if self.cache is not None:
+            self.cache.build()
+            # A checkpoint of tt_keras 0.1.0 restored into the unbuilt layer waits for the
+            # cache variables under their old names (see _lookup_dependency).
+            for name, variable in self.cache.variables_by_legacy_name().items():
+                self._handle_deferred_dependencies(name=name, trackable=variable)
 
     @property
     def cores(self):
@@ -231,27 +262,19 @@ class TTEmbedding(keras.layers.Layer):
     @property
     def cache_size(self):
         """Rows the hot-row cache holds (0: no cache)."""
-        return self._cache.cache_size
+        return self._cache_config.cache_size
 
     @property
     def cache_bytes(self):
-        """Bytes of the cache's state: rows, ids, counter keys and counts, step and stats."""
-        if not self._cache.enabled:
-            return 0
-        total = 0
-        for _, shape, dtype, _, _ in self._cache.variable_specs(self.output_dim, None):
-            size = tf.as_dtype(dtype).size if dtype is not None else self._float_size
-            total += int(np.prod(shape, dtype=np.int64)) * size
-        return total
+        """Bytes of the cache's state: rows, ids, counter keys and counts, step and stats
+        (known before the layer is built)."""
+        return self.cache.num_bytes if self.cache is not None else 0
 
     @property
     def cache_hit_rate(self):
         """Fraction of the ids of the last training call served by the cache (0.0 before
         the first training call; inference calls do not change it)."""
-        if not self._cache.enabled or not self.built:
-            return 0.0
-        lookups = int(np.asarray(self.cache_last_lookups))
-        return int(np.asarray(self.cache_last_hits)) / lookups if lookups else 0.0
+        return self.cache.hit_rate if self.cache is not None else 0.0
 
     @property
     def embedding_bytes(self):
@@ -268,51 +291,11 @@ class TTEmbedding(keras.layers.Layer):
     # ---------------------------------------------------------------- lookup
 
     def _lookup(self, ids, row_splits, weights, combiner, check_splits=False, training=None):
-        if self._cache.enabled:
-            return self._cached_lookup(ids, row_splits, weights, combiner, check_splits,
-                                       training)
-        return tt_embedding_bag(
-            self.cores,
-            ids,
-            row_splits=row_splits,
-            weights=weights,
-            combiner=combiner or "none",
-            num_rows=self.input_dim,
-            backend=self.lookup_backend,
-            check_splits=check_splits,
-        )
-
-    def _tt_rows(self, ids):
-        """TT rows of the current cores (what the cache is filled from)."""
-        return tt_embedding_bag(self.cores, ids, combiner="none", num_rows=self.input_dim,
-                                backend=self.lookup_backend)
-
-    def _cached_lookup(self, ids, row_splits, weights, combiner, check_splits, training):
-        # None is how a direct call without `training` arrives: inference, state untouched.
-        if training is None or isinstance(training, (bool, int, np.bool_)):
-            training = bool(training)
-        updates = []
-        if training is not False:
-            # Bad ids are refused before they can reach the counter, so a rejected call
-            # leaves no trace in the cache.
-            ids = _checked_ids(ids, self.input_dim)
-            updates = self._cache.train_update(self, tf.cast(ids, tf.int64), self._tt_rows,
-                                               training)
-        # The lookup reads the cache as this call's update left it (filled or refreshed
-        # before the lookup, so this call's gradient reaches the rows it used).
-        with tf.control_dependencies(updates):
-            cache_ids = tf.identity(self.cache_ids)
-            cache_rows = tf.identity(self.cache_rows)
-        out, num_hits = tt_embedding_bag_cached(
-            self.cores, cache_ids, cache_rows, ids, row_splits=row_splits, weights=weights,
-            combiner=combiner or "none", num_rows=self.input_dim, backend=self.lookup_backend,
-            check_splits=check_splits, return_num_hits=True)
-        if training is not False:
-            recorded = self._cache.record_hits(self, num_hits, tf.size(ids, out_type=tf.int64),
-                                               training)
-            with tf.control_dependencies([recorded]):
-                out = tf.identity(out)
-        return out
+        args = dict(row_splits=row_splits, weights=weights, combiner=combiner or "none",
+                    backend=self.lookup_backend, check_splits=check_splits)
+        if self.cache is not None:
+            return self.cache.lookup(self.cores, ids, training=training, **args)
+        return tt_embedding_bag(self.cores, ids, num_rows=self.input_dim, **args)
 
     def call(self, inputs, weights=None, training=None):
         if isinstance(inputs, tf.RaggedTensor):
@@ -344,13 +327,7 @@ class TTEmbedding(keras.layers.Layer):
                 f"of shape {ids.shape} have none (use shape [batch, bag_size])"
             )
         if weights is not None:
-            weights = tf.convert_to_tensor(weights)
-            if weights.shape.is_fully_defined() and ids.shape.is_fully_defined() and (
-                weights.shape != ids.shape
-            ):
-                raise ValueError(f"weights of shape {weights.shape} do not match ids of shape "
-                                 f"{ids.shape}")
-            weights = tf.reshape(weights, [-1])
+            weights = tf.reshape(_dense_weights(weights, ids), [-1])
         shape = tf.shape(ids, out_type=tf.int64)
         bag_size = shape[-1]
         num_bags = tf.reduce_prod(shape[:-1])
@@ -370,18 +347,21 @@ class TTEmbedding(keras.layers.Layer):
         splits = ids.nested_row_splits
         flat_weights = None
         if weights is not None:
-            flat_weights = weights.flat_values
             # Equal splits are what makes the weights line up with the ids.
-            check = tf.debugging.assert_equal(
-                weights.nested_row_splits[-1], splits[-1],
-                message="weights must have the same row lengths as the ragged ids")
-            with tf.control_dependencies([check]):
-                flat_weights = tf.identity(flat_weights)
+            same = [checks.same_entries(w, i)
+                    for w, i in zip(weights.nested_row_splits, splits)]
+            flat_weights = checks.require(
+                weights.flat_values,
+                tf.reduce_all(same) if len(weights.nested_row_splits) == len(splits)
+                else tf.constant(False),
+                lambda: ("weights must have the same row lengths as the ragged ids",))
+        # A RaggedTensor built with validate=False may hold any splits: the innermost are
+        # the bags, checked by the lookup; the outer ones are checked here by TF.
         pooled = self._lookup(ids.flat_values, tf.cast(splits[-1], tf.int64), flat_weights,
-                              self.combiner, training=training)
+                              self.combiner, check_splits=True, training=training)
         if len(splits) == 1:
             return pooled
-        return tf.RaggedTensor.from_nested_row_splits(pooled, splits[:-1], validate=False)
+        return tf.RaggedTensor.from_nested_row_splits(pooled, splits[:-1], validate=True)
 
     def _call_sparse(self, ids, weights, training=None):
         self._need_combiner("SparseTensor")
@@ -393,11 +373,9 @@ class TTEmbedding(keras.layers.Layer):
         flat_weights = None
         if weights is not None:
             weights = tf.sparse.reorder(weights)
-            check = tf.debugging.assert_equal(
-                weights.indices, ids.indices,
-                message="weights must have the same indices as the sparse ids")
-            with tf.control_dependencies([check]):
-                flat_weights = tf.identity(weights.values)
+            flat_weights = checks.require(
+                weights.values, checks.same_entries(weights.indices, ids.indices),
+                lambda: ("weights must have the same indices as the sparse ids",))
         outer_shape = ids.dense_shape[:-1]
         num_bags = tf.reduce_prod(outer_shape)
         # Row-major bag number of each value from its leading coordinates.
@@ -416,6 +394,33 @@ class TTEmbedding(keras.layers.Layer):
         if self.combiner is None:
             return input_shape + (self.output_dim,)
         return input_shape[:-1] + (self.output_dim,)
+
+    # ---------------------------------------------------------------- files of tt_keras 0.1.0
+    # tt_keras 0.1.0 kept the cache's variables on the layer itself. Its checkpoints and
+    # SavedModels (tf.train.Checkpoint, tf_keras' SavedModel format) name them directly
+    # under the layer (embedding/cache_ids, ...); its Keras 3 files list them among the
+    # layer's own variables, after the cores. Both still load into the cache sublayer.
+
+    def _lookup_dependency(self, name, cached_dependencies=None):
+        """Checkpoint restoration (and tf_keras' SavedModel loader) finds a child by name:
+        the old names lead to the cache's variables."""
+        cache = getattr(self, "cache", None)  # also called while Keras sets the layer up
+        if cache is not None:
+            variable = cache.variables_by_legacy_name().get(name)
+            if variable is not None:
+                return variable
+        return super()._lookup_dependency(name, cached_dependencies)
+
+    def load_own_variables(self, store):
+        """Keras 3 files: the cores, and in a 0.1.0 file the cache's variables after them."""
+        cores = len(self.tt_shape.core_shapes)
+        legacy = self.cache.variables_by_legacy_name() if self.cache is not None else {}
+        if legacy and len(list(store.keys())) == cores + len(legacy):
+            for t, core in enumerate(self.cores):
+                core.assign(store[str(t)])
+            self.cache.load_legacy_values([store[str(cores + i)] for i in range(len(legacy))])
+            return
+        super().load_own_variables(store)
 
     # ---------------------------------------------------------------- config
 
@@ -437,7 +442,7 @@ class TTEmbedding(keras.layers.Layer):
                 ) if self.embeddings_regularizer is not None else None,
                 "combiner": self.combiner,
                 "lookup_backend": self.lookup_backend,
-                **self._cache.get_config(),
+                **self._cache_config.layer_config(),
             }
         )
         return config

@@ -1,13 +1,19 @@
 """The pure-TensorFlow TT lookup: gathers of core slices and a batched matmul chain.
 
-This is the readable statement of the math in docs/ops.md, the fallback when the op library
-is unavailable, and the graph of standard ops that stock TF Serving can run. Gradients come
-from TF's autodiff.
+This is the readable statement of the math in docs/ops.md and docs/cache.md (the lookup
+with a hot-row cache in front), the fallback when the op library is unavailable, and the
+graph of standard ops that stock TF Serving can run. Gradients come from TF's autodiff.
 """
 
+import numpy as np
 import tensorflow as tf
 
 from tt_keras.tt_math import row_strides
+
+# The id of an empty cache slot (and key of a free counter entry). It is >= any table's
+# num_rows, so it never matches an id, and it sorts last, so cache_ids stay sorted with the
+# empty slots at the end.
+EMPTY_ID = np.iinfo(np.int64).max
 
 
 def tt_rows(cores, ids):
@@ -62,3 +68,39 @@ def tt_embedding_bag(cores, ids, row_splits, weights, combiner):
     if combiner == "none":
         return rows
     return pool_rows(rows, row_splits, weights, combiner)
+
+
+def find_slots(cache_ids, ids):
+    """Cache slot of each id (int64, -1 where the id is not cached).
+
+    cache_ids: sorted int64 [C] with EMPTY_ID in empty slots; ids: int64 vector.
+    A binary search (tf.searchsorted): no table of num_rows entries anywhere.
+    """
+    # One EMPTY_ID past the end keeps every search result a valid index (also for C = 0)
+    # and can never equal an id.
+    padded = tf.concat([cache_ids, tf.constant([EMPTY_ID], tf.int64)], 0)
+    pos = tf.searchsorted(padded, ids, side="left", out_type=tf.int64)
+    hit = tf.equal(tf.gather(padded, pos), ids)
+    return tf.where(hit, pos, tf.constant(-1, tf.int64))
+
+
+def tt_embedding_bag_cached(cores, cache_ids, cache_rows, ids, row_splits, weights, combiner):
+    """The pure-TF counterpart of TTKeras>TTEmbeddingBagCached (inputs already checked).
+
+    Hits gather their cache row; misses (only those) run tt_rows, each distinct miss once;
+    the two are stitched back in position order and pooled like the plain lookup. The
+    gather makes the cache rows' gradient a tf.IndexedSlices.
+
+    Returns (output, num_hits).
+    """
+    slots = find_slots(cache_ids, ids)
+    hit = slots >= 0
+    hit_pos = tf.cast(tf.where(hit)[:, 0], tf.int32)
+    miss_pos = tf.cast(tf.where(tf.logical_not(hit))[:, 0], tf.int32)
+    hit_rows = tf.gather(cache_rows, tf.gather(slots, hit_pos))
+    miss_rows = tt_rows(cores, tf.gather(ids, miss_pos))
+    rows = tf.dynamic_stitch([hit_pos, miss_pos], [hit_rows, miss_rows])
+    num_hits = tf.size(hit_pos, out_type=tf.int64)
+    if combiner == "none":
+        return rows, num_hits
+    return pool_rows(rows, row_splits, weights, combiner), num_hits

@@ -24,12 +24,15 @@ tt_row_shape, tt_col_shape, num_cores) where a function mirrors a layer argument
 mistypes a layer argument reads the name they typed.
 """
 
+import bisect
 import dataclasses
 import math
 import numbers
 from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from tt_keras.factorization import divisors
 
 __all__ = [
     "COMBINERS",
@@ -46,10 +49,19 @@ __all__ = [
     "tt_svd",
     "cores_from_fbtt",
     "cores_to_fbtt",
+    "check_param_count",
+    "MAX_ROWS",
 ]
 
 MIN_CORES = 2
 MAX_CORES = 4
+# The most rows a TT table may address (padding included). Ids are int64, and the ops check
+# prod(p) <= 2^62 so that their digit arithmetic never overflows (TTDims::Finalize).
+MAX_ROWS = 2**62
+# A table with more TT parameters than dense entries is refused above this many parameters:
+# there the cores cost more than the table they compress (a too large tt_rank, typically),
+# while small tables may keep such ranks for tests and experiments.
+MAX_PARAMS_ABOVE_DENSE = 2**24
 
 # How a bag's rows are pooled: "none" returns each id's row, the others follow
 # tf.nn.embedding_lookup_sparse. The Keras layer spells "none" as None.
@@ -106,6 +118,21 @@ def _fmt(values) -> str:
         return repr(values)
 
 
+def _check_input_dim(num_rows) -> int:
+    num_rows = _as_int(num_rows, "input_dim")
+    if num_rows > MAX_ROWS:
+        raise ValueError(f"input_dim = {num_rows} exceeds 2^62 = {MAX_ROWS}, the most rows a "
+                         "TT table can address")
+    return num_rows
+
+
+def _check_addressable(row_shape: Tuple[int, ...], name: str):
+    rows = math.prod(row_shape)
+    if rows > MAX_ROWS:
+        raise ValueError(f"{name} {_fmt(row_shape)} holds {rows} rows, more than 2^62 = "
+                         f"{MAX_ROWS}, the most a TT table can address")
+
+
 def _check_num_cores(num_cores, name: str = "num_cores") -> int:
     if isinstance(num_cores, bool) or not isinstance(num_cores, numbers.Integral) or not (
         MIN_CORES <= num_cores <= MAX_CORES
@@ -160,6 +187,7 @@ class TTShape:
             )
         if ranks[0] != 1 or ranks[-1] != 1:
             raise ValueError(f"ranks must start and end with 1 (r_0 = r_k = 1), got {_fmt(ranks)}")
+        _check_addressable(row_shape, "row_shape")
         # Frozen dataclass: normalised values must be written through object.__setattr__.
         object.__setattr__(self, "row_shape", row_shape)
         object.__setattr__(self, "col_shape", col_shape)
@@ -231,10 +259,11 @@ class TTShape:
           ValueError naming the offending argument (input_dim, output_dim, tt_rank,
           tt_row_shape, tt_col_shape, num_cores) and its value.
         """
-        num_rows = _as_int(num_rows, "input_dim")
+        num_rows = _check_input_dim(num_rows)
         dim = _as_int(dim, "output_dim")
         if row_shape is not None:
             row_shape = _as_int_tuple(row_shape, "tt_row_shape")
+            _check_addressable(row_shape, "tt_row_shape")
         if col_shape is not None:
             col_shape = _as_int_tuple(col_shape, "tt_col_shape")
 
@@ -313,66 +342,57 @@ def _full_ranks(tt_rank: RankSpec, k: int) -> Tuple[int, ...]:
 # --------------------------------------------------------------------------------------------
 
 
-def _prime_factors(n: int):
-    """Prime factorisation of n as {prime: exponent}, by trial division.
-
-    n here is at most a few times 10^9 (a row count rounded up), so sqrt(n) < 10^5 steps.
-    """
-    factors = {}
-    for p in (2, 3):
-        while n % p == 0:
-            factors[p] = factors.get(p, 0) + 1
-            n //= p
-    p = 5
-    while p * p <= n:
-        for d in (p, p + 2):  # 6m - 1 and 6m + 1 cover every prime above 3.
-            while n % d == 0:
-                factors[d] = factors.get(d, 0) + 1
-                n //= d
-        p += 6
-    if n > 1:
-        factors[n] = factors.get(n, 0) + 1
-    return factors
-
-
-def _divisors(n: int):
-    divs = [1]
-    for p, e in _prime_factors(n).items():
-        divs = [d * p**i for d in divs for i in range(e + 1)]
-    return sorted(divs)
-
-
 def _balanced_factorization(n: int, k: int) -> Tuple[Tuple[int, ...], float]:
     """The k factors of n (ascending, 1s allowed) with the least spread of their logarithms.
 
     Spread = sum_t log(f_t)^2; as sum_t log(f_t) = log(n) is fixed, that is the variance of the
     log-factors up to constants: 0 for equal factors. Ties go to the lexicographically
     smallest factor tuple, which keeps the result deterministic. Returns (factors, spread).
+
+    A branch-and-bound search: each factor is tried from the most balanced candidate down,
+    and a branch stops once even an equal split of what is left cannot beat the best found
+    (numbers near 2^62 have up to ~10^5 divisors; an exhaustive search took a minute).
     """
-    divs = _divisors(n)
+    divs = divisors(n)
     best = [None, math.inf]
+
+    def offer(factors: tuple, total: float):
+        if total < best[1] - 1e-12 or (total <= best[1] + 1e-12 and factors < best[0]):
+            best[0], best[1] = factors, total
 
     def search(rest: int, parts: int, lo: int, chosen: tuple, cost: float):
         if parts == 1:
             if rest >= lo:
-                total = cost + math.log(rest) ** 2
-                if total < best[1] - 1e-12:
-                    best[0], best[1] = chosen + (rest,), total
+                offer(chosen + (rest,), cost + math.log(rest) ** 2)
             return
-        for d in divs:
-            if d < lo:
+        # Ascending factors: d is the smallest of the remaining `parts`, so d^parts <= rest.
+        top = bisect.bisect_right(divs, _integer_root(rest, parts))
+        for i in range(top - 1, bisect.bisect_left(divs, lo) - 1, -1):
+            d = divs[i]
+            if rest % d:
                 continue
-            # Ascending factors: d is the smallest of the remaining `parts`, so d^parts <= rest.
-            if d**parts > rest:
+            cost_d = cost + math.log(d) ** 2
+            # The rest split evenly is the best any completion can do, and it only gets
+            # worse as d shrinks further below the balanced point.
+            if cost_d + math.log(rest // d) ** 2 / (parts - 1) > best[1] + 1e-12:
                 break
-            if rest % d == 0:
-                search(rest // d, parts - 1, d, chosen + (d,), cost + math.log(d) ** 2)
+            search(rest // d, parts - 1, d, chosen + (d,), cost_d)
 
     search(n, k, 1, (), 0.0)
     factors = best[0]
     mean = math.log(n) / k
     spread = sum((math.log(f) - mean) ** 2 for f in factors)
     return factors, spread
+
+
+def _integer_root(n: int, k: int) -> int:
+    """The largest r with r^k <= n."""
+    r = int(round(n ** (1.0 / k)))
+    while r**k > n:
+        r -= 1
+    while (r + 1) ** k <= n:
+        r += 1
+    return r
 
 
 def _row_candidates(num_rows: int):
@@ -391,7 +411,8 @@ def _row_candidates(num_rows: int):
     while step <= num_rows:
         cands.add(-(-num_rows // step) * step)
         step *= 10
-    return sorted(cands)
+    # Near 2^62 rounding up can leave the addressable range; num_rows itself always remains.
+    return sorted(c for c in cands if c <= MAX_ROWS)
 
 
 def _suggest_row_shape(num_rows: int, k: int) -> Tuple[int, ...]:
@@ -433,7 +454,7 @@ def suggest_shapes(
       (row_shape, col_shape), tuples of k ints with prod(row_shape) >= num_rows and
       prod(col_shape) == dim.
     """
-    num_rows = _as_int(num_rows, "input_dim")
+    num_rows = _check_input_dim(num_rows)
     dim = _as_int(dim, "output_dim")
     k = _check_num_cores(num_cores)
     return _suggest_row_shape(num_rows, k), _balanced_factorization(dim, k)[0]
@@ -486,6 +507,21 @@ def digits(ids, row_shape: Sequence[int]):
 def num_params(tt_shape: TTShape) -> int:
     """Number of TT parameters, sum_t p_t * r_{t-1} * q_t * r_t."""
     return tt_shape.num_params
+
+
+def check_param_count(tt_shape: TTShape, num_rows: int) -> int:
+    """tt_shape's parameter count, or a ValueError naming it when the cores would hold more
+    parameters than both the dense num_rows x dim table and MAX_PARAMS_ABOVE_DENSE: such
+    cores cost more than the table they stand for (a too large tt_rank, typically), and
+    allocating them may not even be possible."""
+    count = tt_shape.num_params
+    dense = _as_int(num_rows, "input_dim") * tt_shape.dim
+    if count > max(dense, MAX_PARAMS_ABOVE_DENSE):
+        raise ValueError(
+            f"tt_rank {_fmt(tt_shape.ranks)} gives {count:,} TT parameters, more than the "
+            f"{dense:,} entries of the dense {num_rows} x {tt_shape.dim} table they compress; "
+            "lower tt_rank")
+    return count
 
 
 def compression_ratio(num_rows: int, dim: int, tt_shape: TTShape) -> float:

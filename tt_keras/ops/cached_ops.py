@@ -8,7 +8,7 @@ tf.IndexedSlices, so Keras optimizers update only the cache rows that were hit.
 import tensorflow as tf
 
 from tt_keras.ops.loader import tt_ops_library
-from tt_keras.ops.tt_ops import _weights_grad
+from tt_keras.ops.tt_ops import unsupported_second_order, weights_grad
 
 
 def tt_embedding_bag_cached(cores, cache_ids, cache_rows, indices, row_splits, weights,
@@ -57,11 +57,15 @@ def _tt_embedding_bag_cached_grad(op, grad, *unused_other_grads):
         outputs.cache_grad_slots,
         dense_shape=tf.shape(cache_rows, out_type=tf.int64),
     )
-    weights_grad = None
+    weights_gradient = None
     if combiner != "none" and weights.shape.num_elements() != 0:
         # As for the plain op: per-id rows (from the cache or the chain) are computed once
         # more, only for this rarely needed gradient.
         rows, _ = tt_embedding_bag_cached(cores, cache_ids, cache_rows, indices, row_splits,
                                           weights[:0], num_rows, "none")
-        weights_grad = _weights_grad(op, grad, rows)
-    return core_grads + [None, cache_grad, None, None, weights_grad]
+        weights_gradient = weights_grad(op, grad, rows)
+    return core_grads + [None, cache_grad, None, None, weights_gradient]
+
+
+tf.RegisterGradient("TTKeras>TTEmbeddingBagCachedGrad")(
+    unsupported_second_order("TTKeras>TTEmbeddingBagCached"))

@@ -10,6 +10,8 @@ import tensorflow as tf
 from tt_keras.ops.loader import tt_ops_library
 from tt_keras.tt_math import COMBINERS  # noqa: F401  (re-exported by tt_keras.ops)
 
+__all__ = ["COMBINERS", "tt_embedding_bag", "unsupported_second_order", "weights_grad"]
+
 
 def tt_embedding_bag(cores, indices, row_splits, weights, num_rows, combiner):
     """Calls `TTKeras>TTEmbeddingBag` (see docs/ops.md); arguments already validated.
@@ -27,7 +29,7 @@ def tt_embedding_bag(cores, indices, row_splits, weights, num_rows, combiner):
     )[0]
 
 
-def _weights_grad(op, grad, rows):
+def weights_grad(op, grad, rows):
     """d loss / d weights for a pooled lookup, given per-id rows (nnz x D)."""
     combiner = op.get_attr("combiner").decode()
     row_splits = op.inputs[-2]
@@ -72,10 +74,26 @@ def _tt_embedding_bag_grad(op, grad, *unused_residual_grads):
         num_rows=num_rows,
         combiner=combiner,
     )
-    weights_grad = None
+    weights_gradient = None
     if combiner != "none" and weights.shape.num_elements() != 0:
         # An empty weights vector means "no weights" and needs no gradient; otherwise
         # per-id rows are computed once more, only for this.
         rows = tt_embedding_bag(cores, indices, row_splits, weights[:0], num_rows, "none")
-        weights_grad = _weights_grad(op, grad, rows)
-    return list(core_grads) + [None, None, weights_grad]
+        weights_gradient = weights_grad(op, grad, rows)
+    return list(core_grads) + [None, None, weights_gradient]
+
+
+def unsupported_second_order(forward_op):
+    """A gradient function for the gradient op of `forward_op` that refuses clearly: the
+    gradient ops have no gradient of their own (second-order derivatives need the pure-TF
+    lookup, which TF differentiates any number of times)."""
+    def refuse(op, *unused_grads):
+        raise tf.errors.UnimplementedError(
+            None, None,
+            f"second-order gradients of {forward_op} are not supported (no gradient of "
+            f"{op.type}); use lookup_backend='reference' (pure TF) to differentiate twice")
+    return refuse
+
+
+tf.RegisterGradient("TTKeras>TTEmbeddingBagGrad")(
+    unsupported_second_order("TTKeras>TTEmbeddingBag"))
