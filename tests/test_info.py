@@ -39,13 +39,16 @@ def _parse(text):
     return report
 
 
-def _stamp_lines():
-    path = os.path.join(os.path.dirname(tt_ops_library.path), "_tt_ops.version")
-    if not os.path.exists(path):
-        return {}
-    lines = [l.strip() for l in open(path) if l.strip() and not l.startswith("#")]
-    return {("stamp." + l.split("=", 1)[0].strip() if "=" in l else "stamp.tensorflow"):
-            (l.split("=", 1)[1].strip() if "=" in l else l) for l in lines}
+def _check_stamp(stamp):
+    """The build's stamp (custom_ops/Makefile): TF version, ISA, the library's size and
+    sha256, as the loader checks them."""
+    if not os.path.exists(tt_ops_library.path):
+        assert stamp == {}
+        return
+    assert stamp["stamp.tensorflow"] == tf.__version__
+    assert stamp["stamp.isa"].split()[0] in ("x86-64-v2", "native"), stamp
+    assert stamp["stamp.size"] == str(os.path.getsize(tt_ops_library.path))
+    assert re.fullmatch(r"[0-9a-f]{64}", stamp["stamp.sha256"]), stamp
 
 
 def _has_fatbin_section(path):
@@ -73,7 +76,7 @@ def test_report_matches_this_process(report):
     assert ("op_unavailable_reason" in report) == (not loaded)
     assert report["auto_backend"] == lookup.resolve_backend("auto")
     stamp = {k: v for k, v in report.items() if k.startswith("stamp.")}
-    assert stamp == _stamp_lines()
+    _check_stamp(stamp)
 
 
 def test_cuda_archs_follow_the_fatbin_section(report):
@@ -104,10 +107,10 @@ def test_missing_and_unloadable_libraries_say_why(tmp_path):
 
     (tmp_path / "_tt_ops.so").write_bytes(b"not a library")
     (tmp_path / "_tt_ops.version").write_text(
-        f"{tf.__version__}\nisa_baseline=x86-64-v2\nvariants = avx2, avx512\n")
+        f"{tf.__version__}\nisa: x86-64-v2\nvariants : avx2, avx512\n")
     broken = tt_info.collect(LazyOpLibrary(str(tmp_path)))
     assert broken["stamp.tensorflow"] == tf.__version__
-    assert broken["stamp.isa_baseline"] == "x86-64-v2"
+    assert broken["stamp.isa"] == "x86-64-v2"
     assert broken["stamp.variants"] == "avx2, avx512"
     assert broken["op_loaded"] == "no" and broken["auto_backend"] == "reference"
     assert str(tmp_path) in broken["op_unavailable_reason"]

@@ -5,7 +5,7 @@ Prints one `key: value` line per fact (`--json` prints the same as a JSON object
   tt_keras            the package version
   tensorflow, keras   the versions in this process (Keras 3 or legacy tf_keras)
   op_library          the op library's path, and whether it exists
-  stamp.<key>         every key=value line of the library's build stamp (_tt_ops.version);
+  stamp.<key>         every `key: value` line of the library's build stamp (_tt_ops.version);
                       a bare line there is the TensorFlow version it was built for
                       (stamp.tensorflow)
   cuda_archs          the GPU code in the library's .nv_fatbin section, read with objcopy:
@@ -67,30 +67,13 @@ def cuda_archs(library_path: str) -> Tuple[Optional[List[str]], str]:
     return sorted({f"{kind}_{arch}" for kind, arch in fatbin_entries(data)}), ""
 
 
-def read_stamp(path: str) -> Dict[str, str]:
-    """The build stamp's key=value lines; a bare line is the TensorFlow version."""
-    stamp = {}
-    if not os.path.exists(path):
-        return stamp
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            key, sep, value = line.partition("=")
-            if sep:
-                stamp[key.strip()] = value.strip()
-            else:
-                stamp["tensorflow"] = line
-    return stamp
-
-
 def collect(library=None) -> Dict[str, str]:
     """The report as an ordered {key: value} dict; `library` defaults to tt_keras's."""
     import tt_keras  # pylint: disable=g-import-not-at-top
     from tt_keras import lookup  # pylint: disable=g-import-not-at-top
     from tt_keras._keras import IS_KERAS_3, keras  # pylint: disable=g-import-not-at-top
     from tt_keras.ops import OpLibraryUnavailable, tt_ops_library  # pylint: disable=g-import-not-at-top
+    from tt_keras.ops.loader import read_stamp  # pylint: disable=g-import-not-at-top
 
     library = library or tt_ops_library
     info = {
