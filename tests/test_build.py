@@ -22,6 +22,7 @@ import sys
 
 import pytest
 
+from tests.bazel_build import evaluate_build, make_variables, rule_files
 from tt_keras.ops.loader import read_stamp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,72 +34,20 @@ CC_TEST = os.path.join(CUSTOM_OPS, "build", "tt_core_test")
 pytestmark = pytest.mark.no_keras
 
 
-def _make_variables(*names):
-    """Values of custom_ops/Makefile variables, as lists of words."""
-    out = subprocess.run(["make", "-s", "-C", CUSTOM_OPS] + [f"print-{n}" for n in names],
-                         capture_output=True, text=True, check=True, timeout=120).stdout
-    lines = out.splitlines()
-    assert len(lines) == len(names), out
-    return {n: line.split() for n, line in zip(names, lines)}
-
-
-def _evaluate_build(path):
-    """The rules a BUILD file declares, {name: {"kind": rule, **attributes}}, with globs
-    expanded against the files of its package."""
-    package = os.path.dirname(path)
-    rules = {}
-
-    def bazel_glob(include, exclude=()):
-        def expand(patterns):
-            found = set()
-            for pattern in patterns:
-                for f in glob.glob(os.path.join(package, pattern), recursive=True):
-                    found.add(os.path.relpath(f, package))
-            return found
-        return sorted(expand(include) - expand(exclude))
-
-    def rule(kind):
-        def declare(name, **attributes):
-            rules[name] = dict(kind=kind, **attributes)
-        return declare
-
-    def load(label, *symbols):
-        package_name, _, file_name = label.lstrip("/").partition(":")
-        scope = {}
-        with open(os.path.join(ROOT, package_name, file_name)) as f:
-            exec(compile(f.read(), file_name, "exec"), scope)  # Starlark: a Python subset
-        for symbol in symbols:
-            namespace[symbol] = scope[symbol]
-
-    namespace = {"glob": bazel_glob, "load": load, "package": lambda **_: None,
-                 "licenses": lambda _: None}
-    for kind in ("cc_library", "cc_binary", "cc_test", "py_library"):
-        namespace[kind] = rule(kind)
-    with open(path) as f:
-        exec(compile(f.read(), path, "exec"), namespace)
-    return rules
-
-
-def _sources(rule, suffix):
-    files = list(rule.get("srcs", [])) + list(rule.get("hdrs", []))
-    files += list(rule.get("textual_hdrs", []))
-    return sorted(f for f in files if f.endswith(suffix))
-
-
 def test_custom_ops_build_lists_what_the_makefile_builds():
-    make = _make_variables("CORE_SRCS", "OP_SRCS", "GPU_SRCS", "DRIVER_SRCS")
-    rules = _evaluate_build(os.path.join(CUSTOM_OPS, "BUILD"))
-    assert _sources(rules["tt_core"], ".cc") == sorted(make["CORE_SRCS"])
+    make = make_variables("CORE_SRCS", "OP_SRCS", "GPU_SRCS", "DRIVER_SRCS")
+    rules = evaluate_build(os.path.join(CUSTOM_OPS, "BUILD"))
+    assert rule_files(rules["tt_core"], ".cc") == sorted(make["CORE_SRCS"])
     for name in ("_tt_ops.so", "tt_ops_kernels"):
         assert ":tt_core" in rules[name]["deps"]
-        assert _sources(rules[name], ".cc") == sorted(make["OP_SRCS"])
-    assert _sources(rules["tt_driver"], ".cc") == sorted(make["DRIVER_SRCS"])
+        assert rule_files(rules[name], ".cc") == sorted(make["OP_SRCS"])
+    assert rule_files(rules["tt_driver"], ".cc") == sorted(make["DRIVER_SRCS"])
     # Every header is declared by some rule, except the GPU kernels' (built by the Makefile
     # only, with nvcc): a new file must be added to both builds.
     declared = set()
     for rule in rules.values():
-        declared.update(_sources(rule, ".h"))
-        declared.update(_sources(rule, ".cc"))
+        declared.update(rule_files(rule, ".h"))
+        declared.update(rule_files(rule, ".cc"))
     on_disk = {os.path.relpath(f, CUSTOM_OPS)
                for f in glob.glob(os.path.join(CUSTOM_OPS, "cc", "**", "*.[ch]*"), recursive=True)}
     gpu_only = set(make["GPU_SRCS"]) | {"cc/kernels/tt_gpu_util.h"}
@@ -107,8 +56,8 @@ def test_custom_ops_build_lists_what_the_makefile_builds():
 
 
 def test_build_compiles_with_the_makefile_code_generation_flags():
-    make = _make_variables("OPT_FLAGS", "MARCH")
-    copts = set(_evaluate_build(os.path.join(CUSTOM_OPS, "BUILD"))["tt_core"]["copts"])
+    make = make_variables("OPT_FLAGS", "MARCH")
+    copts = set(evaluate_build(os.path.join(CUSTOM_OPS, "BUILD"))["tt_core"]["copts"])
     expected = set(make["OPT_FLAGS"])
     if platform.machine() == "x86_64":  # the Makefile's portable default
         expected |= set(make["MARCH"])
@@ -117,13 +66,13 @@ def test_build_compiles_with_the_makefile_code_generation_flags():
 
 
 def test_top_level_build_packages_the_library_and_the_cc_tests():
-    make = _make_variables("CCTEST_SRCS", "OUT")
-    rules = _evaluate_build(os.path.join(ROOT, "BUILD"))
+    make = make_variables("CCTEST_SRCS", "OUT")
+    rules = evaluate_build(os.path.join(ROOT, "BUILD"))
     assert rules["tt_keras"]["data"] == ["//custom_ops:_tt_ops.so"]
     assert os.path.normpath(os.path.join(CUSTOM_OPS, make["OUT"][0])) == LIBRARY
-    assert "_tt_ops.so" in _evaluate_build(os.path.join(CUSTOM_OPS, "BUILD"))
+    assert "_tt_ops.so" in evaluate_build(os.path.join(CUSTOM_OPS, "BUILD"))
     cc_test = rules["tt_core_test"]
-    assert _sources(cc_test, ".cc") == sorted(
+    assert rule_files(cc_test, ".cc") == sorted(
         os.path.relpath(os.path.join(CUSTOM_OPS, f), ROOT) for f in make["CCTEST_SRCS"])
     assert cc_test["deps"] == ["//custom_ops:tt_standalone"]
 

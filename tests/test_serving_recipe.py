@@ -1,54 +1,21 @@
 """docs/serving.md's recipe for building TF Serving with the op names real Bazel targets.
 
 Bazel cannot run here, so custom_ops/BUILD is evaluated as the Python subset of Starlark it
-is written in (package, licenses, glob, cc_library, cc_binary recorded), and checked against
-the recipe and against custom_ops/Makefile, which builds the library the tests load."""
+is written in (tests/bazel_build.py), and checked against the recipe and against
+custom_ops/Makefile, which builds the library the tests load."""
 
-import glob as globlib
 import os
 import re
 
 import pytest
 
+from tests.bazel_build import CUSTOM_OPS, ROOT, evaluate_build, local_closure, make_variables
+
 pytestmark = pytest.mark.no_keras
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CUSTOM_OPS = os.path.join(REPO, "custom_ops")
-DOC = os.path.join(REPO, "docs", "serving.md")
+DOC = os.path.join(ROOT, "docs", "serving.md")
 SYSTEM_PREFIXES = ("tensorflow/", "absl/", "xla/", "tsl/", "Eigen/", "unsupported/",
                    "third_party/")
-
-
-def _glob(patterns, exclude=()):
-    def expand(pattern_list):
-        return {os.path.relpath(p, CUSTOM_OPS) for pattern in pattern_list
-                for p in globlib.glob(os.path.join(CUSTOM_OPS, pattern))}
-    return sorted(expand(patterns) - expand(exclude))
-
-
-def load_build():
-    """{target name: (rule, attributes)} of custom_ops/BUILD."""
-    targets = {}
-
-    def rule(kind):
-        def record(name, **attrs):
-            assert name not in targets, f"target {name} defined twice"
-            targets[name] = (kind, attrs)
-        return record
-
-    scope = {"package": lambda **_: None, "licenses": lambda *_: None, "glob": _glob,
-             "cc_library": rule("cc_library"), "cc_binary": rule("cc_binary")}
-    with open(os.path.join(CUSTOM_OPS, "BUILD")) as f:
-        exec(compile(f.read(), "custom_ops/BUILD", "exec"), scope)  # pylint: disable=exec-used
-    return targets
-
-
-def makefile_cpu_sources():
-    with open(os.path.join(CUSTOM_OPS, "Makefile")) as f:
-        text = f.read().replace("\\\n", " ")
-    match = re.search(r"^CPU_SRCS\s*:?=(.*)$", text, re.M)
-    assert match, "custom_ops/Makefile has no CPU_SRCS"
-    return sorted(match.group(1).split())
 
 
 def recipe():
@@ -69,32 +36,33 @@ def _local_includes(path):
 
 
 def test_recipe_labels_name_alwayslink_libraries_in_the_copied_package():
-    targets = load_build()
+    rules = evaluate_build(os.path.join(CUSTOM_OPS, "BUILD"))
     package, labels = recipe()
     for label_package, name in labels:
         assert label_package == package, (label_package, package)
-        assert name in targets, f"custom_ops/BUILD has no target {name!r}"
-        kind, attrs = targets[name]
-        assert kind == "cc_library" and attrs.get("alwayslink") == 1, (name, kind, attrs)
-        assert "@org_tensorflow//tensorflow/core:framework" in attrs["deps"]
+        assert name in rules, f"custom_ops/BUILD has no target {name!r}"
+        rule = rules[name]
+        assert rule["kind"] == "cc_library" and rule.get("alwayslink") == 1, (name, rule)
+        assert "@org_tensorflow//tensorflow/core:framework" in rule["deps"]
 
 
 def test_the_library_compiles_what_the_makefile_compiles():
-    targets = load_build()
+    rules = evaluate_build(os.path.join(CUSTOM_OPS, "BUILD"))
     _, labels = recipe()
+    cpu_sources = sorted(make_variables("CPU_SRCS")["CPU_SRCS"])
     for _, name in labels:
-        srcs = targets[name][1]["srcs"]
-        sources = sorted(s for s in srcs if s.endswith(".cc"))
-        assert sources == makefile_cpu_sources()
-        assert not [s for s in srcs if s.endswith("_gpu.cc")]
-        # Every local header the sources include (transitively) is in srcs, so the
+        files = local_closure(rules, name)
+        sources = sorted(f for f in files if f.endswith(".cc"))
+        assert sources == cpu_sources
+        assert not [f for f in files if f.endswith("_gpu.cc")]
+        # Every local header the sources include (transitively) is declared, so the
         # sandboxed compile finds it.
         seen, todo = set(), list(sources)
         while todo:
             path = todo.pop()
             for include in _local_includes(path):
                 header = os.path.normpath(os.path.join(os.path.dirname(path), include))
-                assert header in srcs, f"{path} includes {include}, which is not in srcs"
+                assert header in files, f"{path} includes {include}, which is not declared"
                 if header not in seen:
                     seen.add(header)
                     todo.append(header)
