@@ -31,6 +31,14 @@ LEGACY_FLAGS = {
     "report_only": False, "init_ablation": False, "verbose": 1,
 }
 
+# Flags added since, with defaults that keep the earlier behaviour.
+ADDED_FLAGS = {
+    "cache_budget_mb": 0.0, "cache_coverage": 0.0, "cache_plan_batches": 1000,
+    "cache_plan_min_count": 2, "cache_counter_multiple": 4, "tt_init_scale": 1.0,
+    "tt_optimizer": "", "tt_learning_rate": 0.0, "teacher": "independent",
+    "teacher_clusters": 1000, "teacher_cluster_share": 0.75,
+}
+
 
 def _flags(argv=()):
     fv = flags.FlagValues()
@@ -44,7 +52,9 @@ def test_flags_keep_their_names_and_defaults():
     for name, default in LEGACY_FLAGS.items():
         assert fv[name].value == default, name
     assert fv["bottom_mlp"].value == ["512", "256", "64"] and fv["top_mlp"].value == ["512", "256"]
-    assert set(fv) == set(LEGACY_FLAGS) | {"bottom_mlp", "top_mlp"}
+    assert set(fv) == set(LEGACY_FLAGS) | set(ADDED_FLAGS) | {"bottom_mlp", "top_mlp"}
+    for name, default in ADDED_FLAGS.items():
+        assert fv[name].value == default, name
 
 
 def test_each_flag_is_its_field():

@@ -219,3 +219,27 @@ def test_file_source_names_a_missing_file(tmp_path):
         S.make_source(DataConfig(data=missing), SMALL_SIZES, seed=0)
     with pytest.raises(ValueError, match="--data names no file"):
         S.make_source(DataConfig(data=","), SMALL_SIZES, seed=0)
+
+
+def test_clustered_teacher_shares_effects_within_a_cluster():
+    sizes = D.scale_table_sizes(D.KAGGLE_TABLE_SIZES, 1000)
+    clustered = D.SyntheticCriteo(sizes, seed=3, teacher="clustered", num_clusters=4,
+                                  cluster_share=0.75)
+    independent = D.SyntheticCriteo(sizes, seed=3)
+    ids = tf.constant(np.arange(4000, dtype=np.int64).reshape(-1, 1) * np.ones((1, 26),
+                                                                              np.int64))
+    ids = tf.math.floormod(ids, tf.constant(sizes, tf.int64))
+    salts = tf.constant(clustered._salts)  # pylint: disable=protected-access
+    c = clustered._effects(ids, salts).numpy()[:, 2]  # pylint: disable=protected-access
+    i = independent._effects(ids, salts).numpy()[:, 2]  # pylint: disable=protected-access
+    # Unit variance either way; with 4 clusters and share 0.75, two ids' effects correlate
+    # by 0.75 when they share a cluster and 0 otherwise: about 0.75 / 4 over random pairs.
+    assert np.var(c) == pytest.approx(1.0, abs=0.1) and np.var(i) == pytest.approx(1.0, abs=0.1)
+    pairs = np.corrcoef(c[:2000], c[2000:])[0, 1], np.corrcoef(i[:2000], i[2000:])[0, 1]
+    same = np.mean(np.abs(np.subtract.outer(c[:200], c[:200])) < 1e-6)
+    assert abs(pairs[1]) < 0.1
+    grouped = np.round(c - np.sqrt(0.25) * i, 5)  # the cluster's part of each effect
+    assert len(np.unique(grouped)) == 4
+    assert same < 0.05  # the residuals keep the ids apart
+    with pytest.raises(ValueError, match="teacher must be one of"):
+        D.SyntheticCriteo(sizes, teacher="nope")

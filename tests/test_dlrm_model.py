@@ -140,3 +140,68 @@ def test_hot_row_cache_is_trained_through_the_model():
     model(feats, training=False)
     model.predict(feats, verbose=0)
     assert int(layer.cache.cache_step.numpy()) == step
+
+
+def test_separate_optimizer_for_the_tt_cores():
+    """tt_optimizer: the cores get their own optimizer (Adagrad here: accumulators for the
+    cores alone), everything else -- cached rows included -- the model's SGD; one step
+    counts as one."""
+    cfg = M.tiny_config(cache_size=20, cache_warmup_steps=0)
+    model = M.build_model(cfg, "sgd", 0.1, tt_optimizer="adagrad", tt_learning_rate=0.01)
+    cores = model.embeddings.tt_core_variables()
+    assert len(cores) == 3 * cfg.tt_tables
+    sgd, adagrad = model.optimizer.optimizers
+    assert isinstance(sgd, tf.keras.optimizers.legacy.SGD)
+    assert isinstance(adagrad, tf.keras.optimizers.legacy.Adagrad)
+    assert float(adagrad.learning_rate) == pytest.approx(0.01)
+    before = [c.numpy().copy() for c in cores]
+    model.fit(tf.data.Dataset.from_tensors(_batch(cfg, 32)).repeat(2), epochs=1, verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 2
+    for core in cores:  # Adagrad's slots: the cores' and nothing else's
+        assert adagrad.get_slot(core, "accumulator").shape == core.shape
+    assert len(adagrad.weights) == len(cores) + 1  # + its iterations
+    assert [v.name for v in sgd.weights] == [sgd.iterations.name]
+    assert all(not np.allclose(b, c.numpy()) for b, c in zip(before, cores))
+    with pytest.raises(ValueError, match="must be one of"):
+        M.build_model(cfg, "sgd", 0.1, tt_optimizer="rmsprop")
+
+
+def test_tt_init_scale_scales_the_rows_standard_deviation():
+    cfg = M.tiny_config(tt_init_scale=8.0)
+    init = M.DLRMEmbeddings(cfg).tables[cfg.tt_features[0]].embeddings_initializer
+    rows = cfg.table_sizes[M.CAT_FEATURES.index(cfg.tt_features[0])]
+    assert isinstance(init, tt_keras.SampledGaussian)
+    assert init.target_variance(rows) == pytest.approx(64.0 / (3.0 * rows))
+    default = M.DLRMEmbeddings(cfg.replace(tt_init_scale=1.0)).tables[
+        cfg.tt_features[0]].embeddings_initializer
+    assert default.target_variance(rows) == pytest.approx(1.0 / (3.0 * rows))
+
+
+def test_cache_budget_is_split_by_the_sample_and_built(tmp_path):
+    from examples.dlrm import cache_plan  # pylint: disable=import-outside-toplevel
+    from examples.dlrm import config as C  # pylint: disable=import-outside-toplevel
+    from examples.dlrm import sources  # pylint: disable=import-outside-toplevel
+    from tt_keras.cache_budget import cache_row_bytes  # pylint: disable=import-outside-toplevel
+
+    cfg = M.tiny_config(cache_budget_mb=0.004, cache_plan_batches=20, cache_counter_multiple=2)
+    data = C.DataConfig(batch_size=64)
+    source = sources.make_source(data, cfg.table_sizes, seed=0)
+    planned = cache_plan.plan_cache_sizes(cfg, source)
+    row = cache_row_bytes(cfg.embedding_dim, counter_multiple=2)
+    assert len(planned.cache_sizes) == cfg.tt_tables
+    assert 0 < sum(planned.cache_sizes) <= 4000 // row
+    # The split follows the sample: each table's rows are its ids seen twice or more,
+    # taken most frequent first over all tables.
+    counts = cache_plan.sample_id_counts(source.train(0), cfg.tt_features, 20)
+    threshold = min(np.sort(counts[f])[::-1][s - 1] for f, s in
+                    zip(cfg.tt_features, planned.cache_sizes) if s)
+    for f, s in zip(cfg.tt_features, planned.cache_sizes):
+        assert (counts[f] > threshold).sum() <= s <= (counts[f] >= max(threshold, 2)).sum()
+    model = M.build_model(planned)
+    for f, s in zip(cfg.tt_features, planned.cache_sizes):
+        layer = model.embeddings.tables[f]
+        assert layer.cache_size == s
+        assert layer.cache.config.counter_size == min(2 * s, layer.input_dim)
+    assert cache_plan.plan_cache_sizes(M.tiny_config(), source) == M.tiny_config()
+    with pytest.raises(ValueError, match="not both"):
+        M.tiny_config(cache_size=10, cache_budget_mb=1.0)

@@ -83,6 +83,15 @@ class DataConfig(_Options):
     shuffle_buffer: int = option(0, "Files: shuffle lines with this buffer (0: off).",
                                  minimum=0)
     zipf_a: float = option(1.05, "Synthetic ids: power-law exponent.")
+    teacher: str = option(
+        "independent", "Synthetic labels: 'independent' effects per id (the hard case), or "
+        "'clustered' (each id's effect is its latent cluster's plus its own residual; "
+        "see examples/dlrm/data.py).", choices=dlrm_data.TEACHERS)
+    teacher_clusters: int = option(1000, "Clustered teacher: latent clusters per table.",
+                                   minimum=1)
+    teacher_cluster_share: float = option(
+        0.75, "Clustered teacher: the share of an id's effect variance that is its cluster's.",
+        minimum=0.0)
 
     @property
     def synthetic(self) -> bool:
@@ -130,6 +139,14 @@ class DLRMConfig(_Options):
         (tt_cores as num_cores).
       cache_size, cache_warmup_steps, cache_refresh_steps: the TT tables' hot-row cache
         (rows per table; 0: none), passed to TTEmbedding when cache_size > 0.
+      cache_budget_mb, cache_coverage, cache_plan_batches, cache_plan_min_count: instead of
+        one cache_size for every table, one budget for all their caches, split by the id
+        counts of the first cache_plan_batches training batches (tt_keras.cache_budget);
+        the trainer fills in cache_sizes, one per TT table in tt_features order.
+      cache_counter_multiple: each cache's heavy-hitter counter has this many entries per
+        cached row (TTEmbedding's cache_counter_size).
+      tt_init_scale: the TT tables' sampled-Gaussian initializer matches this times the
+        standard deviation of DLRM's dense rows.
       dense_initializer: the keras Embedding initializer of the uncompressed tables; "dlrm"
         (default) is DLRM's U(-1/sqrt(N), 1/sqrt(N)) for a table of N rows, the variance
         TTEmbedding's default "sampled_gaussian" matches, so dense and TT start alike.
@@ -152,21 +169,59 @@ class DLRMConfig(_Options):
     cache_refresh_steps: int = option(
         0, "Refill the cache with the current hot ids every this many steps (0: never).",
         minimum=0)
+    cache_budget_mb: float = option(
+        0.0, "One budget (MB, 10^6 bytes) for all TT tables' caches, split by the id counts "
+        "of a sample of the training data (0: --cache_size per table).", minimum=0.0)
+    cache_coverage: float = option(
+        0.0, "Alternatively (or also), cache the ids that serve this fraction of the sample's "
+        "lookups, over all TT tables (0: no coverage target).", minimum=0.0)
+    cache_plan_batches: int = option(
+        1000, "Training batches counted to split --cache_budget_mb / --cache_coverage.",
+        minimum=1)
+    cache_plan_min_count: int = option(
+        2, "Ids seen fewer times in that sample are not worth a cache row.", minimum=1)
+    cache_counter_multiple: int = option(
+        4, "Heavy-hitter counter entries per cached row.", minimum=1)
     tt_initializer: str = option("sampled_gaussian", "TTEmbedding initializer.")
+    tt_init_scale: float = option(
+        1.0, "With the sampled_gaussian initializer: the TT rows' standard deviation as a "
+        "multiple of DLRM's dense rows' (1/sqrt(3 N)).", minimum=0.0)
     lookup_backend: str = option("auto", "TTEmbedding lookup backend for training.",
                                  choices=tt_keras.BACKENDS)
     dense_initializer: str = "dlrm"
+    cache_sizes: Tuple[int, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "table_sizes", tuple(int(n) for n in self.table_sizes))
         object.__setattr__(self, "bottom_mlp", tuple(int(n) for n in self.bottom_mlp))
         object.__setattr__(self, "top_mlp", tuple(int(n) for n in self.top_mlp))
+        object.__setattr__(self, "cache_sizes", tuple(int(n) for n in self.cache_sizes))
         super().__post_init__()
         features = dlrm_data.CAT_FEATURES
         if len(self.table_sizes) != len(features):
             raise ValueError(f"need {len(features)} table sizes, got {len(self.table_sizes)}")
         if self.tt_tables > len(features):
             raise ValueError(f"tt_tables must be in [0, {len(features)}], got {self.tt_tables}")
+        if self.cache_size and self.plans_cache:
+            raise ValueError(f"give cache_size ({self.cache_size}) or cache_budget_mb / "
+                             "cache_coverage, not both")
+        if self.cache_coverage > 1.0:
+            raise ValueError(f"cache_coverage must be at most 1, got {self.cache_coverage}")
+        if self.cache_sizes and len(self.cache_sizes) != self.tt_tables:
+            raise ValueError(f"cache_sizes has {len(self.cache_sizes)} entries for "
+                             f"{self.tt_tables} TT tables")
+
+    @property
+    def plans_cache(self) -> bool:
+        """Whether the TT tables' cache sizes come from a budget split (cache_sizes)."""
+        return bool(self.cache_budget_mb or self.cache_coverage)
+
+    def table_cache_size(self, feature: str) -> int:
+        """The cache rows of TT table `feature`: its share of a planned budget, or
+        cache_size."""
+        if self.cache_sizes:
+            return self.cache_sizes[self.tt_features.index(feature)]
+        return self.cache_size
 
     def replace(self, **changes) -> "DLRMConfig":
         return dataclasses.replace(self, **changes)
@@ -189,6 +244,12 @@ class TrainingConfig(_Options):
         200, "Keras 'epoch' length: periodic held-out evaluation and checkpoint.", minimum=1)
     learning_rate: float = option(0.1, "Learning rate.")
     optimizer: str = option("sgd", "Optimizer.", choices=OPTIMIZERS)
+    tt_optimizer: str = option(
+        "", "A separate optimizer for the TT cores ('': --optimizer trains them too).",
+        choices=("",) + OPTIMIZERS)
+    tt_learning_rate: float = option(
+        0.0, "The TT cores' learning rate, with a separate optimizer (0: --learning_rate).",
+        minimum=0.0)
     seed: int = option(0, "Seed of the synthetic data, the shuffling and the models.")
     verbose: int = option(1, "Keras fit verbosity (1: progress bars, 2: one line/epoch).",
                           minimum=0)

@@ -40,6 +40,13 @@ Two sources, one output format. Every dataset yields `(features, label)` batches
      by hashing the id (so no table of N effects is stored), and a few pairwise products of
      such effects between tables (something for the dot interaction to find). The bias is
      set for a positive rate of about 25%, like Criteo.
+   - two teachers. "independent" (the default, and the hard case for any compressed
+     table): every id's effect is its own, unrelated to any other id's. "clustered": an
+     assumption of structure, as real ids have it (ads of one advertiser, items of one
+     category): each id belongs to one of `num_clusters` latent clusters, assigned at
+     random by hashing, and its effect is sqrt(s) times its cluster's effect plus
+     sqrt(1 - s) times its own residual, s = cluster_share; the total variance is the
+     same as the independent teacher's.
    - deterministic: batch i of stream s is a pure function of (seed, s, i) (stateless RNG),
      so runs can be repeated and a resumed run continues with batch i. The "train" and
      "eval" streams use different s (disjoint random draws of the same teacher).
@@ -212,6 +219,7 @@ def criteo_tsv_dataset(paths, table_sizes, batch_size, split="train", eval_every
 # ---------------------------------------------------------------------------------------
 
 _MASK32 = 0xFFFFFFFF
+TEACHERS = ("independent", "clustered")
 _STREAMS = {"train": 0, "eval": 1}
 
 
@@ -260,11 +268,20 @@ class SyntheticCriteo:
     """
 
     def __init__(self, table_sizes, seed=0, zipf_a=1.05, sparse_std=1.5, dense_std=0.6,
-                 pair_std=0.6, num_pairs=6, positive_rate=0.25):
+                 pair_std=0.6, num_pairs=6, positive_rate=0.25, teacher="independent",
+                 num_clusters=1000, cluster_share=0.75):
         if len(table_sizes) != NUM_SPARSE:
             raise ValueError(f"need {NUM_SPARSE} table sizes, got {len(table_sizes)}")
         if zipf_a <= 0:
             raise ValueError("zipf_a must be > 0")
+        if teacher not in TEACHERS:
+            raise ValueError(f"teacher must be one of {TEACHERS}, got {teacher!r}")
+        if int(num_clusters) < 1 or not 0.0 <= cluster_share <= 1.0:
+            raise ValueError(f"num_clusters must be >= 1 and cluster_share in [0, 1], got "
+                             f"{num_clusters!r} and {cluster_share!r}")
+        self.teacher = teacher
+        self.num_clusters = int(num_clusters)
+        self.cluster_share = float(cluster_share)
         self.table_sizes = tuple(int(n) for n in table_sizes)
         self.seed = int(seed)
         self.zipf_a = float(zipf_a)
@@ -282,6 +299,7 @@ class SyntheticCriteo:
         self._offsets = np.array(offsets, np.int64)
         self._salts = rng.integers(0, 2 ** 31, size=t).astype(np.int64)
         self._pair_salts = rng.integers(0, 2 ** 31, size=t).astype(np.int64)
+        self._cluster_salts = rng.integers(0, 2 ** 31, size=t).astype(np.int64)
         # Teacher: sparse weights (total std sparse_std), dense weights, table pairs.
         w = np.abs(rng.normal(size=t)) + 0.2
         self._w_sparse = (w * sparse_std / np.sqrt(np.sum(w ** 2))).astype(np.float32)
@@ -310,6 +328,17 @@ class SyntheticCriteo:
         self._bias = np.float32(0.5 * (lo + hi))
 
     # -- one batch ----------------------------------------------------------------------
+
+    def _effects(self, ids, salts):
+        """The teacher's unit-variance effect of every id (int64 [B, T]) for one salt set."""
+        own = _unit_effect(ids, salts)
+        if self.teacher == "independent":
+            return own
+        cluster = tf.math.floormod(_hash32(ids * 40503 + self._cluster_salts),
+                                   self.num_clusters)
+        shared = _unit_effect(cluster, salts + 1)
+        s = self.cluster_share
+        return math.sqrt(s) * shared + math.sqrt(1.0 - s) * own
 
     def _zipf_ranks(self, u):
         """u: float64 [B, T] in [0, 1) -> int64 ranks in [0, N_t) with P(k) ~ (k+1)^-a."""
@@ -344,11 +373,11 @@ class SyntheticCriteo:
         for k, name in enumerate(CAT_FEATURES):
             features[name] = ids[:, k]
         # Teacher.
-        effects = _unit_effect(ids, self._salts)                      # [B, T]
+        effects = self._effects(ids, self._salts)                     # [B, T]
         logit = self._bias + tf.linalg.matvec(effects, self._w_sparse)
         logit += tf.linalg.matvec(tf.where(present, z, tf.zeros_like(z)), self._w_dense)
         if len(self._pairs):
-            pe = _unit_effect(ids, self._pair_salts)
+            pe = self._effects(ids, self._pair_salts)
             pa = tf.gather(pe, self._pairs[:, 0], axis=1)
             pb = tf.gather(pe, self._pairs[:, 1], axis=1)
             logit += self._pair_w * tf.reduce_sum(pa * pb, axis=1)

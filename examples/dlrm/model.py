@@ -48,6 +48,24 @@ def _dense_initializer(config: DLRMConfig, num_rows: int):
     return config.dense_initializer
 
 
+def _tt_initializer(config: DLRMConfig, num_rows: int):
+    if config.tt_initializer == "sampled_gaussian" and config.tt_init_scale != 1.0:
+        # DLRM's dense rows are U(-1/sqrt(N), 1/sqrt(N)): variance 1 / (3 N).
+        return tt_keras.SampledGaussian(variance=config.tt_init_scale ** 2 / (3.0 * num_rows))
+    return config.tt_initializer
+
+
+def _cache_arguments(config: DLRMConfig, feature: str) -> dict:
+    """TTEmbedding's cache arguments for TT table `feature` (none without a cache)."""
+    size = config.table_cache_size(feature)
+    if not size:
+        return {}
+    return {"cache_size": size, "cache_warmup_steps": config.cache_warmup_steps,
+            "cache_refresh_steps": config.cache_refresh_steps,
+            "cache_counter_size": min(config.cache_counter_multiple * size,
+                                      config.table_sizes[CAT_FEATURES.index(feature)])}
+
+
 class DLRMEmbeddings(keras.layers.Layer):
     """{"C1": ids, ...} -> {"C1": (B, D), ...}: one embedding table per categorical feature.
 
@@ -63,15 +81,11 @@ class DLRMEmbeddings(keras.layers.Layer):
         self.tables = {}
         for name, n in zip(CAT_FEATURES, config.table_sizes):
             if name in tt_features:
-                kwargs = {}
-                if config.cache_size:  # only passed when used
-                    kwargs.update(cache_size=config.cache_size,
-                                  cache_warmup_steps=config.cache_warmup_steps,
-                                  cache_refresh_steps=config.cache_refresh_steps)
                 layer = tt_keras.TTEmbedding(
                     n, self.dim, tt_rank=config.tt_rank, num_cores=config.tt_cores,
-                    embeddings_initializer=config.tt_initializer,
-                    lookup_backend=config.lookup_backend, name=f"tt_{name}", **kwargs)
+                    embeddings_initializer=_tt_initializer(config, n),
+                    lookup_backend=config.lookup_backend, name=f"tt_{name}",
+                    **_cache_arguments(config, name))
             else:
                 layer = keras.layers.Embedding(
                     n, self.dim, embeddings_initializer=_dense_initializer(config, n),
@@ -92,7 +106,11 @@ class DLRMEmbeddings(keras.layers.Layer):
     def cache_hit_rates(self) -> dict:
         """{feature: hit rate of the last training batch} of the TT tables with a cache."""
         return {name: float(self.tables[name].cache_hit_rate)
-                for name in self.config.tt_features if self.config.cache_size}
+                for name in self.config.tt_features if self.config.table_cache_size(name)}
+
+    def tt_core_variables(self) -> list:
+        """The TT tables' cores (not their caches' rows, which train like dense rows)."""
+        return [core for name in self.config.tt_features for core in self.tables[name].cores]
 
     def is_tt(self, name) -> bool:
         return name in self.config.tt_features
@@ -205,13 +223,29 @@ def make_optimizer(name: str = "sgd", learning_rate: float = 0.1):
 
 
 def build_model(config: DLRMConfig, optimizer="sgd", learning_rate: float = 0.1,
-                name: Optional[str] = None) -> DLRM:
-    """A compiled, built DLRM (variables exist, so a checkpoint can be restored into it)."""
+                name: Optional[str] = None, tt_optimizer: str = "",
+                tt_learning_rate: float = 0.0) -> DLRM:
+    """A compiled, built DLRM (variables exist, so a checkpoint can be restored into it).
+
+    With tt_optimizer or tt_learning_rate, the TT cores get an optimizer of their own
+    (tt_optimizer, default the same kind; tt_learning_rate, default learning_rate) through
+    TFRS's CompositeOptimizer; everything else, cached rows included, gets `optimizer`.
+    """
     model = DLRM(config, name=name)
-    if isinstance(optimizer, str):
-        optimizer = make_optimizer(optimizer, learning_rate)
-    model.compile(optimizer=optimizer)
     model(dummy_features(config), training=False)
+    if isinstance(optimizer, str):
+        kind, optimizer = optimizer, make_optimizer(optimizer, learning_rate)
+        if (tt_optimizer or tt_learning_rate) and config.tt_tables:
+            cores = model.embeddings.tt_core_variables()
+            core_refs = {v.ref() for v in cores}
+            optimizer = tfrs.experimental.optimizers.CompositeOptimizer([
+                # First: the one whose step counter is the model's (it updates every step).
+                (optimizer, lambda: [v for v in model.trainable_variables
+                                     if v.ref() not in core_refs]),
+                (make_optimizer(tt_optimizer or kind, tt_learning_rate or learning_rate),
+                 lambda: cores),
+            ])
+    model.compile(optimizer=optimizer)
     return model
 
 

@@ -67,6 +67,8 @@ def model_result(label: str, model, metrics: Dict[str, float], curve: Dict[str, 
         "tt_tables": config.tt_tables,
         "tt_rank": config.tt_rank if tt else None,
         "cache_size": config.cache_size if tt else None,
+        "cache_sizes": ({name: config.table_cache_size(name) for name in config.tt_features}
+                        if tt else None),
         "tt_initializer": config.tt_initializer if tt else None,
         "steps": int(model.optimizer.iterations.numpy()),
         "trained_steps_this_run": len(curve["steps"]),
@@ -105,7 +107,8 @@ def tt_table_rows(model) -> List[dict]:
             rows.append({"feature": name, "rows": n, "dim": config.embedding_dim,
                          "row_shape": layer.tt_shape.row_shape,
                          "col_shape": layer.tt_shape.col_shape, "rank": config.tt_rank,
-                         "params": int(layer.num_params), "cache_size": config.cache_size,
+                         "params": int(layer.num_params),
+                         "cache_size": config.table_cache_size(name),
                          "bytes": int(layer.embedding_bytes),
                          "dense_bytes": FLOAT_BYTES * n * config.embedding_dim})
     return rows

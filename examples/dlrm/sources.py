@@ -25,12 +25,13 @@ class SyntheticSource:
 
     def __init__(self, data: DataConfig, table_sizes: Sequence[int], seed: int):
         self.data = data
-        self.stream = dlrm_data.SyntheticCriteo(tuple(table_sizes), seed=seed,
-                                                zipf_a=data.zipf_a)
+        self.stream = dlrm_data.SyntheticCriteo(
+            tuple(table_sizes), seed=seed, zipf_a=data.zipf_a, teacher=data.teacher,
+            num_clusters=data.teacher_clusters, cluster_share=data.teacher_cluster_share)
 
     def describe(self) -> str:
         return (f"synthetic Criteo-like stream (seed {self.stream.seed}, "
-                f"zipf a={self.stream.zipf_a})")
+                f"zipf a={self.stream.zipf_a}, {self.stream.teacher} teacher)")
 
     def train(self, start_step: int = 0) -> tf.data.Dataset:
         """The endless training stream, from batch `start_step` on."""

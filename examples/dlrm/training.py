@@ -14,6 +14,7 @@ from typing import List, Sequence, Tuple
 
 import tensorflow as tf
 
+from examples.dlrm import cache_plan
 from examples.dlrm import callbacks as dlrm_callbacks
 from examples.dlrm import export as dlrm_export
 from examples.dlrm import model as dlrm_model
@@ -69,8 +70,10 @@ def train_model(label: str, model_config: DLRMConfig, config: Config, source) ->
     one DLRM on `source` (sources.make_source). Returns reports.model_result."""
     memory = MemoryPhase()
     tf.keras.utils.set_random_seed(config.training.seed)
-    model = dlrm_model.build_model(model_config, config.training.optimizer,
-                                   config.training.learning_rate, name=f"dlrm_{label}")
+    training = config.training
+    model = dlrm_model.build_model(model_config, training.optimizer, training.learning_rate,
+                                   name=f"dlrm_{label}", tt_optimizer=training.tt_optimizer,
+                                   tt_learning_rate=training.tt_learning_rate)
     print(reports.format_model_header(label, model, dlrm_model.dense_param_count(model)))
     run_dir = os.path.join(config.output.model_dir, label) if config.output.model_dir else ""
     manager, start_step = restore(model, run_dir)
@@ -95,7 +98,9 @@ def train_model(label: str, model_config: DLRMConfig, config: Config, source) ->
 
 def run_comparison(runs: Sequence[Tuple[str, DLRMConfig]], config: Config,
                    source) -> List[dict]:
-    """Trains each (label, DLRMConfig) in turn on the same source; results, dense first."""
-    results = [train_model(label, model_config, config, source)
+    """Trains each (label, DLRMConfig) in turn on the same source; results, dense first.
+    A TT model's cache budget is split by the traffic of the source's first batches."""
+    results = [train_model(label, cache_plan.plan_cache_sizes(model_config, source), config,
+                           source)
                for label, model_config in runs]
     return sorted(results, key=lambda r: r["label"] != "dense")
