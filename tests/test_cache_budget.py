@@ -35,6 +35,12 @@ def test_coverage_target_stops_at_the_first_ids_that_reach_it():
     assert split_cache_budget(COUNTS, 100, budget_bytes=150, coverage=1.0) == {"a": 1, "b": 0}
 
 
+def test_equal_counts_are_shared_out_between_tables():
+    ones = {"a": np.ones(5, np.int64), "b": np.ones(3, np.int64), "c": np.array([9])}
+    assert split_cache_budget(ones, 1, budget_bytes=5, min_count=1) == {"a": 2, "b": 2, "c": 1}
+    assert split_cache_budget(ones, 1, budget_bytes=8, min_count=1) == {"a": 4, "b": 3, "c": 1}
+
+
 def test_rows_of_different_sizes_go_by_count_per_byte():
     # a costs 50 per row, b 100: a:10 (0.2/B), a:5 (0.1), b:7 (0.07), b:7, b:2.
     sizes = split_cache_budget(COUNTS, {"a": 50, "b": 100}, budget_bytes=200)

@@ -49,7 +49,8 @@ def split_cache_budget(counts: Mapping[str, np.ndarray],
 
     At least one of budget_bytes and coverage must be given; with both, the first limit
     reached decides. Ids are taken in order of count per byte of their row (with rows of
-    one size: most frequent first); ties go to the table listed first.
+    one size: most frequent first); ids of equal counts are taken from the tables in turn,
+    so that a limit reached among them splits them evenly.
 
     Returns:
       {table: cache size} for every table of `counts` (0 where nothing is worth caching).
@@ -70,7 +71,7 @@ def split_cache_budget(counts: Mapping[str, np.ndarray],
             raise ValueError(f"row_bytes[{t!r}] must be a positive integer, got {cost!r}")
 
     # Candidates: every id seen min_count times or more, best count per byte first.
-    table_of, count_of = [], []
+    table_of, count_of, turn_of = [], [], []
     total = 0
     for k, t in enumerate(tables):
         c = np.asarray(counts[t]).reshape(-1)
@@ -80,10 +81,14 @@ def split_cache_budget(counts: Mapping[str, np.ndarray],
         kept = np.sort(c[c >= min_count])[::-1]
         count_of.append(kept)
         table_of.append(np.full(kept.size, k))
+        # Each id's place among the table's ids of the same count: ties go round the tables.
+        first_of_count = np.searchsorted(-kept, -kept, side="left")
+        turn_of.append(np.arange(kept.size) - first_of_count)
     count_all = np.concatenate(count_of) if count_of else np.zeros(0, np.int64)
     table_all = np.concatenate(table_of) if table_of else np.zeros(0, np.int64)
+    turn_all = np.concatenate(turn_of) if turn_of else np.zeros(0, np.int64)
     cost_all = np.array([costs[tables[k]] for k in table_all], np.int64)
-    order = np.lexsort((table_all, -count_all / np.maximum(cost_all, 1)))
+    order = np.lexsort((table_all, turn_all, -count_all / np.maximum(cost_all, 1)))
     count_all, table_all, cost_all = count_all[order], table_all[order], cost_all[order]
 
     take = count_all.size
