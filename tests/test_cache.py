@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 import tt_keras
-from tests import tolerance
+from tests import test_cache_fold, tolerance
 from tt_keras import cache as tt_cache
 from tt_keras import cache_updates, oracle, tt_math
 from tt_keras._keras import IS_KERAS_3, keras
@@ -469,8 +469,10 @@ def test_training_follows_the_oracle_through_warmup_fill_and_sgd(backend):
     assert int(np.asarray(layer.cache.cache_step)) == len(FILL_BATCHES)
 
 
-def test_refresh_keeps_rows_that_stay(backend):
-    layer = make_layer(backend, cache_size=2, cache_warmup_steps=1, cache_refresh_steps=2)
+@pytest.mark.parametrize("fold_sweeps", [0, 1])
+def test_refresh_keeps_rows_that_stay(backend, fold_sweeps):
+    layer = make_layer(backend, cache_size=2, cache_warmup_steps=1, cache_refresh_steps=2,
+                       cache_fold_sweeps=fold_sweeps)
     step = sgd_step_fn(layer, 0.5)
     upstream = tf.ones([2, D])
     step(tf.constant([[1, 1, 1], [2, 2, 3]], tf.int64), upstream)   # call 1: count
@@ -478,19 +480,33 @@ def test_refresh_keeps_rows_that_stay(backend):
     assert sorted(cache_of(layer)) == [1, 2]
     step(tf.constant([[1, 2, 3], [3, 4, 4]], tf.int64), upstream)   # call 3: train
     learned = cache_of(layer)
-    tt_before = oracle.dense_table(cores_of(layer), N)
+    cores_before = cores_of(layer)
+    tt_before = oracle.dense_table(cores_before, N)
     assert not np.allclose(learned[2], tt_before[2])
     # Call 4 refreshes to {2, 3}; a zero upstream leaves everything as the refresh made it.
     out = step(tf.constant([[3, 3, 3], [3, 3, 2]], tf.int64), tf.zeros([2, D])).numpy()
     cache = cache_of(layer)
     assert sorted(cache) == [2, 3]
+    # Row 1 leaves: folded into the cores (the fold's own oracle is in test_cache_fold.py),
+    # or, without a fold, back to the TT product.
+    want_cores = test_cache_fold.fold_oracle(cores_before, np.array([1]), learned[1][None],
+                                             np.array([True]), N, fold_sweeps)
+    # float32 line searches against float64 ones: the folded rows agree to about 1e-4.
+    for got, want in zip(cores_of(layer), want_cores):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * np.abs(want).max())
+    tt_after = oracle.dense_table(cores_of(layer), N)
     np.testing.assert_allclose(cache[2], learned[2], rtol=0, atol=0)   # stays: keeps learning
-    np.testing.assert_allclose(cache[3], tt_before[3], rtol=1e-5, atol=1e-6)  # new: TT product
+    np.testing.assert_allclose(cache[3], tt_after[3], rtol=1e-4, atol=1e-6)  # new: TT product
     table = full_table(layer)
-    np.testing.assert_allclose(table[1], tt_before[1], rtol=1e-5, atol=1e-6)  # left: TT again
+    np.testing.assert_allclose(table[1], tt_after[1], rtol=1e-4, atol=1e-6)  # left: TT again
+    if fold_sweeps:
+        assert (np.linalg.norm(table[1] - learned[1])
+                < 0.5 * np.linalg.norm(tt_before[1] - learned[1]))
+    else:
+        np.testing.assert_allclose(table[1], tt_before[1], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(table[2], learned[2], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(out[0], 3 * tt_before[3], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(out[1], 2 * tt_before[3] + learned[2], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out[0], 3 * tt_after[3], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out[1], 2 * tt_after[3] + learned[2], rtol=1e-4, atol=1e-5)
 
 
 def test_counter_runs_before_each_refresh_only(backend):
@@ -781,6 +797,9 @@ def test_sizes_count_the_cache():
      "cache_counter_size = 2 is smaller than cache_size = 3"),
     ({"cache_size": 3, "cache_counter_decay": 0.0}, r"cache_counter_decay must be in \(0, 1\]"),
     ({"cache_size": 3, "cache_counter_decay": "half"}, "cache_counter_decay must be a number"),
+    ({"cache_size": 3, "cache_fold_sweeps": -1}, "cache_fold_sweeps must be >= 0, got -1"),
+    ({"cache_size": 3, "cache_fold_sweeps": 1.5}, "cache_fold_sweeps must be an integer"),
+    ({"cache_size": 3, "cache_fold_sweeps": True}, "cache_fold_sweeps must be an integer"),
 ])
 def test_bad_cache_arguments_name_the_argument(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
@@ -851,3 +870,49 @@ def test_concurrent_eager_training_calls_count_every_step(backend):
                       np.asarray(layer.cache.cache_counter_counts).tolist()))
     assert counts[1] == 9 and counts[2] == 6
     assert int(np.asarray(layer.cache.cache_last_lookups)) == 6 and layer.cache_hit_rate == 5 / 6
+
+
+# ---------------------------------------------------------------- seeding the counter
+
+def test_seeded_counter_fills_the_first_call(backend):
+    """With W = 0, the first training call fills from the seeded counts plus its batch."""
+    layer = make_layer(backend, cache_size=3, cache_warmup_steps=0, cache_counter_size=4,
+                       cache_counter_decay=1.0)
+    layer.cache.seed_counter([7, 50, 3, 11, 90], [5, 9, 1, 4, 2])
+    keys = np.asarray(layer.cache.cache_counter_keys)
+    counts = np.asarray(layer.cache.cache_counter_counts)
+    assert dict(zip(keys.tolist(), counts.tolist())) == {50: 9, 7: 5, 11: 4, 90: 2}
+    cores = cores_of(layer)
+    # Batch: 90 three more times (5 in all), 3 once (a newcomer: 1 + the minimum, 2).
+    layer(tf.constant([[90, 90], [90, 3]], tf.int64), training=True)
+    assert sorted(cache_of(layer)) == [7, 50, 90]
+    tt = oracle.dense_table(cores, N)
+    for i, row in cache_of(layer).items():
+        np.testing.assert_allclose(row, tt[i], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("ids,counts,needle", [
+    ([1, N], [1, 1], rf"ids\[1\] = {N} is not in \[0, {N}\)"),
+    ([-1], [1], r"ids\[0\] = -1 is not in"),
+    ([1, 2], [1, -3], r"counts\[1\] = -3 is negative"),
+    ([1, 1], [1, 2], "ids must be distinct"),
+    ([1, 2], [1], "counts must be integers shaped like ids"),
+    ([1.5], [1], "ids must be a vector of integers"),
+])
+def test_bad_seed_counts_are_named_and_change_nothing(ids, counts, needle):
+    layer = make_layer(cache_size=3)
+    layer.cache.seed_counter([4, 5], [2, 1])
+    before = np.asarray(layer.cache.cache_counter_keys).copy()
+    with pytest.raises(ValueError, match=needle):
+        layer.cache.seed_counter(ids, counts)
+    np.testing.assert_array_equal(np.asarray(layer.cache.cache_counter_keys), before)
+
+
+def test_counter_from_counts_keeps_the_largest():
+    keys, counts = cache_updates.counter_from_counts(
+        tf.constant([4, 8, 15, 16], tf.int64), tf.constant([3, 0, 7, 1], tf.int64), 5)
+    got = {int(k): int(c) for k, c in zip(keys.numpy(), counts.numpy()) if k != EMPTY_ID}
+    assert got == {4: 3, 15: 7, 16: 1}
+    keys, counts = cache_updates.counter_from_counts(
+        tf.constant([4, 8, 15, 16], tf.int64), tf.constant([3, 0, 7, 1], tf.int64), 2)
+    assert sorted(keys.numpy().tolist()) == [4, 15]

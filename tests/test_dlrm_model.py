@@ -186,13 +186,15 @@ def test_cache_budget_is_split_by_the_sample_and_built(tmp_path):
     cfg = M.tiny_config(cache_budget_mb=0.004, cache_plan_batches=20, cache_counter_multiple=2)
     data = C.DataConfig(batch_size=64)
     source = sources.make_source(data, cfg.table_sizes, seed=0)
-    planned = cache_plan.plan_cache_sizes(cfg, source)
+    planned, sample = cache_plan.plan_cache_sizes(cfg, source)
     row = cache_row_bytes(cfg.embedding_dim, counter_multiple=2)
     assert len(planned.cache_sizes) == cfg.tt_tables
     assert 0 < sum(planned.cache_sizes) <= 4000 // row
     # The split follows the sample: each table's rows are its ids seen twice or more,
     # taken most frequent first over all tables.
-    counts = cache_plan.sample_id_counts(source.train(0), cfg.tt_features, 20)
+    counts = {f: c for f, (_, c) in
+              cache_plan.sample_id_counts(source.train(0), cfg.tt_features, 20).items()}
+    assert all(np.array_equal(counts[f], sample[f][1]) for f in cfg.tt_features)
     threshold = min(np.sort(counts[f])[::-1][s - 1] for f, s in
                     zip(cfg.tt_features, planned.cache_sizes) if s)
     for f, s in zip(cfg.tt_features, planned.cache_sizes):
@@ -202,6 +204,32 @@ def test_cache_budget_is_split_by_the_sample_and_built(tmp_path):
         layer = model.embeddings.tables[f]
         assert layer.cache_size == s
         assert layer.cache.config.counter_size == min(2 * s, layer.input_dim)
-    assert cache_plan.plan_cache_sizes(M.tiny_config(), source) == M.tiny_config()
+    assert cache_plan.plan_cache_sizes(M.tiny_config(), source) == (M.tiny_config(), {})
     with pytest.raises(ValueError, match="not both"):
         M.tiny_config(cache_size=10, cache_budget_mb=1.0)
+
+
+def test_cache_prefill_seeds_the_counters_with_the_sample():
+    from examples.dlrm import cache_plan  # pylint: disable=import-outside-toplevel
+    from examples.dlrm import config as C  # pylint: disable=import-outside-toplevel
+    from examples.dlrm import sources  # pylint: disable=import-outside-toplevel
+
+    cfg = M.tiny_config(cache_budget_mb=0.004, cache_plan_batches=20, cache_prefill=True,
+                        cache_warmup_steps=0)
+    source = sources.make_source(C.DataConfig(batch_size=64), cfg.table_sizes, seed=0)
+    planned, sample = cache_plan.plan_cache_sizes(cfg, source)
+    model = M.build_model(planned)
+    cache_plan.seed_counters(model, planned, sample)
+    for f in cfg.tt_features:
+        cache = model.embeddings.tables[f].cache
+        if cache is None:
+            continue
+        ids, counts = sample[f]
+        keys = np.asarray(cache.cache_counter_keys)
+        kept = np.asarray(cache.cache_counter_counts)
+        got = {int(k): int(c) for k, c in zip(keys, kept) if c}
+        # The counter holds the K ids of largest count, with their sample counts.
+        assert all(counts[ids == k][0] == c for k, c in got.items())
+        assert min(got.values()) >= np.sort(counts)[::-1][len(keys) - 1]
+    with pytest.raises(ValueError, match="cache_prefill seeds the caches"):
+        M.tiny_config(cache_prefill=True)

@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PUBLIC_API = {
     "BACKENDS", "CacheConfig", "HotRowCache", "OpLibraryUnavailable", "SampledGaussian",
     "TTApproxNormal", "TTEmbedding", "TTInitializer", "TTNaiveUniform", "TTShape", "TTUniform",
-    "check_portable", "compress",
+    "cache_row_bytes", "check_portable", "compress", "split_cache_budget",
     "export_saved_model", "graph_op_types", "initializers", "lookup_backend_scope",
     "plan_rank", "register_all", "resolve_backend", "suggest_shapes", "to_dense", "tt_embedding_bag",
     "tt_embedding_bag_cached", "tt_math", "tt_svd",

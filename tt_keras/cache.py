@@ -27,7 +27,7 @@ from typing import ClassVar, Optional
 import numpy as np
 import tensorflow as tf
 
-from tt_keras import cache_updates, checks
+from tt_keras import cache_fold, cache_updates, checks
 from tt_keras._keras import keras
 from tt_keras.lookup import tt_embedding_bag, tt_embedding_bag_cached
 from tt_keras.reference import EMPTY_ID
@@ -69,6 +69,9 @@ class CacheConfig:
       refresh_steps: R, refill every R training calls after the fill (0: never).
       counter_size: K, entries of the heavy-hitter counter.
       counter_decay: counts are multiplied by this at each fill and refresh.
+      fold_sweeps: at a refresh, the rows that leave the cache are folded back into the
+        cores by this many line-searched sweeps over the cores (tt_keras.cache_fold); 0
+        lets them revert to the TT product.
       requested_counter_size: the cache_counter_size given (None: K is the default,
         min(4 C, input_dim)), which is what the layer's config keeps.
     """
@@ -78,13 +81,14 @@ class CacheConfig:
     refresh_steps: int = 0
     counter_size: int = 0
     counter_decay: float = 0.5
+    fold_sweeps: int = 1
     requested_counter_size: Optional[int] = None
 
     DEFAULT_COUNTER_MULTIPLE: ClassVar[int] = 4
 
     @classmethod
     def create(cls, input_dim, cache_size=0, cache_warmup_steps=0, cache_refresh_steps=0,
-               cache_counter_size=None, cache_counter_decay=0.5):
+               cache_counter_size=None, cache_counter_decay=0.5, cache_fold_sweeps=1):
         """The config of the layer arguments of the same names; a ValueError names a bad
         one and its value."""
         cache_size = _as_count(cache_size, "cache_size")
@@ -108,8 +112,10 @@ class CacheConfig:
                              f"{cache_counter_decay!r}")
         if not 0.0 < float(cache_counter_decay) <= 1.0:
             raise ValueError(f"cache_counter_decay must be in (0, 1], got {cache_counter_decay}")
+        fold_sweeps = _as_count(cache_fold_sweeps, "cache_fold_sweeps")
         return cls(cache_size, warmup_steps, refresh_steps,
-                   counter_size if cache_size else 0, float(cache_counter_decay), requested)
+                   counter_size if cache_size else 0, float(cache_counter_decay), fold_sweeps,
+                   requested)
 
     @property
     def enabled(self):
@@ -142,6 +148,7 @@ class CacheConfig:
             "cache_refresh_steps": self.refresh_steps,
             "cache_counter_size": self.requested_counter_size,
             "cache_counter_decay": self.counter_decay,
+            "cache_fold_sweeps": self.fold_sweeps,
         }
 
 
@@ -256,16 +263,16 @@ class HotRowCache(keras.layers.Layer):
         ids, row_splits = checks.batch_values(ids, row_splits, combiner, self.num_rows,
                                               check_splits)
 
-        def tt_rows(some_ids):
-            return tt_embedding_bag(cores, some_ids, combiner="none", num_rows=self.num_rows,
-                                    backend=backend)
+        def tt_rows(some_cores, some_ids):
+            return tt_embedding_bag(some_cores, some_ids, combiner="none",
+                                    num_rows=self.num_rows, backend=backend)
 
         eager = tf.executing_eagerly()
         with _EAGER_UPDATE_LOCK if eager else contextlib.nullcontext():
             # In a graph, the update waits for the checks above.
             checked = [ids, row_splits] + ([weights] if weights is not None else [])
             with tf.control_dependencies(checked):
-                updates = self.update(tf.cast(ids, tf.int64), tt_rows, training)
+                updates = self.update(tf.cast(ids, tf.int64), cores, tt_rows, training)
             # The lookup reads the cache as this call's update left it (filled or refreshed
             # before the lookup, so this call's gradient reaches the rows it used).
             with tf.control_dependencies(updates):
@@ -280,18 +287,20 @@ class HotRowCache(keras.layers.Layer):
         with tf.control_dependencies([recorded]):
             return tf.identity(out)
 
-    def update(self, ids, tt_rows, training=True):
+    def update(self, ids, cores, tt_rows, training=True):
         """The state changes of one training call, before its lookup; returns the tensors
         the lookup must depend on.
 
-        ids: int64 vector of the batch, already checked; tt_rows: ids -> TT rows of the
-        current cores (what the cache is filled from); training: True, False, or a boolean
-        tensor to decide at run time.
+        ids: int64 vector of the batch, already checked; cores: the layer's core variables
+        (a refresh folds the rows that leave the cache into them); tt_rows(cores, ids): the
+        TT rows of the given core values (what the cache is filled from); training: True,
+        False, or a boolean tensor to decide at run time.
         """
         if training is False:
             return []
         if training is not True:
-            return [tf.cond(training, lambda: _done(*self.update(ids, tt_rows)), _nothing)]
+            return [tf.cond(training, lambda: _done(*self.update(ids, cores, tt_rows)),
+                            _nothing)]
         config = self.config
         call = _count_up(self.cache_step)  # this call's number, 1-based
         count, populate = cache_updates.schedule(call, config.warmup_steps,
@@ -306,10 +315,22 @@ class HotRowCache(keras.layers.Layer):
         def do_populate():
             keys, counts = _read(self.cache_counter_keys), _read(self.cache_counter_counts)
             new_ids = cache_updates.top_ids(keys, counts, config.cache_size)
-            rows = cache_updates.repopulate(_read(self.cache_ids), _read(self.cache_rows),
-                                            new_ids, tt_rows)
+            old_ids, old_rows = _read(self.cache_ids), _read(self.cache_rows)
+            core_values = [_read(core) for core in cores]
+            folded = []
+            # The first fill evicts nothing: without refreshes the graph has no fold at all.
+            if config.refresh_steps and config.fold_sweeps:
+                leaving = cache_fold.leaving_rows(old_ids, new_ids)
+                core_values = cache_fold.fold_rows(
+                    core_values, tf.where(leaving, old_ids, tf.zeros_like(old_ids)), old_rows,
+                    leaving, tt_rows, config.fold_sweeps)
+                folded = [core.assign(tf.cast(value, core.dtype))
+                          for core, value in zip(cores, core_values)]
+            with tf.control_dependencies(folded):
+                rows = cache_updates.repopulate(
+                    old_ids, old_rows, new_ids, lambda some_ids: tt_rows(core_values, some_ids))
             keys, counts = cache_updates.decay_counts(keys, counts, config.counter_decay)
-            return _done(self.cache_ids.assign(new_ids),
+            return _done(*folded, self.cache_ids.assign(new_ids),
                          self.cache_rows.assign(tf.cast(rows, self.cache_rows.dtype)),
                          self.cache_counter_keys.assign(keys),
                          self.cache_counter_counts.assign(counts))
@@ -318,6 +339,40 @@ class HotRowCache(keras.layers.Layer):
         with tf.control_dependencies([counted]):
             populated = tf.cond(populate, do_populate, _nothing)
         return [counted, populated]
+
+    def seed_counter(self, ids, counts):
+        """Replaces the heavy-hitter counter's contents with given id counts.
+
+        For example the counts of a sample of the training data: the fill at training call
+        W + 1 then ranks ids by them plus what the warm-up counted, and with
+        cache_warmup_steps=0 the first training call fills the cache with the sample's
+        hottest ids, so they train as dense rows from the first step. The
+        cache_counter_size ids of largest count are kept.
+
+        ids: distinct ids in [0, num_rows); counts: non-negative, one per id. A ValueError
+        names a bad argument and leaves the counter as it was.
+        """
+        ids = np.asarray(ids)
+        counts = np.asarray(counts)
+        if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"ids must be a vector of integers, got dtype {ids.dtype} and "
+                             f"shape {ids.shape}")
+        if counts.shape != ids.shape or not np.issubdtype(counts.dtype, np.integer):
+            raise ValueError(f"counts must be integers shaped like ids {ids.shape}, got dtype "
+                             f"{counts.dtype} and shape {counts.shape}")
+        bad = np.flatnonzero((ids < 0) | (ids >= self.num_rows))
+        if bad.size:
+            raise ValueError(f"ids[{bad[0]}] = {ids[bad[0]]} is not in [0, {self.num_rows})")
+        if counts.size and counts.min() < 0:
+            at = int(np.argmin(counts))
+            raise ValueError(f"counts[{at}] = {counts[at]} is negative")
+        if np.unique(ids).size != ids.size:
+            raise ValueError("ids must be distinct (one count per id)")
+        self.build()
+        keys, kept = cache_updates.counter_from_counts(
+            tf.constant(ids, tf.int64), tf.constant(counts, tf.int64), self.config.counter_size)
+        self.cache_counter_keys.assign(keys)
+        self.cache_counter_counts.assign(kept)
 
     def _record(self, num_hits, num_lookups, training):
         """Stores the hits and lookups of a training call (what hit_rate reports)."""

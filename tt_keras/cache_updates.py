@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from tt_keras.reference import EMPTY_ID, find_slots
 
-__all__ = ["decay_counts", "repopulate", "schedule", "space_saving_update", "top_ids"]
+__all__ = ["counter_from_counts", "decay_counts", "repopulate", "schedule", "space_saving_update", "top_ids"]
 
 
 def schedule(call, warmup_steps, refresh_steps):
@@ -81,6 +81,21 @@ def space_saving_update(keys, counts, ids):
     return top_keys, top_counts
 
 
+def counter_from_counts(ids, counts, size):
+    """A counter's (keys, counts) holding the `size` ids of largest count.
+
+    ids: distinct int64 ids; counts: int64 >= 0, one per id. Ids of count 0 are not kept;
+    fewer than `size` kept ids leave EMPTY_ID entries of count 0.
+    """
+    num = tf.size(ids)
+    pad = tf.maximum(size - num, 0)
+    keys = tf.concat([ids, tf.fill([pad], tf.constant(EMPTY_ID, tf.int64))], 0)
+    padded = tf.concat([counts, tf.zeros([pad], tf.int64)], 0)
+    top_counts, top = tf.math.top_k(padded, k=size, sorted=False)
+    top_keys = tf.where(top_counts > 0, tf.gather(keys, top), tf.constant(EMPTY_ID, tf.int64))
+    return top_keys, top_counts
+
+
 def decay_counts(keys, counts, decay):
     """Counts scaled by `decay` (floored); entries that reach zero are freed."""
     if decay == 1.0:
@@ -103,8 +118,8 @@ def repopulate(old_ids, old_rows, new_ids, tt_rows):
 
     Rows that stay cached keep what they learned (found by id, wherever their old slot);
     newcomers start from the TT product, `tt_rows(ids) -> [len(ids), D]` of the current
-    cores; empty slots are zero. Rows that leave are simply dropped: their lookups go back
-    to the TT chain, i.e. they revert to the TT product.
+    cores; empty slots are zero. Rows that leave are dropped here: what they learned
+    reaches the cores only through tt_keras.cache_fold, which the cache runs first.
     """
     valid = tf.not_equal(new_ids, EMPTY_ID)
     old_slot = find_slots(old_ids, new_ids)

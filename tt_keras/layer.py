@@ -94,12 +94,17 @@ class TTEmbedding(keras.layers.Layer):
         TT product).
       cache_refresh_steps: refill the cache with the then most frequent ids every this
         many training calls after the fill (0: never). Rows that stay keep what they
-        learned; new rows start from the TT product; rows that leave revert to it. The
-        counter runs again in the cache_warmup_steps calls before each refresh.
+        learned; new rows start from the TT product; rows that leave are folded back into
+        the cores (cache_fold_sweeps). The counter runs again in the cache_warmup_steps
+        calls before each refresh.
       cache_counter_size: entries of the heavy-hitter counter (default min(4 * cache_size,
         input_dim)); its memory never depends on input_dim beyond that.
       cache_counter_decay: counts are multiplied by this at each fill, so that refreshes
         favour recent traffic (1.0: never forget).
+      cache_fold_sweeps: at a refresh, the cores are fitted to the rows that leave the
+        cache by this many line-searched sweeps over the cores, so those ids keep what they
+        learned as well as the TT rank allows (tt_keras.cache_fold); 0 lets them revert to
+        the TT product.
 
     With a cache, training calls (training=True, as model.fit passes) update the cache
     state in-graph; inference calls only read it. The cache is the sublayer `cache`
@@ -123,6 +128,7 @@ class TTEmbedding(keras.layers.Layer):
         cache_refresh_steps=0,
         cache_counter_size=None,
         cache_counter_decay=0.5,
+        cache_fold_sweeps=1,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -142,7 +148,7 @@ class TTEmbedding(keras.layers.Layer):
         self.embeddings_regularizer = keras.regularizers.get(embeddings_regularizer)
         self._cache_config = tt_cache.CacheConfig.create(
             self.input_dim, cache_size, cache_warmup_steps, cache_refresh_steps,
-            cache_counter_size, cache_counter_decay)
+            cache_counter_size, cache_counter_decay, cache_fold_sweeps)
         self.cache = tt_cache.HotRowCache(
             self._cache_config, self.input_dim, self.output_dim, name="cache",
             dtype=self.dtype_policy) if self._cache_config.enabled else None

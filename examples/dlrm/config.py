@@ -145,6 +145,8 @@ class DLRMConfig(_Options):
         the trainer fills in cache_sizes, one per TT table in tt_features order.
       cache_counter_multiple: each cache's heavy-hitter counter has this many entries per
         cached row (TTEmbedding's cache_counter_size).
+      cache_fold_sweeps: TTEmbedding's cache_fold_sweeps.
+      cache_prefill: seed the counters with the plan sample's counts (HotRowCache.seed_counter).
       tt_init_scale: the TT tables' sampled-Gaussian initializer matches this times the
         standard deviation of DLRM's dense rows.
       dense_initializer: the keras Embedding initializer of the uncompressed tables; "dlrm"
@@ -182,6 +184,13 @@ class DLRMConfig(_Options):
         2, "Ids seen fewer times in that sample are not worth a cache row.", minimum=1)
     cache_counter_multiple: int = option(
         4, "Heavy-hitter counter entries per cached row.", minimum=1)
+    cache_fold_sweeps: int = option(
+        1, "At a refresh, fold the rows leaving the cache back into the cores with this many "
+        "sweeps (0: they revert to the TT product).", minimum=0)
+    cache_prefill: bool = option(
+        False, "Seed each cache's counter with the id counts of the budget's sample, so "
+        "that the fill ranks the sample's hottest ids first (with --cache_warmup_steps=0 the "
+        "cache fills at the first step). Needs --cache_budget_mb or --cache_coverage.")
     tt_initializer: str = option("sampled_gaussian", "TTEmbedding initializer.")
     tt_init_scale: float = option(
         1.0, "With the sampled_gaussian initializer: the TT rows' standard deviation as a "
@@ -205,6 +214,9 @@ class DLRMConfig(_Options):
         if self.cache_size and self.plans_cache:
             raise ValueError(f"give cache_size ({self.cache_size}) or cache_budget_mb / "
                              "cache_coverage, not both")
+        if self.cache_prefill and not self.plans_cache:
+            raise ValueError("cache_prefill seeds the caches from the budget's sample: give "
+                             "cache_budget_mb or cache_coverage")
         if self.cache_coverage > 1.0:
             raise ValueError(f"cache_coverage must be at most 1, got {self.cache_coverage}")
         if self.cache_sizes and len(self.cache_sizes) != self.tt_tables:

@@ -62,6 +62,7 @@ def _cache_arguments(config: DLRMConfig, feature: str) -> dict:
         return {}
     return {"cache_size": size, "cache_warmup_steps": config.cache_warmup_steps,
             "cache_refresh_steps": config.cache_refresh_steps,
+            "cache_fold_sweeps": config.cache_fold_sweeps,
             "cache_counter_size": min(config.cache_counter_multiple * size,
                                       config.table_sizes[CAT_FEATURES.index(feature)])}
 

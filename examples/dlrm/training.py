@@ -10,7 +10,7 @@ import gc
 import math
 import os
 import time
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -65,9 +65,13 @@ def export(model, label: str, output: OutputConfig) -> dict:
     return {"export_path": path, "export_custom_ops": custom}
 
 
-def train_model(label: str, model_config: DLRMConfig, config: Config, source) -> dict:
+def train_model(label: str, model_config: DLRMConfig, config: Config, source,
+                cache_sample: Optional[dict] = None) -> dict:
     """Builds, trains (resuming from <model_dir>/<label>), evaluates and optionally exports
-    one DLRM on `source` (sources.make_source). Returns reports.model_result."""
+    one DLRM on `source` (sources.make_source). Returns reports.model_result.
+
+    cache_sample: the cache plan's {feature: (ids, counts)}, which seed the caches'
+    counters when model_config.cache_prefill is set."""
     memory = MemoryPhase()
     tf.keras.utils.set_random_seed(config.training.seed)
     training = config.training
@@ -75,6 +79,7 @@ def train_model(label: str, model_config: DLRMConfig, config: Config, source) ->
                                    name=f"dlrm_{label}", tt_optimizer=training.tt_optimizer,
                                    tt_learning_rate=training.tt_learning_rate)
     print(reports.format_model_header(label, model, dlrm_model.dense_param_count(model)))
+    cache_plan.seed_counters(model, model_config, cache_sample or {})
     run_dir = os.path.join(config.output.model_dir, label) if config.output.model_dir else ""
     manager, start_step = restore(model, run_dir)
     recorder = dlrm_callbacks.StepRecorder(config.data.batch_size)
@@ -100,7 +105,8 @@ def run_comparison(runs: Sequence[Tuple[str, DLRMConfig]], config: Config,
                    source) -> List[dict]:
     """Trains each (label, DLRMConfig) in turn on the same source; results, dense first.
     A TT model's cache budget is split by the traffic of the source's first batches."""
-    results = [train_model(label, cache_plan.plan_cache_sizes(model_config, source), config,
-                           source)
-               for label, model_config in runs]
+    results = []
+    for label, model_config in runs:
+        planned, sample = cache_plan.plan_cache_sizes(model_config, source)
+        results.append(train_model(label, planned, config, source, sample))
     return sorted(results, key=lambda r: r["label"] != "dense")
