@@ -29,10 +29,17 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from benchmarks.workload import NUM_ROWS, ROW_SHAPE, interleaved_median_ms, zipf_ids
-from tt_keras import TTEmbedding, cache, cache_updates, lookup_backend_scope, tt_embedding_bag
-from tt_keras import tt_math
+from tt_keras import (
+    TTEmbedding,
+    cache,
+    cache_updates,
+    lookup_backend_scope,
+    tt_embedding_bag,
+    tt_math,
+)
 from tt_keras.lookup import tt_embedding_bag_cached
+
+from benchmarks.workload import NUM_ROWS, ROW_SHAPE, interleaved_median_ms, zipf_ids
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("configs", ["r8", "r16", "r32", "r64", "d64"],

@@ -9,7 +9,6 @@ import pytest
 from tt_keras import factorization, oracle, tt_math
 from tt_keras.tt_math import TTShape
 
-
 # Spec section 1's example: the largest Criteo-Kaggle table.
 SPEC_N = 10_131_227
 SPEC_D = 16

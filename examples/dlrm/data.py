@@ -143,7 +143,8 @@ def _record_defaults():
 
 
 def decode_raw_lines(lines):
-    """A batch of train.txt lines -> (label float32 [B], ints: 13 x int64 [B], hex: 26 x string [B]).
+    """A batch of train.txt lines -> (label float32 [B], ints: 13 x int64 [B],
+    hex: 26 x string [B]).
 
     Empty fields take the defaults: 0 for the label and the integer features, "" for the
     categorical ones.
