@@ -72,7 +72,7 @@ def _row_candidates(num_rows: int):
 
     Why not every n in a window above num_rows, or multiples of 2^i: those contain splits more
     balanced than the round ones (216 * 217 * 217 = 10,171,224, or 256^3 for 10,131,227), so a
-    balance criterion would trade the spec's (200, 220, 250) for odd factors or 65% padding.
+    balance criterion would trade the documented (200, 220, 250) for odd factors or 65% padding.
     """
     cands = set()
     step = 1

@@ -19,7 +19,6 @@ This module is the single source of truth for the TT conventions of tt_keras:
 the test oracle on it; `tt_rows` is its independent cross-check). Nothing here imports
 TensorFlow, so the oracle can run anywhere NumPy does.
 
-
 The conventions and the dense reconstruction live here; the rest of the NumPy TT math is in
 modules of its own and importable from here too: `tt_keras.tt_shape` (TTShape, parameter
 counts, rank planning), `tt_keras.shape_suggestion` (suggest_shapes),
