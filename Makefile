@@ -3,12 +3,18 @@
 #   make test   installs everything, builds the ops, runs the C++ unit tests of the core
 #               (tests/cc), then the test suite under Keras 3 and under legacy tf_keras
 #               (TF_USE_LEGACY_KERAS=1)
+# `make lint` checks the Python with ruff (pyproject.toml) and the C++/CUDA sources with
+# clang-format (.clang-format); `make format` rewrites the C++/CUDA sources in that style.
 # The op library is portable by default; `make MARCH=-march=native ...` tunes it for this
 # machine only (custom_ops/Makefile, docs/ops.md).
 PY ?= python3
 VENV ?= .venv
 PYTHON := $(abspath $(VENV))/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt | md5sum | cut -c1-8)
+DEV_STAMP := $(VENV)/.dev-installed-$(shell cat requirements-dev.txt | md5sum | cut -c1-8)
+# Every C++ and CUDA source, build outputs left out.
+CXX_SOURCES := $(shell find custom_ops serving tests/cc -name build -prune -o \
+                 \( -name '*.cc' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' \) -print | sort)
 
 all: ops
 
@@ -19,6 +25,17 @@ $(STAMP): requirements.txt
 	touch $@
 
 install: $(STAMP)
+
+$(DEV_STAMP): requirements-dev.txt $(STAMP)
+	$(PYTHON) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+lint: $(DEV_STAMP)
+	$(abspath $(VENV))/bin/ruff check .
+	$(abspath $(VENV))/bin/clang-format --dry-run --Werror $(CXX_SOURCES)
+
+format: $(DEV_STAMP)
+	$(abspath $(VENV))/bin/clang-format -i $(CXX_SOURCES)
 
 ops: install
 	$(MAKE) -C custom_ops PYTHON=$(PYTHON) -j2
@@ -39,4 +56,4 @@ benchmark: ops
 clean:
 	$(MAKE) -C custom_ops clean
 
-.PHONY: all install ops cctest demo test benchmark clean
+.PHONY: all install ops cctest demo test lint format benchmark clean

@@ -3,8 +3,9 @@
     pip install .                                   # builds tt_keras/ops/_tt_ops.so
     pip wheel . --no-deps --no-build-isolation -w dist
 
-The op library must be built against the TensorFlow it runs with (spec section 8), so it is
-compiled at install time against the installed TF. It is built portable (an x86-64-v2
+The op library must be built against the TensorFlow it runs with (a custom op library only
+loads into the TensorFlow it was compiled against), so it is compiled at install time against
+the installed TF. It is built portable (an x86-64-v2
 baseline, the hot kernels also for x86-64-v3 and x86-64-v4, chosen at run time: docs/ops.md),
 so a wheel runs on other x86-64 machines; TT_KERAS_MARCH=-march=native builds one for this
 machine only. MARCH and CXXFLAGS in the environment are ignored here: a compiler

@@ -29,10 +29,19 @@ import sys
 
 import numpy as np
 
-from benchmarks.workload import (BAG_SIZE, BAGS, COL_SHAPE, NUM_ROWS, ROW_SHAPE, ZIPF,
-                                 interleaved_median_ms, zipf_ids)
-from custom_ops.cuda import bindings
 from tt_keras import oracle, tt_math
+
+from benchmarks.workload import (
+    BAG_SIZE,
+    BAGS,
+    COL_SHAPE,
+    NUM_ROWS,
+    ROW_SHAPE,
+    ZIPF,
+    interleaved_median_ms,
+    zipf_ids,
+)
+from custom_ops.cuda import bindings
 
 DEFAULT_LIB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                            "custom_ops", "cuda", "libtt_cuda_harness.so")

@@ -1,9 +1,9 @@
 """TT lookup speed: the custom op vs the pure-TF chain vs a dense lookup, on the same ids.
 
-    python -m benchmarks.lookup                      # the spec's workload, all configurations
+    python -m benchmarks.lookup                      # the standard workload, all configurations
     python -m benchmarks.lookup --configs=r32 --reps=50
 
-Workload (spec section 2 / issue 3): the largest Criteo-Kaggle table, 10,131,227 x 16, row
+Workload (benchmarks/workload.py): the largest Criteo-Kaggle table, 10,131,227 x 16, row
 factors (200, 220, 250), column factors (2, 2, 4); 2048 bags of 26 ids drawn Zipf(1.1) over
 the rows, summed per bag. Configurations: ranks 8/16/32/64 and a 64-wide table at rank 32.
 Every line is one run of all three lookups on the same ids; ratios are relative to the dense
@@ -13,7 +13,7 @@ Timings are medians of --reps calls of a tf.function, after warm-up, the op and 
 lookup called in turns so that load from elsewhere falls on both alike; "fwd+bwd" computes the
 output and the gradients of sum(output^2) with respect to the table (cores or dense table).
 
-Cache rows (--cache_fractions, issue 5): for each configuration and each cache of that
+Cache rows (--cache_fractions): for each configuration and each cache of that
 fraction of the rows, the layer's Space-Saving counter (tt_keras.cache_updates) runs over
 --cache_warmup_batches batches of the workload; the top rows it finds are cached (with
 values drawn at random: timings do not depend on them), and a further, held-out batch is
@@ -29,10 +29,17 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from benchmarks.workload import NUM_ROWS, ROW_SHAPE, interleaved_median_ms, zipf_ids
-from tt_keras import TTEmbedding, cache, cache_updates, lookup_backend_scope, tt_embedding_bag
-from tt_keras import tt_math
+from tt_keras import (
+    TTEmbedding,
+    cache,
+    cache_updates,
+    lookup_backend_scope,
+    tt_embedding_bag,
+    tt_math,
+)
 from tt_keras.lookup import tt_embedding_bag_cached
+
+from benchmarks.workload import NUM_ROWS, ROW_SHAPE, interleaved_median_ms, zipf_ids
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("configs", ["r8", "r16", "r32", "r64", "d64"],

@@ -105,7 +105,7 @@ def format_summary(rows: Sequence[dict]) -> str:
             f"{'logloss gap':>17} {'compression':>11} {'ex/s':>7} {'vs dense':>8}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        def gap(key):
+        def gap(key, r=r):
             ci = r[key + "_ci"]
             return f"{r[key]:+.4f}" + (f" +-{ci:.4f}" if not math.isnan(ci) else " (1 seed)")
 

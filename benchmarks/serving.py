@@ -138,10 +138,11 @@ def format_table(rows, batches):
 
 def main(argv):
     del argv
+    from tt_keras.ops import tt_ops_library  # pylint: disable=g-import-not-at-top
+
     from examples.dlrm import data as dlrm_data  # pylint: disable=g-import-not-at-top
     from examples.dlrm.config import DLRMConfig  # pylint: disable=g-import-not-at-top
     from serving import criteo_requests, runner  # pylint: disable=g-import-not-at-top
-    from tt_keras.ops import tt_ops_library  # pylint: disable=g-import-not-at-top
 
     batches = [int(b) for b in FLAGS.batches]
     sizes = dlrm_data.scale_table_sizes(dlrm_data.KAGGLE_TABLE_SIZES, FLAGS.table_scale)

@@ -2,7 +2,8 @@
 
 The largest Criteo-Kaggle table, 10,131,227 x 16 with row factors (200, 220, 250) and column
 factors (2, 2, 4); batches of 2048 bags of 26 ids drawn Zipf(1.1) over its rows, summed per
-bag (spec section 2). No TensorFlow, so that the GPU benchmark runs where there is none.
+bag: DLRM's lookups into its largest Kaggle table. No TensorFlow, so that the GPU benchmark
+runs where there is none.
 """
 
 import time

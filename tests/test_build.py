@@ -22,8 +22,9 @@ import sys
 
 import pytest
 
-from tests.bazel_build import evaluate_build, make_variables, rule_files
 from tt_keras.ops.loader import read_stamp
+
+from tests.bazel_build import evaluate_build, make_variables, rule_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CUSTOM_OPS = os.path.join(ROOT, "custom_ops")

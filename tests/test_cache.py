@@ -11,12 +11,13 @@ import pytest
 import tensorflow as tf
 
 import tt_keras
-from tests import test_cache_fold, tolerance
 from tt_keras import cache as tt_cache
 from tt_keras import cache_updates, oracle, tt_math
 from tt_keras._keras import IS_KERAS_3, keras
 from tt_keras.cache import EMPTY_ID
 from tt_keras.lookup import lookup_backend_scope, tt_embedding_bag_cached
+
+from tests import test_cache_fold, tolerance
 
 SHAPES = {
     2: tt_math.TTShape((7, 9), (2, 3), (1, 5, 1)),

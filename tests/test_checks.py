@@ -57,7 +57,10 @@ def by_segments(segment_ids, num_bags=None):
     return call, {"ids": IDS, "segment_ids": np.asarray(segment_ids, np.int64)}
 
 
-def raw_op(cores=CORES, ids=IDS, row_splits=SPLITS, weights=np.zeros([0], np.float32),
+NO_WEIGHTS = np.zeros([0], np.float32)
+
+
+def raw_op(cores=CORES, ids=IDS, row_splits=SPLITS, weights=NO_WEIGHTS,
            num_rows=200, combiner="sum"):
     return lambda: op_embedding_bag(cores, ids, row_splits, weights, num_rows, combiner)
 

@@ -1,4 +1,6 @@
-"""Files written by earlier versions of tt_keras still load (tests/fixtures/make_compat_fixtures.py).
+"""Files written by earlier versions of tt_keras still load.
+
+tests/fixtures/make_compat_fixtures.py wrote them.
 
 Restored variables must equal the saved ones exactly; outputs equal those recorded when the
 files were written, up to float32 reordering (the recording machine's CPU may differ).
@@ -12,9 +14,10 @@ import pytest
 import tensorflow as tf
 
 import tt_keras
-from tests import tolerance
 from tt_keras._keras import IS_KERAS_3, keras
 from tt_keras.ops import tt_ops_library
+
+from tests import tolerance
 
 VERSIONS = ["v0.1.0"]
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
@@ -72,7 +75,7 @@ def test_keras_model_loads(version):
     directory, _, expected = load_expected(version)
     path = os.path.join(directory, "model_cached.keras" if IS_KERAS_3 else "model_cached_tf")
     model = keras.models.load_model(path)
-    layer = [l for l in model.layers if isinstance(l, tt_keras.TTEmbedding)][0]
+    layer = [x for x in model.layers if isinstance(x, tt_keras.TTEmbedding)][0]
     assert_variables_equal(layer, expected, "cached")
     tolerance.assert_reordered_close(model.predict(expected["ids"], verbose=0),
                                      expected["cached_out"])

@@ -11,10 +11,10 @@ import pytest
 import tensorflow as tf
 
 import tt_keras
-from tt_keras.compression import SubclassedModelError, compress
-from tt_keras._keras import IS_KERAS_3, keras
-
 from tt_keras import oracle
+from tt_keras._keras import IS_KERAS_3, keras
+from tt_keras.compression import SubclassedModelError, compress
+
 from tests.tolerance import assert_reordered_close
 
 BIG, MID, SMALL = 700, 300, 30
@@ -40,7 +40,8 @@ def _functional_model():
 def _fit(model, steps=8, seed=0):
     model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
     x = _ids(64 * steps, seed)
-    y = np.sin(x["big_ids"] * 0.37) + np.cos(x["mid_ids"] * 0.11)  # something for the tables to learn
+    # Something for the tables to learn.
+    y = np.sin(x["big_ids"] * 0.37) + np.cos(x["mid_ids"] * 0.11)
     model.fit(x, y.astype(np.float32)[:, None], batch_size=64, epochs=1, shuffle=False, verbose=0)
     return model
 
@@ -174,7 +175,7 @@ def test_keras3_dlrm_compresses_to_the_same_predictions():
     source = dlrm_data.SyntheticCriteo(config.table_sizes, seed=2)
     dense.fit(source.dataset(64), steps_per_epoch=3, epochs=1, shuffle=False, verbose=0)
     small = compress(dense, min_rows=2000, tt_rank=FULL_RANK)
-    tt_names = sorted(l.name for l in small.layers if isinstance(l, tt_keras.TTEmbedding))
+    tt_names = sorted(x.name for x in small.layers if isinstance(x, tt_keras.TTEmbedding))
     assert tt_names == sorted(f"emb_C{i + 1}" for i, n in enumerate(config.table_sizes)
                               if n >= 2000)
     features, _ = source.batch(0, 256, stream=1)

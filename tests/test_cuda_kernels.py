@@ -25,9 +25,10 @@ import zlib
 import numpy as np
 import pytest
 
-from custom_ops.cuda import bindings
 from tt_keras import oracle
 from tt_keras.tt_math import TTShape
+
+from custom_ops.cuda import bindings
 
 pytestmark = pytest.mark.no_keras
 

@@ -158,10 +158,10 @@ def test_real_rows_through_the_served_model(tmp_path, trained):
     sizes = model.config.table_sizes
     with open(SAMPLE) as f:
         lines = [next(f) for _ in range(16)]
-    _, ints, hexes = D.decode_raw_lines(tf.constant([l.rstrip("\n") for l in lines]))
+    _, ints, hexes = D.decode_raw_lines(tf.constant([line.rstrip("\n") for line in lines]))
     feed = {n: tf.cast(c, tf.float32).numpy() for n, c in zip(D.DENSE_FEATURES, ints)}
     feed.update({n: c.numpy().astype(str) for n, c in zip(D.CAT_FEATURES, hexes)})
-    feats, _ = D.parse_lines(tf.constant([l.rstrip("\n") for l in lines]), sizes)
+    feats, _ = D.parse_lines(tf.constant([line.rstrip("\n") for line in lines]), sizes)
     want = model(feats, training=False).numpy()
     path = tmp_path / "export_real"
     X.export_dlrm(model, str(path))

@@ -178,10 +178,10 @@ def test_tt_init_scale_scales_the_rows_standard_deviation():
 
 
 def test_cache_budget_is_split_by_the_sample_and_built(tmp_path):
-    from examples.dlrm import cache_plan  # pylint: disable=import-outside-toplevel
-    from examples.dlrm import config as C  # pylint: disable=import-outside-toplevel
-    from examples.dlrm import sources  # pylint: disable=import-outside-toplevel
     from tt_keras.cache_budget import cache_row_bytes  # pylint: disable=import-outside-toplevel
+
+    from examples.dlrm import cache_plan, sources  # pylint: disable=import-outside-toplevel
+    from examples.dlrm import config as C  # pylint: disable=import-outside-toplevel
 
     cfg = M.tiny_config(cache_budget_mb=0.004, cache_plan_batches=20, cache_counter_multiple=2)
     data = C.DataConfig(batch_size=64)
@@ -210,9 +210,11 @@ def test_cache_budget_is_split_by_the_sample_and_built(tmp_path):
 
 
 def test_cache_prefill_seeds_the_counters_with_the_sample():
-    from examples.dlrm import cache_plan  # pylint: disable=import-outside-toplevel
+    from examples.dlrm import (
+        cache_plan,  # pylint: disable=import-outside-toplevel
+        sources,  # pylint: disable=import-outside-toplevel
+    )
     from examples.dlrm import config as C  # pylint: disable=import-outside-toplevel
-    from examples.dlrm import sources  # pylint: disable=import-outside-toplevel
 
     cfg = M.tiny_config(cache_budget_mb=0.004, cache_plan_batches=20, cache_prefill=True,
                         cache_warmup_steps=0)

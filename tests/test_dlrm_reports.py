@@ -32,7 +32,7 @@ def test_size_report_matches_the_spec(report):
     assert kaggle["rows"] == 33_762_577 and kaggle["dim"] == 16
     assert kaggle["dense_params"] == 540_201_232 and kaggle["dense_bytes"] == 4 * 540_201_232
     assert terabyte["rows"] == 49_126_297 and terabyte["dim"] == 64
-    # The spec's example: the largest Kaggle table at rank 32 -> 495,360 params, 327x.
+    # The README's example: the largest Kaggle table at rank 32 -> 495,360 params, 327x.
     big = kaggle["largest"]
     assert (big["feature"], big["rows"]) == ("C3", 10_131_227)
     assert big["row_shape"] == (200, 220, 250) and big["col_shape"] == (2, 2, 4)

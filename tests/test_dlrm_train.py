@@ -28,7 +28,6 @@ from examples.dlrm import train as T  # noqa: E402
 from examples.dlrm import training  # noqa: E402
 from examples.dlrm.config import Config  # noqa: E402
 from examples.dlrm.sample import criteo_sample_path  # noqa: E402
-
 from tests.test_dlrm_callbacks import event_scalars  # noqa: E402
 from tests.tolerance import assert_reordered_close  # noqa: E402
 

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 
 from tt_keras import initializers as tti
-from tt_keras import oracle, tt_math
+from tt_keras import oracle
 from tt_keras._keras import keras
 from tt_keras.tt_math import TTShape
-
 
 SPEC_SHAPE = TTShape((200, 220, 250), (2, 2, 4), (1, 32, 32, 1))
 SPEC_N = 10_131_227

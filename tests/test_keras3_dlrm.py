@@ -19,13 +19,12 @@ keras_rs = pytest.importorskip("keras_rs")
 import tt_keras  # noqa: E402
 from tt_keras import export as tt_export  # noqa: E402
 
-from serving import criteo_requests  # noqa: E402
-from tests import serving_models  # noqa: E402
-from tests.tolerance import assert_reordered_close  # noqa: E402
-
 from examples.dlrm import data as dlrm_data  # noqa: E402
 from examples.dlrm import export as dlrm_export  # noqa: E402
 from examples.keras3_dlrm import model as k3_model  # noqa: E402
+from serving import criteo_requests  # noqa: E402
+from tests import serving_models  # noqa: E402
+from tests.tolerance import assert_reordered_close  # noqa: E402
 
 
 def _auc(labels, scores):
@@ -51,11 +50,11 @@ def trained():
 def test_model_structure():
     config = k3_model.tiny_config(tt_tables=3)
     model = k3_model.build_model(config)
-    tt = [l for l in model.layers if isinstance(l, tt_keras.TTEmbedding)]
-    assert sorted(l.name for l in tt) == sorted(f"tt_{f}" for f in config.tt_features)
+    tt = [x for x in model.layers if isinstance(x, tt_keras.TTEmbedding)]
+    assert sorted(x.name for x in tt) == sorted(f"tt_{f}" for f in config.tt_features)
     assert len(config.tt_features) == 3
     largest = sorted(config.table_sizes, reverse=True)[:3]
-    assert sorted(l.input_dim for l in tt) == sorted(largest)
+    assert sorted(x.input_dim for x in tt) == sorted(largest)
     assert isinstance(model.get_layer("interaction"), keras_rs.layers.DotInteraction)
     with pytest.raises(ValueError, match="tt_tables"):
         k3_model.tiny_config(tt_tables=27)

@@ -9,10 +9,11 @@ import pytest
 import tensorflow as tf
 
 import tt_keras
-from tests import tolerance
 from tt_keras import oracle, tt_math
 from tt_keras._keras import IS_KERAS_3, keras
 from tt_keras.ops.loader import LazyOpLibrary
+
+from tests import tolerance
 
 N, D = 300, 12
 
@@ -227,7 +228,7 @@ def test_models_train(kind):
     model = build_models()[kind]
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
     x, y = training_data()
-    emb = [l for l in model.layers if isinstance(l, tt_keras.TTEmbedding)][0]
+    emb = [x for x in model.layers if isinstance(x, tt_keras.TTEmbedding)][0]
     before = [c.numpy().copy() for c in emb.cores]
     history = model.fit(x, y, batch_size=16, epochs=2, verbose=0)
     assert np.isfinite(history.history["loss"]).all()

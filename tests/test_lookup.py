@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests import tolerance
 from tt_keras import oracle, tt_math
 from tt_keras.lookup import tt_embedding_bag
+
+from tests import tolerance
 
 SHAPES = {
     2: tt_math.TTShape((7, 9), (2, 3), (1, 5, 1)),

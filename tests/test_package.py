@@ -25,8 +25,8 @@ PUBLIC_API = {
     "TTApproxNormal", "TTEmbedding", "TTInitializer", "TTNaiveUniform", "TTShape", "TTUniform",
     "cache_row_bytes", "check_portable", "compress", "split_cache_budget",
     "export_saved_model", "graph_op_types", "initializers", "lookup_backend_scope",
-    "plan_rank", "register_all", "resolve_backend", "suggest_shapes", "to_dense", "tt_embedding_bag",
-    "tt_embedding_bag_cached", "tt_math", "tt_svd",
+    "plan_rank", "register_all", "resolve_backend", "suggest_shapes", "to_dense",
+    "tt_embedding_bag", "tt_embedding_bag_cached", "tt_math", "tt_svd",
 }
 
 

@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from examples.dlrm import data as dlrm_data
+from examples.dlrm import export as dlrm_export
 from serving import criteo_requests
 from serving import rest_format as rest
 from tests import serving_models
 from tests.tolerance import assert_reordered_close
-
-from examples.dlrm import data as dlrm_data
-from examples.dlrm import export as dlrm_export
 
 DLRM_README = os.path.join(serving_models.REPO, "examples", "dlrm", "README.md")
 

@@ -9,14 +9,14 @@ import subprocess
 import numpy as np
 import pytest
 
-from serving import criteo_requests, runner
-from tests import serving_models
-from tests.conftest import ALLOW_NO_OPS
-from tests.tolerance import assert_reordered_close
 from tt_keras import export as tt_export
 from tt_keras.ops import tt_ops_library
 
 from examples.dlrm import export as dlrm_export
+from serving import criteo_requests, runner
+from tests import serving_models
+from tests.conftest import ALLOW_NO_OPS
+from tests.tolerance import assert_reordered_close
 
 _MISSING = runner.missing_prerequisite()
 pytestmark = pytest.mark.skipif(_MISSING is not None,

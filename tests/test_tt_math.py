@@ -9,8 +9,7 @@ import pytest
 from tt_keras import factorization, oracle, tt_math
 from tt_keras.tt_math import TTShape
 
-
-# Spec section 1's example: the largest Criteo-Kaggle table.
+# The documented example: the largest Criteo-Kaggle table (README, examples.layer_demo).
 SPEC_N = 10_131_227
 SPEC_D = 16
 SPEC_P = (200, 220, 250)
@@ -87,7 +86,7 @@ def test_fbtt_round_trip_and_layout(tt_shape):
     fbtt = tt_math.cores_to_fbtt(cores)
     for c, f, (p, r0, q, r1) in zip(cores, fbtt, tt_shape.core_shapes):
         assert f.shape == (p, r0 * q * r1)
-        assert f.tobytes() == c.tobytes()  # byte-identical, as the spec says
+        assert f.tobytes() == c.tobytes()  # byte-identical, as FBTT-Embedding stores them
     back = tt_math.cores_from_fbtt(fbtt, tt_shape)
     for c, b in zip(cores, back):
         np.testing.assert_array_equal(c, b)
@@ -158,7 +157,7 @@ def test_spec_example_params_and_ratio():
     assert shape.compression_ratio(SPEC_N) == pytest.approx(ratio, rel=1e-12)
     assert tt_math.compression_ratio(SPEC_N, SPEC_D, shape) == pytest.approx(ratio, rel=1e-12)
     assert shape.padded_rows == 11_000_000 and shape.dim == 16 and shape.num_cores == 3
-    # Suggested shapes reproduce the spec's.
+    # Suggested shapes reproduce the documented ones.
     assert TTShape.create(SPEC_N, SPEC_D, 32) == shape
 
 

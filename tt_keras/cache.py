@@ -1,7 +1,7 @@
 """The hot-row cache of TTEmbedding: its settings, and the module that owns its state.
 
-Ids of recommendation data are power-law distributed, so a few rows take most lookups
-(spec section 5). The cache keeps those rows uncompressed in front of the TT chain: a
+Ids of recommendation data are power-law distributed, so a few rows take most lookups.
+The cache keeps those rows uncompressed in front of the TT chain: a
 heavy-hitter counter counts id frequencies during a warm-up, then the `cache_size` most
 frequent ids are filled from the current TT product and trained as ordinary rows, and
 lookups of them skip the chain. See docs/cache.md.

@@ -13,7 +13,10 @@ import tensorflow as tf
 
 from tt_keras.reference import EMPTY_ID, find_slots
 
-__all__ = ["counter_from_counts", "decay_counts", "repopulate", "schedule", "space_saving_update", "top_ids"]
+__all__ = [
+    "counter_from_counts", "decay_counts", "repopulate", "schedule", "space_saving_update",
+    "top_ids",
+]
 
 
 def schedule(call, warmup_steps, refresh_steps):

@@ -19,11 +19,11 @@ table instead, `TTEmbedding.from_dense(embedding.embeddings.numpy(), tt_rank)`, 
 the other weights.
 """
 
-import numpy as np
 import tensorflow as tf
 
 from tt_keras._keras import keras
 from tt_keras.layer import TTEmbedding
+from tt_keras.shape_checks import as_int
 
 
 class SubclassedModelError(TypeError):
@@ -35,12 +35,6 @@ def _is_graph_model(model) -> bool:
     if isinstance(model, keras.Sequential):
         return True
     return any(cls.__name__ == "Functional" for cls in type(model).__mro__)
-
-
-def _check_int(value, name, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _tt_from_embedding(layer, tt_rank, num_cores, tt_kwargs):
@@ -99,7 +93,7 @@ def compress(model, min_rows: int, tt_rank, num_cores=None, **tt_kwargs):
       ValueError: a bad min_rows, an Embedding that cannot be compressed faithfully, or
         TT arguments that TTEmbedding refuses.
     """
-    min_rows = _check_int(min_rows, "min_rows", 1)
+    min_rows = as_int(min_rows, "min_rows")
     if not _is_graph_model(model):
         raise SubclassedModelError(
             f"compress() rebuilds Sequential and functional models; {type(model).__name__} "

@@ -88,7 +88,8 @@ def collect(library=None) -> Dict[str, str]:
         info[f"stamp.{key}"] = value
     if os.path.exists(library.path):
         archs, why = cuda_archs(library.path)
-        info["cuda_archs"] = (" ".join(archs) or "none") if archs is not None else f"unknown ({why})"
+        info["cuda_archs"] = ((" ".join(archs) or "none") if archs is not None
+                              else f"unknown ({why})")
     try:
         library.ops
         info["op_loaded"] = "yes"

@@ -1,7 +1,7 @@
 """Initializers for TT cores.
 
 A good core initializer must know the whole TT shape: the variance of a table entry is a
-product over all k cores and a sum over all inner ranks (spec section 3). So a TT initializer
+product over all k cores and a sum over all inner ranks. So a TT initializer
 is not a plain Keras initializer: `TTInitializer.core_initializer(tt_shape, num_rows,
 core_index)` returns, for one core, a Keras initializer that the layer then calls with the
 core's shape. Calling a TTInitializer directly raises a TypeError instead of producing cores
@@ -26,6 +26,7 @@ import numbers
 import numpy as np
 
 from tt_keras._keras import keras, register_serializable, tf
+from tt_keras.shape_checks import check_positive
 from tt_keras.tt_math import TTShape
 
 __all__ = [
@@ -51,16 +52,7 @@ def _check_seed(seed):
 
 
 def _check_positive(value, name):
-    if value is None:
-        return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
+    return None if value is None else check_positive(value, name)
 
 
 def _floatx():
@@ -238,7 +230,7 @@ class SampledGaussian(TTInitializer):
     An entry of the table is a sum of prod(r_1..r_{k-1}) products of k core entries, so with
     cores i.i.d. N(0, s^2) its variance is prod(r_1..r_{k-1}) * s^(2k). Drawing the cores with
     s^2 = (v / prod(r_1..r_{k-1}))^(1/k) gives the table variance v, and entries that are
-    close to Gaussian (spec section 3, the TT-Rec paper's "sampled Gaussian").
+    close to Gaussian (the TT-Rec paper's "sampled Gaussian").
 
     Args:
       variance: the target variance v of the table's entries.
@@ -288,7 +280,7 @@ class TTUniform(TTInitializer):
 
     c = (2 / (N + D))^(1/(2k)) * prod_{t=0..k} r_t^(-1/(2k)), with D the embedding dimension.
     All cores positive make every table entry positive: the table is far from the zero-mean
-    distribution an embedding table should start from (spec section 3).
+    distribution an embedding table should start from.
     """
 
     def __init__(self, seed=None):
@@ -334,7 +326,7 @@ class TTApproxNormal(TTInitializer):
     Every core entry is a standard normal redrawn while |x| < 2 -- only the tails are kept, so
     E[x^2] is about 5.75 -- times (1 / sqrt(3 N))^(1/3). The exponent is 1/3 whatever the
     number of cores, and the ranks are ignored, so table entries come out hundreds of times
-    larger than DLRM's U(-1/sqrt(N), 1/sqrt(N)) rows (spec section 3). Reproduced as the
+    larger than DLRM's U(-1/sqrt(N), 1/sqrt(N)) rows. Reproduced as the
     reference behaves, defects included.
     """
 

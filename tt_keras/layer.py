@@ -6,9 +6,8 @@ import numpy as np
 import tensorflow as tf
 
 from tt_keras import cache as tt_cache
-from tt_keras import checks
+from tt_keras import checks, tt_math
 from tt_keras import initializers as tt_initializers
-from tt_keras import tt_math
 from tt_keras._keras import IS_KERAS_3, keras, register_serializable
 from tt_keras.lookup import BACKENDS, tt_embedding_bag
 

@@ -28,7 +28,7 @@ Two sources, one output format. Every dataset yields `(features, label)` batches
    graph (see `examples/dlrm/export.py`), so served requests are preprocessed identically.
 
 2. `SyntheticCriteo`: a Criteo-like source for table sizes where no real data is at hand
-   (DLRM's Kaggle or Terabyte table sizes from the spec, optionally scaled down and capped):
+   (DLRM's Kaggle or Terabyte table sizes, optionally scaled down and capped):
 
    - ids: per table, Zipf-like (bounded power law P(rank k) ~ k^-a, drawn by inverse CDF,
      fully vectorised in TF), then mapped through a fixed per-table permutation
@@ -63,7 +63,7 @@ DENSE_FEATURES = tuple(f"I{i}" for i in range(1, NUM_DENSE + 1))
 CAT_FEATURES = tuple(f"C{i}" for i in range(1, NUM_SPARSE + 1))
 NUM_FIELDS = 1 + NUM_DENSE + NUM_SPARSE
 
-# DLRM's table sizes (spec section 6), in C1..C26 order.
+# DLRM's Criteo-Kaggle table sizes, in C1..C26 order.
 KAGGLE_TABLE_SIZES = (
     1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27,
     14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
@@ -143,7 +143,8 @@ def _record_defaults():
 
 
 def decode_raw_lines(lines):
-    """A batch of train.txt lines -> (label float32 [B], ints: 13 x int64 [B], hex: 26 x string [B]).
+    """A batch of train.txt lines -> (label float32 [B], ints: 13 x int64 [B],
+    hex: 26 x string [B]).
 
     Empty fields take the defaults: 0 for the label and the integer features, "" for the
     categorical ones.

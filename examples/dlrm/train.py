@@ -90,7 +90,8 @@ def train(config: Config) -> List[dict]:
     try:
         from examples.dlrm import training  # pylint: disable=g-import-not-at-top
     except ImportError as e:  # TFRS under Keras 3
-        raise app.UsageError(f"TFRS needs legacy Keras: run with TF_USE_LEGACY_KERAS=1 ({e})")
+        raise app.UsageError(
+            f"TFRS needs legacy Keras: run with TF_USE_LEGACY_KERAS=1 ({e})") from e
     subdir, runs = planned_runs(config)
     source = sources.make_source(config.data, config.tables.table_sizes(),
                                  config.training.seed)
@@ -111,7 +112,7 @@ def main(argv):
     try:
         config = dlrm_config.config_from_flags(flags.FLAGS)
     except ValueError as e:
-        raise app.UsageError(str(e))
+        raise app.UsageError(str(e)) from e
     if config.run.report_only:
         report_only(config)
         return

@@ -14,11 +14,10 @@ from typing import List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
-from examples.dlrm import cache_plan
+from examples.dlrm import cache_plan, reports
 from examples.dlrm import callbacks as dlrm_callbacks
 from examples.dlrm import export as dlrm_export
 from examples.dlrm import model as dlrm_model
-from examples.dlrm import reports
 from examples.dlrm.config import Config, DLRMConfig, OutputConfig
 from examples.dlrm.memory import MemoryPhase
 

@@ -22,6 +22,7 @@ import keras
 import keras_rs
 
 import tt_keras
+
 from examples.dlrm import data as dlrm_data
 from examples.dlrm.config import DLRMConfig
 

@@ -16,9 +16,8 @@ only (checked), servable by stock TF Serving.
 import json
 import os
 
-from absl import app, flags
-
 import tensorflow as tf
+from absl import app, flags
 
 from examples.dlrm import data as dlrm_data
 from examples.dlrm import export as dlrm_export
