@@ -57,13 +57,13 @@ absl::Status ReadTensors(const std::string& path, NamedTensors* out) {
     TF_RETURN_IF_ERROR(status);
     tensorflow::NamedTensorProto named;
     if (!named.ParseFromArray(record.data(), static_cast<int>(record.size()))) {
-      return absl::InvalidArgumentError(
-          "--inputs file " + path + " holds a record that is not a NamedTensorProto");
+      return absl::InvalidArgumentError("--inputs file " + path +
+                                        " holds a record that is not a NamedTensorProto");
     }
     tensorflow::Tensor tensor;
     if (!tensor.FromProto(named.tensor())) {
-      return absl::InvalidArgumentError("--inputs file " + path + ": tensor '" +
-                                        named.name() + "' is not a valid TensorProto");
+      return absl::InvalidArgumentError("--inputs file " + path + ": tensor '" + named.name() +
+                                        "' is not a valid TensorProto");
     }
     out->emplace_back(named.name(), std::move(tensor));
   }
@@ -95,9 +95,9 @@ absl::Status BuildFeed(const tensorflow::SignatureDef& signature, const NamedTen
     if (it == signature.inputs().end()) {
       std::vector<std::string> keys;
       for (const auto& [k, unused] : signature.inputs()) keys.push_back(k);
-      return absl::InvalidArgumentError("--inputs file " + path + " names input '" + key +
-                                        "', which the signature does not have (it has: " +
-                                        absl::StrJoin(keys, ", ") + ")");
+      return absl::InvalidArgumentError(
+          "--inputs file " + path + " names input '" + key +
+          "', which the signature does not have (it has: " + absl::StrJoin(keys, ", ") + ")");
     }
     given.insert(key);
     feed->emplace_back(it->second.name(), tensor);
@@ -146,8 +146,7 @@ std::vector<std::string> SplitList(const std::string& list) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string model_dir, op_libraries, signature_key = "serving_default", inputs, outputs,
-                                       report;
+  std::string model_dir, op_libraries, signature_key = "serving_default", inputs, outputs, report;
   int32_t warmup = 0, repeats = 1;
   std::vector<tensorflow::Flag> flags = {
       tensorflow::Flag("model_dir", &model_dir, "SavedModel directory"),
@@ -168,8 +167,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (warmup < 0 || repeats < 1) {
-    std::cerr << "saved_model_runner: --warmup must be >= 0 and --repeats >= 1, got "
-              << warmup << " and " << repeats << "\n";
+    std::cerr << "saved_model_runner: --warmup must be >= 0 and --repeats >= 1, got " << warmup
+              << " and " << repeats << "\n";
     return 2;
   }
   std::vector<std::string> input_paths = SplitList(inputs);
@@ -182,8 +181,7 @@ int main(int argc, char** argv) {
 
   for (const std::string& library : SplitList(op_libraries)) {
     void* handle = nullptr;
-    absl::Status status =
-        tensorflow::Env::Default()->LoadDynamicLibrary(library.c_str(), &handle);
+    absl::Status status = tensorflow::Env::Default()->LoadDynamicLibrary(library.c_str(), &handle);
     if (!status.ok()) return Fail(status);
   }
 
@@ -199,8 +197,7 @@ int main(int argc, char** argv) {
   const auto& signatures = bundle.meta_graph_def.signature_def();
   auto found = signatures.find(signature_key);
   if (found == signatures.end()) {
-    return Fail(absl::NotFoundError("the SavedModel has no signature '" + signature_key +
-                                    "'"));
+    return Fail(absl::NotFoundError("the SavedModel has no signature '" + signature_key + "'"));
   }
   const tensorflow::SignatureDef& signature = found->second;
   std::vector<std::string> output_keys, fetches;
@@ -226,8 +223,7 @@ int main(int argc, char** argv) {
       auto stop = std::chrono::steady_clock::now();
       if (!status.ok()) return Fail(status);
       if (run >= warmup) {
-        latencies.vec<double>()(run - warmup) =
-            std::chrono::duration<double>(stop - start).count();
+        latencies.vec<double>()(run - warmup) = std::chrono::duration<double>(stop - start).count();
       }
     }
     report_tensors.emplace_back("latency_seconds_" + std::to_string(i), latencies);

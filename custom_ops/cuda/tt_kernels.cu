@@ -52,15 +52,15 @@ int CudaFail(cudaError_t err, const char* what) {
   return Fail(TT_CUDA_ERROR_CUDA, std::string(what) + ": " + cudaGetErrorString(err));
 }
 
-#define TT_CUDA_TRY(expr)                                   \
-  do {                                                      \
-    const cudaError_t tt_err_ = (expr);                     \
+#define TT_CUDA_TRY(expr)                                        \
+  do {                                                           \
+    const cudaError_t tt_err_ = (expr);                          \
     if (tt_err_ != cudaSuccess) return CudaFail(tt_err_, #expr); \
   } while (0)
 
-#define TT_RETURN_IF_ERROR(expr)           \
-  do {                                     \
-    const int tt_status_ = (expr);         \
+#define TT_RETURN_IF_ERROR(expr)                     \
+  do {                                               \
+    const int tt_status_ = (expr);                   \
     if (tt_status_ != TT_CUDA_OK) return tt_status_; \
   } while (0)
 
@@ -171,13 +171,13 @@ cudaError_t SortPairs(void* temp, size_t& temp_bytes, const TKey* keys_in, TKey*
   }
   return cudaSuccess;
 #else
-  return cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys_in, keys_out, values_in,
-                                         values_out, n, 0, end_bit, stream);
+  return cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys_in, keys_out, values_in, values_out,
+                                         n, 0, end_bit, stream);
 #endif
 }
 
-cudaError_t InclusiveSum(void* temp, size_t& temp_bytes, const uint64_t* in, uint64_t* out,
-                         int n, cudaStream_t stream) {
+cudaError_t InclusiveSum(void* temp, size_t& temp_bytes, const uint64_t* in, uint64_t* out, int n,
+                         cudaStream_t stream) {
 #ifdef TT_CUDA_EMULATION
   (void)stream;
   if (temp == nullptr) {
@@ -208,9 +208,9 @@ struct DedupBuffers {
 // the caller when given, else from the workspace. group_divisor 0: no groups.
 template <typename TIdx, typename TKey>
 int Dedup(Carver& ws, bool run, const TIdx* ids, int64_t nnz, int64_t num_rows,
-          const int64_t* splits, int64_t num_splits, uint64_t group_divisor,
-          int64_t* caller_unique, int32_t* caller_inverse, TTCudaErrorInfo* error,
-          const DeviceInfo& dev, cudaStream_t stream, DedupBuffers* out) {
+          const int64_t* splits, int64_t num_splits, uint64_t group_divisor, int64_t* caller_unique,
+          int32_t* caller_inverse, TTCudaErrorInfo* error, const DeviceInfo& dev,
+          cudaStream_t stream, DedupBuffers* out) {
   const int n = static_cast<int>(nnz);
   const int end_bit = BitsFor(static_cast<uint64_t>(num_rows));
   TKey* keys = ws.Take<TKey>(nnz);
@@ -225,8 +225,8 @@ int Dedup(Carver& ws, bool run, const TIdx* ids, int64_t nnz, int64_t num_rows,
   if (group_divisor != 0) out->group_start = ws.Take<int32_t>(nnz + 1);
   out->counts = ws.Take<DedupCounts>(1);
   size_t sort_bytes = 0, scan_bytes = 0;
-  TT_CUDA_TRY(SortPairs<TKey>(nullptr, sort_bytes, keys, sorted, positions, out->sorted_pos,
-                              n, end_bit, stream));
+  TT_CUDA_TRY(SortPairs<TKey>(nullptr, sort_bytes, keys, sorted, positions, out->sorted_pos, n,
+                              end_bit, stream));
   TT_CUDA_TRY(InclusiveSum(nullptr, scan_bytes, flags, scan, n, stream));
   // Never zero bytes: CUB takes a null temp pointer as a size query and would do nothing.
   size_t temp_bytes = sort_bytes > scan_bytes ? sort_bytes : scan_bytes;
@@ -237,21 +237,19 @@ int Dedup(Carver& ws, bool run, const TIdx* ids, int64_t nnz, int64_t num_rows,
 
   const dim3 block(kElementwiseThreads);
   const int64_t prep_work = nnz > num_splits ? nnz : num_splits;
-  TT_CUDA_TRY(Launch(PrepareKeysKernel<TIdx, TKey>, dim3(ElementwiseGrid(prep_work, dev)),
-                     block, 0, stream, ids, nnz, num_rows, keys, positions, splits,
-                     num_splits, error));
-  TT_CUDA_TRY(Launch(FinalizeErrorKernel<TIdx>, dim3(1), dim3(1), 0, stream, ids, splits,
-                     error));
+  TT_CUDA_TRY(Launch(PrepareKeysKernel<TIdx, TKey>, dim3(ElementwiseGrid(prep_work, dev)), block, 0,
+                     stream, ids, nnz, num_rows, keys, positions, splits, num_splits, error));
+  TT_CUDA_TRY(Launch(FinalizeErrorKernel<TIdx>, dim3(1), dim3(1), 0, stream, ids, splits, error));
   if (nnz == 0) return TT_CUDA_OK;
   temp_bytes = temp_capacity;
   TT_CUDA_TRY(SortPairs<TKey>(temp, temp_bytes, keys, sorted, positions, out->sorted_pos, n,
                               end_bit, stream));
-  TT_CUDA_TRY(Launch(MarkKernel<TKey>, dim3(ElementwiseGrid(nnz, dev)), block, 0, stream,
-                     sorted, nnz, group_divisor != 0 ? group_divisor : 1, flags));
+  TT_CUDA_TRY(Launch(MarkKernel<TKey>, dim3(ElementwiseGrid(nnz, dev)), block, 0, stream, sorted,
+                     nnz, group_divisor != 0 ? group_divisor : 1, flags));
   temp_bytes = temp_capacity;
   TT_CUDA_TRY(InclusiveSum(temp, temp_bytes, flags, scan, n, stream));
-  TT_CUDA_TRY(Launch(ScatterKernel<TKey>, dim3(ElementwiseGrid(nnz, dev)), block, 0, stream,
-                     sorted, out->sorted_pos, flags, scan, nnz, out->unique_ids, out->inverse,
+  TT_CUDA_TRY(Launch(ScatterKernel<TKey>, dim3(ElementwiseGrid(nnz, dev)), block, 0, stream, sorted,
+                     out->sorted_pos, flags, scan, nnz, out->unique_ids, out->inverse,
                      out->group_start, out->counts));
   return TT_CUDA_OK;
 }
@@ -317,8 +315,8 @@ int CheckShape(const TTCudaShape& s, Shape* out) {
   }
   if (!rows_saturated && rows < s.num_rows) {
     return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT,
-                "prod(p) = " + std::to_string(rows) + " cannot hold num_rows = " +
-                    std::to_string(s.num_rows));
+                "prod(p) = " + std::to_string(rows) +
+                    " cannot hold num_rows = " + std::to_string(s.num_rows));
   }
   out->num_rows = s.num_rows;
   return TT_CUDA_OK;
@@ -352,8 +350,7 @@ int CheckLookup(const TTCudaLookup* lk, bool need_pointers, Shape* shape) {
       if (lk->indices == nullptr) return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "indices is NULL");
       for (int t = 0; t < shape->k; ++t) {
         if (lk->cores[t] == nullptr) {
-          return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT,
-                      "cores[" + std::to_string(t) + "] is NULL");
+          return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "cores[" + std::to_string(t) + "] is NULL");
         }
       }
     }
@@ -435,11 +432,11 @@ int PlanChain(const Shape& s, int64_t nnz, const DeviceInfo& dev, ChainPlan* pla
   // the block partition.
   const int t_last = k - 1;
   c.cost_id = static_cast<int64_t>(s.dim) * s.r[t_last] * (kBackward ? 3 : 1) + 32;
-  c.cost_group = (top == 0 ? static_cast<int64_t>(s.q[0]) * s.r[1]
-                           : static_cast<int64_t>(c.rows[top - 1]) * s.r[top] * s.q[top] *
-                                 s.r[top + 1]) *
-                     (kBackward ? 3 : 1) +
-                 256;
+  c.cost_group =
+      (top == 0 ? static_cast<int64_t>(s.q[0]) * s.r[1]
+                : static_cast<int64_t>(c.rows[top - 1]) * s.r[top] * s.q[top] * s.r[top + 1]) *
+          (kBackward ? 3 : 1) +
+      256;
 
   // At most one group per distinct id, and per distinct leading-(k-1)-digit prefix, plus
   // the slot of out-of-range ids.
@@ -488,17 +485,15 @@ int LaunchCacheCheck(const TTCudaCache& cache, int64_t num_rows, TTCudaErrorInfo
                      const DeviceInfo& dev, cudaStream_t stream) {
   if (cache.size == 0) return TT_CUDA_OK;
   TT_CUDA_TRY(Launch(CheckCacheKernel, dim3(ElementwiseGrid(cache.size, dev)),
-                     dim3(kElementwiseThreads), 0, stream, cache.ids, cache.size, num_rows,
-                     error));
-  TT_CUDA_TRY(Launch(FinalizeCacheErrorKernel, dim3(1), dim3(1), 0, stream, cache.ids,
-                     error));
+                     dim3(kElementwiseThreads), 0, stream, cache.ids, cache.size, num_rows, error));
+  TT_CUDA_TRY(Launch(FinalizeCacheErrorKernel, dim3(1), dim3(1), 0, stream, cache.ids, error));
   return TT_CUDA_OK;
 }
 
 template <typename TIdx, typename TKey>
 int ForwardImpl(const TTCudaLookup& lk, const Shape& s, const CachedForwardOut& cached,
-                float* output, void* workspace, size_t* workspace_bytes,
-                TTCudaErrorInfo* error, cudaStream_t stream) {
+                float* output, void* workspace, size_t* workspace_bytes, TTCudaErrorInfo* error,
+                cudaStream_t stream) {
   const bool run = workspace != nullptr;
   DeviceInfo dev;
   TT_RETURN_IF_ERROR(GetDeviceInfo(&dev));
@@ -512,14 +507,14 @@ int ForwardImpl(const TTCudaLookup& lk, const Shape& s, const CachedForwardOut& 
   TT_RETURN_IF_ERROR(PlanChain<false>(s, nnz, dev, &plan));
   const TTCudaCache* cache = cached.cache;
   // Layout: distinct rows, their cache slots (cached lookups), chain scratch, deduplication.
-  auto layout = [&](Carver& ws, bool launch, float** rows, int32_t** unique_slot,
-                    float** scratch, DedupBuffers* dd) {
+  auto layout = [&](Carver& ws, bool launch, float** rows, int32_t** unique_slot, float** scratch,
+                    DedupBuffers* dd) {
     *rows = ws.Take<float>(nnz * s.dim);
     *unique_slot = cache ? ws.Take<int32_t>(nnz) : nullptr;
     *scratch = static_cast<float*>(ws.TakeBytes(plan.global_scratch_bytes));
     return Dedup<TIdx, TKey>(ws, launch, ids, nnz, s.num_rows, lk.row_splits, num_splits,
-                             static_cast<uint64_t>(s.p[s.k - 1]), nullptr, nullptr, error,
-                             dev, stream, dd);
+                             static_cast<uint64_t>(s.p[s.k - 1]), nullptr, nullptr, error, dev,
+                             stream, dd);
   };
   float *rows, *scratch;
   int32_t* unique_slot;
@@ -565,29 +560,27 @@ int ForwardImpl(const TTCudaLookup& lk, const Shape& s, const CachedForwardOut& 
   c.group_start = dd.group_start;
   c.counts = dd.counts;
   c.rows_out = rows;
-  TT_CUDA_TRY(Launch(ChainKernel<false>, dim3(plan.blocks), dim3(plan.threads), plan.smem,
-                     stream, c));
+  TT_CUDA_TRY(
+      Launch(ChainKernel<false>, dim3(plan.blocks), dim3(plan.threads), plan.smem, stream, c));
 
   const dim3 block(kElementwiseThreads);
   const float* cache_rows = cache ? cache->rows : nullptr;
   if (cache) {
     TT_CUDA_TRY(Launch(UniqueSlotKernel, dim3(ElementwiseGrid(nnz, dev)), block, 0, stream,
-                       dd.unique_ids, dd.counts, cache->ids, cache->size, s.num_rows,
-                       unique_slot));
+                       dd.unique_ids, dd.counts, cache->ids, cache->size, s.num_rows, unique_slot));
     TT_CUDA_TRY(Launch(PositionSlotsKernel, dim3(ElementwiseGrid(nnz, dev)), block, 0, stream,
                        dd.inverse, unique_slot, nnz, cached.slots,
                        reinterpret_cast<unsigned long long*>(cached.num_hits)));
   }
   if (pooled) {
     if (out_rows > 0) {
-      TT_CUDA_TRY(Launch(PoolKernel, dim3(ElementwiseGrid(out_rows * s.dim, dev)), block, 0,
-                         stream, rows, dd.inverse, lk.row_splits, lk.num_bags, nnz,
-                         lk.weights, lk.combiner, s.dim, unique_slot, cache_rows, output));
+      TT_CUDA_TRY(Launch(PoolKernel, dim3(ElementwiseGrid(out_rows * s.dim, dev)), block, 0, stream,
+                         rows, dd.inverse, lk.row_splits, lk.num_bags, nnz, lk.weights, lk.combiner,
+                         s.dim, unique_slot, cache_rows, output));
     }
   } else {
-    TT_CUDA_TRY(Launch(GatherKernel, dim3(ElementwiseGrid(nnz * s.dim, dev)), block, 0,
-                       stream, rows, dd.inverse, nnz, s.dim, unique_slot, cache_rows,
-                       output));
+    TT_CUDA_TRY(Launch(GatherKernel, dim3(ElementwiseGrid(nnz * s.dim, dev)), block, 0, stream,
+                       rows, dd.inverse, nnz, s.dim, unique_slot, cache_rows, output));
   }
   return TT_CUDA_OK;
 }
@@ -633,8 +626,8 @@ int BackwardImpl(const TTCudaLookup& lk, const Shape& s, const CachedBackwardOut
   // Layout: the cache gradient (cached lookups, first, so that the copy call finds it with
   // the same arithmetic), row gradients, per-position bag and coefficient, chain scratch,
   // deduplication.
-  auto layout = [&](Carver& ws, bool launch, HitBuffers* hb, float** row_grads,
-                    int32_t** bag_of, float** coef, float** scratch, DedupBuffers* dd) {
+  auto layout = [&](Carver& ws, bool launch, HitBuffers* hb, float** row_grads, int32_t** bag_of,
+                    float** coef, float** scratch, DedupBuffers* dd) {
     if (cache) {
       hb->slots = ws.Take<int64_t>(nnz);
       hb->values = ws.Take<float>(nnz * s.dim);
@@ -651,8 +644,8 @@ int BackwardImpl(const TTCudaLookup& lk, const Shape& s, const CachedBackwardOut
     *coef = pooled ? ws.Take<float>(nnz) : nullptr;
     *scratch = static_cast<float*>(ws.TakeBytes(plan.global_scratch_bytes));
     return Dedup<TIdx, TKey>(ws, launch, ids, nnz, s.num_rows, lk.row_splits, num_splits,
-                             static_cast<uint64_t>(s.p[s.k - 1]), nullptr, nullptr, error,
-                             dev, stream, dd);
+                             static_cast<uint64_t>(s.p[s.k - 1]), nullptr, nullptr, error, dev,
+                             stream, dd);
   };
   float *row_grads, *coef, *scratch;
   int32_t* bag_of;
@@ -660,8 +653,7 @@ int BackwardImpl(const TTCudaLookup& lk, const Shape& s, const CachedBackwardOut
   HitBuffers hb;
   {
     Carver measure(nullptr);
-    TT_RETURN_IF_ERROR(
-        layout(measure, false, &hb, &row_grads, &bag_of, &coef, &scratch, &dd));
+    TT_RETURN_IF_ERROR(layout(measure, false, &hb, &row_grads, &bag_of, &coef, &scratch, &dd));
     if (!run) {
       *workspace_bytes = measure.size();
       return TT_CUDA_OK;
@@ -675,8 +667,7 @@ int BackwardImpl(const TTCudaLookup& lk, const Shape& s, const CachedBackwardOut
   if (cached.copy) {
     // Second call of a cached backward: the first left the cache gradient in the workspace.
     Carver ws(AlignUp(workspace));
-    TT_RETURN_IF_ERROR(
-        layout(ws, false, &hb, &row_grads, &bag_of, &coef, &scratch, &dd));
+    TT_RETURN_IF_ERROR(layout(ws, false, &hb, &row_grads, &bag_of, &coef, &scratch, &dd));
     const int64_t n = cached.copy_count;
     if (n < 0 || n > nnz) {
       return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT,
@@ -696,8 +687,7 @@ int BackwardImpl(const TTCudaLookup& lk, const Shape& s, const CachedBackwardOut
   if (core_grads == nullptr) return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "core_grads is NULL");
   for (int t = 0; t < s.k; ++t) {
     if (core_grads[t] == nullptr) {
-      return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT,
-                  "core_grads[" + std::to_string(t) + "] is NULL");
+      return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "core_grads[" + std::to_string(t) + "] is NULL");
     }
   }
   if (nnz > 0 && out_rows > 0 && grad == nullptr) {
@@ -725,17 +715,16 @@ int BackwardImpl(const TTCudaLookup& lk, const Shape& s, const CachedBackwardOut
   if (pooled) {
     TT_CUDA_TRY(cudaMemsetAsync(bag_of, 0xff, nnz * sizeof(int32_t), stream));
     if (lk.num_bags > 0) {
-      TT_CUDA_TRY(Launch(BagScaleKernel, dim3(ElementwiseGrid(lk.num_bags, dev)), block, 0,
-                         stream, lk.row_splits, lk.num_bags, nnz, lk.weights, lk.combiner,
-                         bag_of, coef));
+      TT_CUDA_TRY(Launch(BagScaleKernel, dim3(ElementwiseGrid(lk.num_bags, dev)), block, 0, stream,
+                         lk.row_splits, lk.num_bags, nnz, lk.weights, lk.combiner, bag_of, coef));
     }
   }
   TT_CUDA_TRY(cudaMemsetAsync(row_grads, 0, nnz * s.dim * sizeof(float), stream));
   // Without bags (num_bags == 0 but nnz > 0: malformed, reported) no grad row is read.
   if (!(pooled && lk.num_bags == 0)) {
     const int64_t chunks = (nnz + kAggregateChunk - 1) / kAggregateChunk;
-    TT_CUDA_TRY(Launch(AggregateGradKernel, dim3(ElementwiseGrid(chunks * s.dim, dev)), block,
-                       0, stream, grad, dd.sorted_pos, dd.slot_scan, bag_of, coef, nnz, s.dim,
+    TT_CUDA_TRY(Launch(AggregateGradKernel, dim3(ElementwiseGrid(chunks * s.dim, dev)), block, 0,
+                       stream, grad, dd.sorted_pos, dd.slot_scan, bag_of, coef, nnz, s.dim,
                        row_grads));
   }
   if (cache) {
@@ -746,11 +735,11 @@ int BackwardImpl(const TTCudaLookup& lk, const Shape& s, const CachedBackwardOut
     TT_CUDA_TRY(Launch(HitFlagsKernel, dim3(ElementwiseGrid(nnz, dev)), block, 0, stream,
                        hb.unique_slot, dd.counts, nnz, hb.flags));
     size_t temp_bytes = hb.scan_temp_bytes;
-    TT_CUDA_TRY(InclusiveSum(hb.scan_temp, temp_bytes, hb.flags, hb.scan,
-                             static_cast<int>(nnz), stream));
+    TT_CUDA_TRY(
+        InclusiveSum(hb.scan_temp, temp_bytes, hb.flags, hb.scan, static_cast<int>(nnz), stream));
     TT_CUDA_TRY(Launch(MoveHitGradsKernel, dim3(ElementwiseGrid(nnz * s.dim, dev)), block, 0,
-                       stream, hb.unique_slot, hb.scan, dd.counts, s.dim, row_grads,
-                       hb.slots, hb.values, cached.num_hit_slots));
+                       stream, hb.unique_slot, hb.scan, dd.counts, s.dim, row_grads, hb.slots,
+                       hb.values, cached.num_hit_slots));
   }
 
   ChainParams& c = plan.params;
@@ -763,8 +752,8 @@ int BackwardImpl(const TTCudaLookup& lk, const Shape& s, const CachedBackwardOut
   c.group_start = dd.group_start;
   c.counts = dd.counts;
   c.row_grads = row_grads;
-  TT_CUDA_TRY(Launch(ChainKernel<true>, dim3(plan.blocks), dim3(plan.threads), plan.smem,
-                     stream, c));
+  TT_CUDA_TRY(
+      Launch(ChainKernel<true>, dim3(plan.blocks), dim3(plan.threads), plan.smem, stream, c));
   return TT_CUDA_OK;
 }
 
@@ -808,9 +797,8 @@ int CheckCache(const TTCudaCache* cache, bool need_ids, bool need_rows) {
   return TT_CUDA_OK;
 }
 
-int Forward(const TTCudaLookup* lookup, const tt_cuda::CachedForwardOut& cached,
-            float* output, void* workspace, size_t* bytes, TTCudaErrorInfo* error,
-            void* stream) {
+int Forward(const TTCudaLookup* lookup, const tt_cuda::CachedForwardOut& cached, float* output,
+            void* workspace, size_t* bytes, TTCudaErrorInfo* error, void* stream) {
   tt_cuda::g_last_error.clear();
   const bool run = workspace != nullptr;
   tt_cuda::Shape s;
@@ -819,8 +807,8 @@ int Forward(const TTCudaLookup* lookup, const tt_cuda::CachedForwardOut& cached,
   if (run && error == nullptr) return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "error is NULL");
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
   return DispatchTypes(lookup->index_type, s.num_rows, [&](auto idx, auto key) {
-    return tt_cuda::ForwardImpl<decltype(idx), decltype(key)>(*lookup, s, cached, output,
-                                                              workspace, bytes, error, st);
+    return tt_cuda::ForwardImpl<decltype(idx), decltype(key)>(*lookup, s, cached, output, workspace,
+                                                              bytes, error, st);
   });
 }
 
@@ -837,8 +825,8 @@ int Backward(const TTCudaLookup* lookup, const tt_cuda::CachedBackwardOut& cache
   }
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
   return DispatchTypes(lookup->index_type, s.num_rows, [&](auto idx, auto key) {
-    return tt_cuda::BackwardImpl<decltype(idx), decltype(key)>(
-        *lookup, s, cached, grad, core_grads, workspace, bytes, error, st);
+    return tt_cuda::BackwardImpl<decltype(idx), decltype(key)>(*lookup, s, cached, grad, core_grads,
+                                                               workspace, bytes, error, st);
   });
 }
 
@@ -861,9 +849,9 @@ int UniqueImpl(const void* indices, int64_t nnz, int64_t num_rows, int64_t* uniq
       return TT_CUDA_OK;
     }
     if (*bytes < measure.size()) {
-      return Fail(TT_CUDA_ERROR_WORKSPACE_TOO_SMALL,
-                  "workspace has " + std::to_string(*bytes) + " bytes, needs " +
-                      std::to_string(measure.size()));
+      return Fail(TT_CUDA_ERROR_WORKSPACE_TOO_SMALL, "workspace has " + std::to_string(*bytes) +
+                                                         " bytes, needs " +
+                                                         std::to_string(measure.size()));
     }
   }
   if (num_unique == nullptr || error == nullptr ||
@@ -873,8 +861,8 @@ int UniqueImpl(const void* indices, int64_t nnz, int64_t num_rows, int64_t* uniq
   TT_CUDA_TRY(cudaMemsetAsync(error, 0xff, sizeof(TTCudaErrorInfo), stream));
   TT_CUDA_TRY(cudaMemsetAsync(num_unique, 0, sizeof(int32_t), stream));
   Carver ws(AlignUp(workspace));
-  TT_RETURN_IF_ERROR((Dedup<TIdx, TKey>(ws, true, ids, nnz, num_rows, nullptr, 0, 0,
-                                        unique_ids, inverse, error, dev, stream, &dd)));
+  TT_RETURN_IF_ERROR((Dedup<TIdx, TKey>(ws, true, ids, nnz, num_rows, nullptr, 0, 0, unique_ids,
+                                        inverse, error, dev, stream, &dd)));
   if (nnz > 0) {
     TT_CUDA_TRY(cudaMemcpyAsync(num_unique, &dd.counts->num_unique, sizeof(int32_t),
                                 cudaMemcpyDeviceToDevice, stream));
@@ -895,9 +883,8 @@ int Unique(const void* indices, int32_t index_type, int64_t nnz, int64_t num_row
   if (num_rows < 1) return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "num_rows must be >= 1");
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
   return DispatchTypes(index_type, num_rows, [&](auto idx, auto key) {
-    return UniqueImpl<decltype(idx), decltype(key)>(indices, nnz, num_rows, unique_ids,
-                                                    inverse, num_unique, workspace, bytes,
-                                                    error, st);
+    return UniqueImpl<decltype(idx), decltype(key)>(indices, nnz, num_rows, unique_ids, inverse,
+                                                    num_unique, workspace, bytes, error, st);
   });
 }
 
@@ -949,8 +936,8 @@ int tt_cuda_cached_forward(const TTCudaLookup* lookup, const TTCudaCache* cache,
   return Forward(lookup, cached, output, workspace, &workspace_bytes, error, stream);
 }
 
-int tt_cuda_cached_backward_workspace_size(const TTCudaLookup* lookup,
-                                           const TTCudaCache* cache, size_t* bytes) {
+int tt_cuda_cached_backward_workspace_size(const TTCudaLookup* lookup, const TTCudaCache* cache,
+                                           size_t* bytes) {
   if (bytes == nullptr) return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "bytes is NULL");
   if (cache == nullptr) return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "cache is NULL");
   tt_cuda::CachedBackwardOut cached;
@@ -958,17 +945,15 @@ int tt_cuda_cached_backward_workspace_size(const TTCudaLookup* lookup,
   return Backward(lookup, cached, nullptr, nullptr, nullptr, bytes, nullptr, nullptr);
 }
 
-int tt_cuda_cached_backward(const TTCudaLookup* lookup, const TTCudaCache* cache,
-                            const float* grad, float* const* core_grads,
-                            int64_t* num_hit_slots, void* workspace, size_t workspace_bytes,
-                            TTCudaErrorInfo* error, void* stream) {
+int tt_cuda_cached_backward(const TTCudaLookup* lookup, const TTCudaCache* cache, const float* grad,
+                            float* const* core_grads, int64_t* num_hit_slots, void* workspace,
+                            size_t workspace_bytes, TTCudaErrorInfo* error, void* stream) {
   if (workspace == nullptr) return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "workspace is NULL");
   if (cache == nullptr) return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "cache is NULL");
   tt_cuda::CachedBackwardOut cached;
   cached.cache = cache;
   cached.num_hit_slots = num_hit_slots;
-  return Backward(lookup, cached, grad, core_grads, workspace, &workspace_bytes, error,
-                  stream);
+  return Backward(lookup, cached, grad, core_grads, workspace, &workspace_bytes, error, stream);
 }
 
 int tt_cuda_cached_backward_cache_grads(const TTCudaLookup* lookup, const TTCudaCache* cache,
@@ -983,8 +968,8 @@ int tt_cuda_cached_backward_cache_grads(const TTCudaLookup* lookup, const TTCuda
   cached.copy_count = num_hit_slots;
   cached.hit_slots = hit_slots;
   cached.hit_values = hit_values;
-  return Backward(lookup, cached, nullptr, nullptr, const_cast<void*>(workspace),
-                  &workspace_bytes, nullptr, stream);
+  return Backward(lookup, cached, nullptr, nullptr, const_cast<void*>(workspace), &workspace_bytes,
+                  nullptr, stream);
 }
 
 int tt_cuda_read_count(const int64_t* device_count, int64_t* host_count, void* stream) {
@@ -993,8 +978,8 @@ int tt_cuda_read_count(const int64_t* device_count, int64_t* host_count, void* s
     return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "count pointer is NULL");
   }
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
-  cudaError_t err = cudaMemcpyAsync(host_count, device_count, sizeof(int64_t),
-                                    cudaMemcpyDeviceToHost, st);
+  cudaError_t err =
+      cudaMemcpyAsync(host_count, device_count, sizeof(int64_t), cudaMemcpyDeviceToHost, st);
   if (err == cudaSuccess) err = cudaStreamSynchronize(st);
   if (err != cudaSuccess) return tt_cuda::CudaFail(err, "reading the count");
   return TT_CUDA_OK;
@@ -1008,9 +993,8 @@ int tt_cuda_unique_workspace_size(int64_t nnz, int64_t num_rows, int32_t index_t
 }
 
 int tt_cuda_unique(const void* indices, int32_t index_type, int64_t nnz, int64_t num_rows,
-                   int64_t* unique_ids, int32_t* inverse, int32_t* num_unique,
-                   void* workspace, size_t workspace_bytes, TTCudaErrorInfo* error,
-                   void* stream) {
+                   int64_t* unique_ids, int32_t* inverse, int32_t* num_unique, void* workspace,
+                   size_t workspace_bytes, TTCudaErrorInfo* error, void* stream) {
   if (workspace == nullptr) return Fail(TT_CUDA_ERROR_INVALID_ARGUMENT, "workspace is NULL");
   return Unique(indices, index_type, nnz, num_rows, unique_ids, inverse, num_unique, workspace,
                 &workspace_bytes, error, stream);
@@ -1034,11 +1018,16 @@ void tt_cuda_set_shared_memory_budget(size_t bytes) { tt_cuda::g_smem_budget = b
 
 const char* tt_cuda_status_string(int status) {
   switch (status) {
-    case TT_CUDA_OK: return "ok";
-    case TT_CUDA_ERROR_INVALID_ARGUMENT: return "invalid argument";
-    case TT_CUDA_ERROR_WORKSPACE_TOO_SMALL: return "workspace too small";
-    case TT_CUDA_ERROR_CUDA: return "CUDA runtime error";
-    default: return "unknown status";
+    case TT_CUDA_OK:
+      return "ok";
+    case TT_CUDA_ERROR_INVALID_ARGUMENT:
+      return "invalid argument";
+    case TT_CUDA_ERROR_WORKSPACE_TOO_SMALL:
+      return "workspace too small";
+    case TT_CUDA_ERROR_CUDA:
+      return "CUDA runtime error";
+    default:
+      return "unknown status";
   }
 }
 

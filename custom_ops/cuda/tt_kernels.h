@@ -100,19 +100,16 @@ int tt_cuda_forward(const TTCudaLookup* lookup, float* output, void* workspace,
  * atomicAdd (so the order of the float additions, and the last bits, vary between runs). */
 int tt_cuda_backward_workspace_size(const TTCudaLookup* lookup, size_t* bytes);
 int tt_cuda_backward(const TTCudaLookup* lookup, const float* grad, float* const* core_grads,
-                     void* workspace, size_t workspace_bytes, TTCudaErrorInfo* error,
-                     void* stream);
+                     void* workspace, size_t workspace_bytes, TTCudaErrorInfo* error, void* stream);
 
 /* Deduplication alone: unique_ids[0 .. *num_unique) are the distinct ids in increasing
  * order, inverse[i] is the slot of indices[i]. Outputs hold nnz entries; num_unique is one
  * int32 in device memory. Ids outside [0, num_rows) are reported in error and all map to
  * one extra slot (the last) whose value is num_rows. */
-int tt_cuda_unique_workspace_size(int64_t nnz, int64_t num_rows, int32_t index_type,
-                                  size_t* bytes);
+int tt_cuda_unique_workspace_size(int64_t nnz, int64_t num_rows, int32_t index_type, size_t* bytes);
 int tt_cuda_unique(const void* indices, int32_t index_type, int64_t nnz, int64_t num_rows,
-                   int64_t* unique_ids, int32_t* inverse, int32_t* num_unique,
-                   void* workspace, size_t workspace_bytes, TTCudaErrorInfo* error,
-                   void* stream);
+                   int64_t* unique_ids, int32_t* inverse, int32_t* num_unique, void* workspace,
+                   size_t workspace_bytes, TTCudaErrorInfo* error, void* stream);
 
 /* A hot-row cache in front of the table (docs/cache.md), in device memory: ids [size]
  * sorted ascending, entries >= num_rows mark empty slots and ids below num_rows are distinct
@@ -142,12 +139,11 @@ int tt_cuda_cached_forward(const TTCudaLookup* lookup, const TTCudaCache* cache,
  * [n, D], and the second call copies there the cache rows' gradient: the slots hit,
  * ascending, and one summed gradient row each. The workspace must be left untouched in
  * between; the second call takes the same lookup and cache. */
-int tt_cuda_cached_backward_workspace_size(const TTCudaLookup* lookup,
-                                           const TTCudaCache* cache, size_t* bytes);
-int tt_cuda_cached_backward(const TTCudaLookup* lookup, const TTCudaCache* cache,
-                            const float* grad, float* const* core_grads,
-                            int64_t* num_hit_slots, void* workspace, size_t workspace_bytes,
-                            TTCudaErrorInfo* error, void* stream);
+int tt_cuda_cached_backward_workspace_size(const TTCudaLookup* lookup, const TTCudaCache* cache,
+                                           size_t* bytes);
+int tt_cuda_cached_backward(const TTCudaLookup* lookup, const TTCudaCache* cache, const float* grad,
+                            float* const* core_grads, int64_t* num_hit_slots, void* workspace,
+                            size_t workspace_bytes, TTCudaErrorInfo* error, void* stream);
 int tt_cuda_cached_backward_cache_grads(const TTCudaLookup* lookup, const TTCudaCache* cache,
                                         int64_t num_hit_slots, int64_t* hit_slots,
                                         float* hit_values, const void* workspace,

@@ -28,10 +28,9 @@
 #include "tt_kernels.h"
 
 #ifdef TT_CUDA_EMULATION
-#define TT_DYNAMIC_SHARED(type, name) \
-  type* name = reinterpret_cast<type*>(::tt_emu::g_dynamic_smem)
+#define TT_DYNAMIC_SHARED(type, name) type* name = reinterpret_cast<type*>(::tt_emu::g_dynamic_smem)
 #else
-#define TT_DYNAMIC_SHARED(type, name) \
+#define TT_DYNAMIC_SHARED(type, name)    \
   extern __shared__ float4 name##_raw[]; \
   type* name = reinterpret_cast<type*>(name##_raw)
 #endif
@@ -94,8 +93,7 @@ __global__ void __launch_bounds__(256)
 // 64-bit atomic cannot carry both.
 template <typename TIdx>
 __global__ void FinalizeErrorKernel(const TIdx* __restrict__ ids,
-                                    const int64_t* __restrict__ splits,
-                                    TTCudaErrorInfo* error) {
+                                    const int64_t* __restrict__ splits, TTCudaErrorInfo* error) {
   if (GlobalThread() != 0) return;
   if (error->index_position >= 0) {
     error->index_value = static_cast<int64_t>(ids[error->index_position]);
@@ -166,25 +164,25 @@ struct ChainParams {
   int64_t suffix[kMaxCores];  // prod p[t+1 .. k-1]: prefix of an id at level t = id / suffix[t]
   int32_t q[kMaxCores];
   int32_t r[kMaxCores + 1];
-  int32_t rows[kMaxCores];    // rows of P_t
-  int32_t ld[kMaxCores];      // row stride of P_t and dP_t in scratch
-  int32_t ldg[kMaxCores];     // row stride of the staged slice of core t
-  int32_t off_p[kMaxCores];   // float offsets in scratch
+  int32_t rows[kMaxCores];   // rows of P_t
+  int32_t ld[kMaxCores];     // row stride of P_t and dP_t in scratch
+  int32_t ldg[kMaxCores];    // row stride of the staged slice of core t
+  int32_t off_p[kMaxCores];  // float offsets in scratch
   int32_t off_dp[kMaxCores];
   int32_t off_stage;
-  int32_t stage;              // stage the slices of cores 1 .. top in scratch
+  int32_t stage;  // stage the slices of cores 1 .. top in scratch
   int32_t k;
   int32_t dim;
   int64_t num_rows;
-  int64_t scratch_floats;     // per block
-  float* global_scratch;      // non-null: per-block scratch in global memory
-  int64_t cost_group;         // relative cost of a group's prefix and of one id's last step,
-  int64_t cost_id;            // used to split the groups evenly between blocks
+  int64_t scratch_floats;  // per block
+  float* global_scratch;   // non-null: per-block scratch in global memory
+  int64_t cost_group;      // relative cost of a group's prefix and of one id's last step,
+  int64_t cost_id;         // used to split the groups evenly between blocks
   const int64_t* unique_ids;
   const int32_t* group_start;
   const DedupCounts* counts;
-  float* rows_out;            // forward: [num_unique, dim]
-  const float* row_grads;     // backward: [num_unique, dim]
+  float* rows_out;         // forward: [num_unique, dim]
+  const float* row_grads;  // backward: [num_unique, dim]
 };
 
 // First group of block b when the groups are split into nb ranges of about equal cost.
@@ -243,9 +241,9 @@ __device__ __forceinline__ void ChainStep(const float* P_in, int rows_in, int R,
 // into the dense core gradient, which other blocks update too) and
 // dP_in[a][c] += sum_{j,s} dP_out[a*q + j][s] * G[c][j*S + s] (owned by this block).
 __device__ __forceinline__ void ChainStepBackward(const float* P_in, float* dP_in, int rows_in,
-                                                  int R, int ld_in, const float* G, int ldg,
-                                                  int q, int S, const float* dP_out,
-                                                  int ld_out, float* dG) {
+                                                  int R, int ld_in, const float* G, int ldg, int q,
+                                                  int S, const float* dP_out, int ld_out,
+                                                  float* dG) {
   const int qS = q * S;
   const int n1 = R * qS;
   for (int o = threadIdx.x; o < n1; o += blockDim.x) {
@@ -335,8 +333,8 @@ __device__ void FlushLevel(const ChainParams& c, float* scratch, int t, int64_t 
 
 // Last core for the ids u0 .. u0+n_total of a group (the first n_valid are in range):
 // row[u][a*q + j] = sum_c P_top[a][c] * G_last[digit(u)][c][j]. Out-of-range ids get zeros.
-__device__ void LastLevelForward(const ChainParams& c, const float* P, int32_t u0,
-                                 int32_t n_valid, int32_t n_total) {
+__device__ void LastLevelForward(const ChainParams& c, const float* P, int32_t u0, int32_t n_valid,
+                                 int32_t n_total) {
   const int t = c.k - 1;
   const int R = c.r[t], q = c.q[t], D = c.dim, ld = c.ld[t - 1];
   const int64_t slice_size = static_cast<int64_t>(R) * q;
@@ -507,8 +505,8 @@ __global__ void __launch_bounds__(256)
 }
 
 __global__ void __launch_bounds__(256)
-    GatherKernel(const float* __restrict__ rows, const int32_t* __restrict__ inverse,
-                 int64_t nnz, int dim, const int32_t* __restrict__ unique_slot,
+    GatherKernel(const float* __restrict__ rows, const int32_t* __restrict__ inverse, int64_t nnz,
+                 int dim, const int32_t* __restrict__ unique_slot,
                  const float* __restrict__ cache_rows, float* __restrict__ out) {
   const int64_t n = nnz * dim;
   for (int64_t o = GlobalThread(); o < n; o += GlobalStride()) {
@@ -521,8 +519,8 @@ __global__ void __launch_bounds__(256)
 // in no bag (malformed splits) keep bag -1 from the memset and get no gradient.
 __global__ void __launch_bounds__(256)
     BagScaleKernel(const int64_t* __restrict__ splits, int64_t num_bags, int64_t nnz,
-                   const float* __restrict__ weights, int combiner,
-                   int32_t* __restrict__ bag_of, float* __restrict__ coef) {
+                   const float* __restrict__ weights, int combiner, int32_t* __restrict__ bag_of,
+                   float* __restrict__ coef) {
   for (int64_t b = GlobalThread(); b < num_bags; b += GlobalStride()) {
     int64_t begin, end;
     ClampBag(splits, b, nnz, &begin, &end);
@@ -554,9 +552,9 @@ constexpr int kAggregateChunk = 32;
 
 __global__ void __launch_bounds__(256)
     AggregateGradKernel(const float* __restrict__ grad, const int32_t* __restrict__ sorted_pos,
-                        const uint64_t* __restrict__ slot_scan,
-                        const int32_t* __restrict__ bag_of, const float* __restrict__ coef,
-                        int64_t nnz, int dim, float* __restrict__ row_grads) {
+                        const uint64_t* __restrict__ slot_scan, const int32_t* __restrict__ bag_of,
+                        const float* __restrict__ coef, int64_t nnz, int dim,
+                        float* __restrict__ row_grads) {
   const int64_t chunks = (nnz + kAggregateChunk - 1) / kAggregateChunk;
   const int64_t n = chunks * dim;
   for (int64_t o = GlobalThread(); o < n; o += GlobalStride()) {
@@ -668,8 +666,8 @@ __global__ void __launch_bounds__(256)
 // flags[u] = 1 for a cached distinct id (u < num_unique), else 0, for the scan that gives
 // cached ids their place in the cache gradient.
 __global__ void __launch_bounds__(256)
-    HitFlagsKernel(const int32_t* __restrict__ unique_slot, const DedupCounts* counts,
-                   int64_t nnz, uint64_t* __restrict__ flags) {
+    HitFlagsKernel(const int32_t* __restrict__ unique_slot, const DedupCounts* counts, int64_t nnz,
+                   uint64_t* __restrict__ flags) {
   const int64_t n = counts->num_unique;
   for (int64_t u = GlobalThread(); u < nnz; u += GlobalStride()) {
     flags[u] = u < n && unique_slot[u] >= 0 ? 1u : 0u;
@@ -680,10 +678,10 @@ __global__ void __launch_bounds__(256)
 // scan[u] - 1 of the cache gradient and is zeroed in row_grads, so the chain gives the cores
 // nothing from cache hits. Distinct ids ascend, and so do the cache slots they map to.
 __global__ void __launch_bounds__(256)
-    MoveHitGradsKernel(const int32_t* __restrict__ unique_slot,
-                       const uint64_t* __restrict__ scan, const DedupCounts* counts, int dim,
-                       float* __restrict__ row_grads, int64_t* __restrict__ hit_slots,
-                       float* __restrict__ hit_values, int64_t* num_hit_slots) {
+    MoveHitGradsKernel(const int32_t* __restrict__ unique_slot, const uint64_t* __restrict__ scan,
+                       const DedupCounts* counts, int dim, float* __restrict__ row_grads,
+                       int64_t* __restrict__ hit_slots, float* __restrict__ hit_values,
+                       int64_t* num_hit_slots) {
   const int64_t n = counts->num_unique;
   if (GlobalThread() == 0) *num_hit_slots = n > 0 ? static_cast<int64_t>(scan[n - 1]) : 0;
   for (int64_t o = GlobalThread(); o < n * dim; o += GlobalStride()) {

@@ -5,6 +5,8 @@
 //
 //   tt_core_test [filter]       runs the tests whose name contains filter
 //   tt_core_test --list-isas    prints the ISA variants this CPU runs, lowest first
+#include "tt_core.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -17,7 +19,6 @@
 #include <vector>
 
 #include "tt_cached_core.h"
-#include "tt_core.h"
 #include "tt_isa.h"
 #include "tt_reference.h"
 #include "tt_standalone.h"
@@ -32,15 +33,18 @@ using tt_keras::standalone::Lookup;
 using tt_keras::standalone::Residuals;
 using tt_keras::standalone::ThreadPool;
 
-const Combiner kCombiners[] = {Combiner::kNone, Combiner::kSum, Combiner::kMean,
-                               Combiner::kSqrtn};
+const Combiner kCombiners[] = {Combiner::kNone, Combiner::kSum, Combiner::kMean, Combiner::kSqrtn};
 
 const char* CombinerName(Combiner c) {
   switch (c) {
-    case Combiner::kNone: return "none";
-    case Combiner::kSum: return "sum";
-    case Combiner::kMean: return "mean";
-    case Combiner::kSqrtn: return "sqrtn";
+    case Combiner::kNone:
+      return "none";
+    case Combiner::kSum:
+      return "sum";
+    case Combiner::kMean:
+      return "mean";
+    case Combiner::kSqrtn:
+      return "sqrtn";
   }
   return "?";
 }
@@ -192,15 +196,16 @@ void CheckPlain(const Table& table, const Batch& batch, Combiner combiner,
   tt_keras::standalone::PlainForward(in, out.data(), &residuals, pfor);
   const std::vector<float> no_weights;
   const std::vector<float>& weights = combiner == Combiner::kNone ? no_weights : batch.weights;
-  CheckNear(out, tt_reference::Forward(table.dims, table.cores, batch.ids, combiner,
-                                       batch.splits, weights),
-            "output");
+  CheckNear(
+      out,
+      tt_reference::Forward(table.dims, table.cores, batch.ids, combiner, batch.splits, weights),
+      "output");
 
   const std::vector<float> grad = OutputGradient(out.size(), rng);
   const tt_reference::Gradients expected = tt_reference::Backward(
       table.dims, table.cores, batch.ids, combiner, batch.splits, weights, grad);
-  for (const Residuals* r : {static_cast<const Residuals*>(&residuals),
-                             static_cast<const Residuals*>(nullptr)}) {
+  for (const Residuals* r :
+       {static_cast<const Residuals*>(&residuals), static_cast<const Residuals*>(nullptr)}) {
     tt_test::ScopedContext how(r ? "backward from the forward's residuals"
                                  : "backward, plan rebuilt");
     auto core_grads = UnwrittenLike(table.cores);
@@ -244,15 +249,16 @@ void CheckCached(const Table& table, const Batch& batch, Combiner combiner,
   CHECK_EQ(hits, expected_hits);
   const std::vector<float> no_weights;
   const std::vector<float>& weights = combiner == Combiner::kNone ? no_weights : batch.weights;
-  CheckNear(out, tt_reference::Forward(table.dims, table.cores, batch.ids, combiner,
-                                       batch.splits, weights, slot_of, cache_rows),
+  CheckNear(out,
+            tt_reference::Forward(table.dims, table.cores, batch.ids, combiner, batch.splits,
+                                  weights, slot_of, cache_rows),
             "output");
 
   const std::vector<float> grad = OutputGradient(out.size(), rng);
   const tt_reference::Gradients expected = tt_reference::Backward(
       table.dims, table.cores, batch.ids, combiner, batch.splits, weights, grad, slot_of);
-  for (const Residuals* r : {static_cast<const Residuals*>(&residuals),
-                             static_cast<const Residuals*>(nullptr)}) {
+  for (const Residuals* r :
+       {static_cast<const Residuals*>(&residuals), static_cast<const Residuals*>(nullptr)}) {
     tt_test::ScopedContext how(r ? "backward from the forward's residuals"
                                  : "backward, slots and plan rebuilt");
     auto core_grads = UnwrittenLike(table.cores);
@@ -366,8 +372,7 @@ TEST(RanksOneToSixtyFour) {
     tt_test::ScopedContext context(table.Describe());
     const Batch batch = MakeBatch(table.num_rows, 6, 5, true, &rng);
     CheckPlain<int64_t>(table, batch, Combiner::kSum, pfor, &rng);
-    CheckCached<int64_t>(table, batch, Combiner::kMean, MakeCacheIds(table, batch, 3), pfor,
-                         &rng);
+    CheckCached<int64_t>(table, batch, Combiner::kMean, MakeCacheIds(table, batch, 3), pfor, &rng);
   }
   for (int64_t rank : {1, 8, 64}) {
     const Table two = MakeTable({9, 8}, {4, 4}, {1, rank, 1}, 0, &rng);

@@ -35,8 +35,8 @@ inline std::vector<int64_t> ColumnDigits(const TTDims& dims, int64_t j) {
 }
 
 // G_t[d][a, c, b] as stored.
-inline double CoreAt(const TTDims& dims, const Cores& cores, int t, int64_t d, int64_t a,
-                     int64_t c, int64_t b) {
+inline double CoreAt(const TTDims& dims, const Cores& cores, int t, int64_t d, int64_t a, int64_t c,
+                     int64_t b) {
   const int64_t r_in = dims.r[t], q = dims.q[t], r_out = dims.r[t + 1];
   return cores[t][((d * r_in + a) * q + c) * r_out + b];
 }
@@ -180,10 +180,9 @@ struct Gradients {
   std::map<int64_t, std::vector<double>> cache_rows;
 };
 
-inline Gradients Backward(const TTDims& dims, const Cores& cores,
-                          const std::vector<int64_t>& ids, Combiner combiner,
-                          const std::vector<int64_t>& splits, const std::vector<float>& weights,
-                          const std::vector<float>& grad,
+inline Gradients Backward(const TTDims& dims, const Cores& cores, const std::vector<int64_t>& ids,
+                          Combiner combiner, const std::vector<int64_t>& splits,
+                          const std::vector<float>& weights, const std::vector<float>& grad,
                           const std::map<int64_t, int64_t>& cache = {}) {
   const int64_t nnz = static_cast<int64_t>(ids.size());
   const Scales s = PositionScales(combiner, splits, weights, nnz);

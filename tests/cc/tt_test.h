@@ -80,23 +80,23 @@ inline int RunAll(const std::string& filter) {
 
 }  // namespace tt_test
 
-#define TEST(name)                                                    \
-  static void name();                                                 \
+#define TEST(name)                                                        \
+  static void name();                                                     \
   static const bool name##_registered = ::tt_test::Register(#name, name); \
   static void name()
 
-#define CHECK(cond)                                                      \
-  do {                                                                   \
+#define CHECK(cond)                                                       \
+  do {                                                                    \
     if (!(cond)) ::tt_test::Fail(__FILE__, __LINE__, "CHECK(" #cond ")"); \
   } while (0)
 
-#define CHECK_EQ(a, b)                                                                  \
-  do {                                                                                  \
-    const auto& tt_a_ = (a);                                                            \
-    const auto& tt_b_ = (b);                                                            \
-    if (!(tt_a_ == tt_b_)) {                                                            \
-      ::tt_test::Fail(__FILE__, __LINE__, ::tt_test::Describe(#a, #b, tt_a_, tt_b_));   \
-    }                                                                                   \
+#define CHECK_EQ(a, b)                                                                \
+  do {                                                                                \
+    const auto& tt_a_ = (a);                                                          \
+    const auto& tt_b_ = (b);                                                          \
+    if (!(tt_a_ == tt_b_)) {                                                          \
+      ::tt_test::Fail(__FILE__, __LINE__, ::tt_test::Describe(#a, #b, tt_a_, tt_b_)); \
+    }                                                                                 \
   } while (0)
 
 #endif  // TT_KERAS_TESTS_CC_TT_TEST_H_

@@ -18,9 +18,9 @@ std::string ValidateCacheIds(const int64_t* cache_ids, int64_t cache_size, int64
     if (s == 0) continue;
     const int64_t prev = cache_ids[s - 1];
     if (id < prev) {
-      return "cache_ids must be sorted: cache_ids[" + std::to_string(s) + "] = " +
-             std::to_string(id) + " < cache_ids[" + std::to_string(s - 1) + "] = " +
-             std::to_string(prev);
+      return "cache_ids must be sorted: cache_ids[" + std::to_string(s) +
+             "] = " + std::to_string(id) + " < cache_ids[" + std::to_string(s - 1) +
+             "] = " + std::to_string(prev);
     }
     // Two slots of one row would make the row's value ambiguous and split its gradient.
     if (id == prev && id < num_rows) {
@@ -99,8 +99,8 @@ size_t FindCacheSlotsWorkspaceBytes(int64_t cache_size) {
 }
 
 template <typename Tid>
-int64_t FindCacheSlots(const int64_t* cache_ids, int64_t cache_size, const Tid* ids,
-                       int64_t nnz, int32_t* slots, Workspace* ws, const ParallelFor& pfor) {
+int64_t FindCacheSlots(const int64_t* cache_ids, int64_t cache_size, const Tid* ids, int64_t nnz,
+                       int32_t* slots, Workspace* ws, const ParallelFor& pfor) {
   if (cache_size == 0) {
     std::fill(slots, slots + nnz, -1);
     return 0;
@@ -119,10 +119,10 @@ int64_t FindCacheSlots(const int64_t* cache_ids, int64_t cache_size, const Tid* 
   return hits.load();
 }
 
-template int64_t FindCacheSlots<int32_t>(const int64_t*, int64_t, const int32_t*, int64_t,
-                                         int32_t*, Workspace*, const ParallelFor&);
-template int64_t FindCacheSlots<int64_t>(const int64_t*, int64_t, const int64_t*, int64_t,
-                                         int32_t*, Workspace*, const ParallelFor&);
+template int64_t FindCacheSlots<int32_t>(const int64_t*, int64_t, const int32_t*, int64_t, int32_t*,
+                                         Workspace*, const ParallelFor&);
+template int64_t FindCacheSlots<int64_t>(const int64_t*, int64_t, const int64_t*, int64_t, int32_t*,
+                                         Workspace*, const ParallelFor&);
 
 template <typename Tid>
 void CollectMisses(const Tid* ids, const int32_t* slots, int64_t nnz, int64_t num_misses,
@@ -138,18 +138,18 @@ void CollectMisses(const Tid* ids, const int32_t* slots, int64_t nnz, int64_t nu
   }
 }
 
-template void CollectMisses<int32_t>(const int32_t*, const int32_t*, int64_t, int64_t,
-                                     int64_t*, int32_t*);
-template void CollectMisses<int64_t>(const int64_t*, const int32_t*, int64_t, int64_t,
-                                     int64_t*, int64_t*);
+template void CollectMisses<int32_t>(const int32_t*, const int32_t*, int64_t, int64_t, int64_t*,
+                                     int32_t*);
+template void CollectMisses<int64_t>(const int64_t*, const int32_t*, int64_t, int64_t, int64_t*,
+                                     int64_t*);
 
 size_t PoolCachedRowsWorkspaceBytes(int64_t nnz) { return ArrayBytes<const float*>(nnz); }
 
 void PoolCachedRows(const TTDims& dims, const int32_t* slots, const float* cache_rows,
-                    const LookupPlan& miss_plan, const int64_t* miss_pos,
-                    const float* tt_rows, Combiner combiner, const int64_t* row_splits,
-                    int64_t num_bags, const float* weights, int64_t nnz, float* out,
-                    Workspace* ws, const ParallelFor& pfor) {
+                    const LookupPlan& miss_plan, const int64_t* miss_pos, const float* tt_rows,
+                    Combiner combiner, const int64_t* row_splits, int64_t num_bags,
+                    const float* weights, int64_t nnz, float* out, Workspace* ws,
+                    const ParallelFor& pfor) {
   const int64_t D = dims.dim;
   // One source pointer per position, so pooling reads hits and misses alike.
   ScratchScope scratch(ws);
@@ -185,12 +185,12 @@ int64_t MaxSlotsHit(int64_t nnz, int64_t cache_size) { return std::min(nnz, cach
 
 size_t BuildCacheGradPlanWorkspaceBytes(int64_t nnz, int64_t cache_size) {
   const int64_t slots = MaxSlotsHit(nnz, cache_size);
-  return ArrayBytes<int64_t>(nnz) + ArrayBytes<int64_t>(slots) +
-         ArrayBytes<int64_t>(slots + 1) + ArrayBytes<int32_t>(kMaxSlotChunks * (cache_size + 1));
+  return ArrayBytes<int64_t>(nnz) + ArrayBytes<int64_t>(slots) + ArrayBytes<int64_t>(slots + 1) +
+         ArrayBytes<int32_t>(kMaxSlotChunks * (cache_size + 1));
 }
 
-void BuildCacheGradPlan(const int32_t* slots, int64_t nnz, int64_t cache_size,
-                        Workspace* ws, CacheGradPlan* plan, const ParallelFor& pfor) {
+void BuildCacheGradPlan(const int32_t* slots, int64_t nnz, int64_t cache_size, Workspace* ws,
+                        CacheGradPlan* plan, const ParallelFor& pfor) {
   // A counting sort by slot + 1, misses (slot -1) included as bucket 0: no branch per
   // position (hits and misses alternate unpredictably). The positions are split into a
   // few contiguous chunks, counted and scattered in parallel; within a bucket chunk c's
@@ -248,8 +248,7 @@ void BuildCacheGradPlan(const int32_t* slots, int64_t nnz, int64_t cache_size,
 void AccumulateCacheGrads(int64_t dim, const CacheGradPlan& plan, const float* grad,
                           const float* scale, const int64_t* bag_of_pos, float* values,
                           const ParallelFor& pfor) {
-  SumGradRows(dim, plan.num_slots, plan.begin, plan.order, grad, scale, bag_of_pos, values,
-              pfor);
+  SumGradRows(dim, plan.num_slots, plan.begin, plan.order, grad, scale, bag_of_pos, values, pfor);
 }
 
 }  // namespace tt_keras

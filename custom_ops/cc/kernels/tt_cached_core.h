@@ -24,8 +24,8 @@ std::string ValidateCacheIds(const int64_t* cache_ids, int64_t cache_size, int64
 // Ids must be range-checked; cache_ids valid (ValidateCacheIds).
 size_t FindCacheSlotsWorkspaceBytes(int64_t cache_size);
 template <typename Tid>
-int64_t FindCacheSlots(const int64_t* cache_ids, int64_t cache_size, const Tid* ids,
-                       int64_t nnz, int32_t* slots, Workspace* ws, const ParallelFor& pfor);
+int64_t FindCacheSlots(const int64_t* cache_ids, int64_t cache_size, const Tid* ids, int64_t nnz,
+                       int32_t* slots, Workspace* ws, const ParallelFor& pfor);
 
 // The misses of a batch (num_misses of them: nnz less FindCacheSlots' hits), compacted:
 // their positions (ascending) and ids, num_misses entries each.
@@ -38,10 +38,10 @@ void CollectMisses(const Tid* ids, const int32_t* slots, int64_t nnz, int64_t nu
 // the others; miss_plan's positions index miss_pos. Semantics as tt_core's PoolRows.
 size_t PoolCachedRowsWorkspaceBytes(int64_t nnz);
 void PoolCachedRows(const TTDims& dims, const int32_t* slots, const float* cache_rows,
-                    const LookupPlan& miss_plan, const int64_t* miss_pos,
-                    const float* tt_rows, Combiner combiner, const int64_t* row_splits,
-                    int64_t num_bags, const float* weights, int64_t nnz, float* out,
-                    Workspace* ws, const ParallelFor& pfor);
+                    const LookupPlan& miss_plan, const int64_t* miss_pos, const float* tt_rows,
+                    Combiner combiner, const int64_t* row_splits, int64_t num_bags,
+                    const float* weights, int64_t nnz, float* out, Workspace* ws,
+                    const ParallelFor& pfor);
 
 // The batch's positions grouped by cache slot: order[0 .. num_misses) are the misses, then
 // for the n-th slot hit (slots: ascending, distinct) its positions order[begin[n] ..
@@ -57,8 +57,8 @@ struct CacheGradPlan {
 // Counting sort of the positions by slot: O(cache_size + nnz). The plan's arrays are taken
 // from `ws` and stay there.
 size_t BuildCacheGradPlanWorkspaceBytes(int64_t nnz, int64_t cache_size);
-void BuildCacheGradPlan(const int32_t* slots, int64_t nnz, int64_t cache_size,
-                        Workspace* ws, CacheGradPlan* plan, const ParallelFor& pfor);
+void BuildCacheGradPlan(const int32_t* slots, int64_t nnz, int64_t cache_size, Workspace* ws,
+                        CacheGradPlan* plan, const ParallelFor& pfor);
 
 // values[n] = sum over the positions i of plan slot n of scale[i] * grad[bag_of_pos[i]]
 // (values: plan.num_slots x dim, every element written; fixed summation order).

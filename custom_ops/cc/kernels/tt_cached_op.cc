@@ -32,8 +32,8 @@ using tt_keras::Workspace;
 absl::Status ValidateCache(const Tensor& cache_ids, const Tensor* cache_rows, int64_t dim,
                            int64_t num_rows) {
   TF_RETURN_IF_ERROR(tt_keras::ValidateCacheShapes(cache_ids, cache_rows, dim));
-  const std::string error = tt_keras::ValidateCacheIds(cache_ids.flat<int64_t>().data(),
-                                                       cache_ids.dim_size(0), num_rows);
+  const std::string error =
+      tt_keras::ValidateCacheIds(cache_ids.flat<int64_t>().data(), cache_ids.dim_size(0), num_rows);
   if (!error.empty()) return errors::InvalidArgument(error);
   return absl::OkStatus();
 }
@@ -41,7 +41,8 @@ absl::Status ValidateCache(const Tensor& cache_ids, const Tensor* cache_rows, in
 // The cached kernels count positions in int32 (slots, the gradient's slot sort).
 absl::Status CheckCachedBatchSize(int64_t nnz) {
   if (nnz > std::numeric_limits<int32_t>::max()) {
-    return errors::InvalidArgument("indices has ", nnz, " entries; the cached lookup takes at "
+    return errors::InvalidArgument("indices has ", nnz,
+                                   " entries; the cached lookup takes at "
                                    "most 2^31 - 1 per call");
   }
   return absl::OkStatus();
@@ -51,8 +52,8 @@ absl::Status CheckCachedBatchSize(int64_t nnz) {
 // -1 or one whose id is the position's id (the slots index cache rows).
 template <typename Tid>
 absl::Status CheckResidualSlots(const Tensor& residual_slots, const int64_t* cache_ids,
-                                int64_t cache_size, const Tid* ids, int64_t nnz,
-                                int32_t* slots, const tt_keras::ParallelFor& pfor) {
+                                int64_t cache_size, const Tid* ids, int64_t nnz, int32_t* slots,
+                                const tt_keras::ParallelFor& pfor) {
   if (residual_slots.dims() != 1 || residual_slots.dim_size(0) != nnz) {
     return errors::InvalidArgument("residual_slots has shape ",
                                    residual_slots.shape().DebugString(), "; expected [", nnz,
@@ -64,8 +65,8 @@ absl::Status CheckResidualSlots(const Tensor& residual_slots, const int64_t* cac
     for (int64_t i = lo; i < hi; ++i) {
       const int32_t s = in[i];
       // The range check comes first: only an in-range slot may index cache_ids.
-      const bool bad = s < -1 || s >= cache_size ||
-                       (s >= 0 && cache_ids[s] != static_cast<int64_t>(ids[i]));
+      const bool bad =
+          s < -1 || s >= cache_size || (s >= 0 && cache_ids[s] != static_cast<int64_t>(ids[i]));
       if (bad) {
         int64_t seen = first_bad.load();
         while (i < seen && !first_bad.compare_exchange_weak(seen, i)) {
@@ -78,8 +79,8 @@ absl::Status CheckResidualSlots(const Tensor& residual_slots, const int64_t* cac
   const int64_t i = first_bad.load();
   if (i < nnz) {
     return errors::InvalidArgument("residual_slots[", i, "] = ", in[i],
-                                   " is not the cache slot of indices[", i, "] = ",
-                                   static_cast<int64_t>(ids[i]));
+                                   " is not the cache slot of indices[", i,
+                                   "] = ", static_cast<int64_t>(ids[i]));
   }
   return absl::OkStatus();
 }
@@ -114,8 +115,8 @@ class TTEmbeddingBagCachedOp : public tt_keras::BagKernelBase {
     Tensor* slots_out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({bags.nnz}), &slots_out));
     if (bags.nnz == 0) {
-      std::fill(output->flat<float>().data(),
-                output->flat<float>().data() + out_rows * dims.dim, 0.f);
+      std::fill(output->flat<float>().data(), output->flat<float>().data() + out_rows * dims.dim,
+                0.f);
       OP_REQUIRES_OK(ctx, tt_keras::AllocateResiduals(ctx, 3, dims, nullptr, nullptr));
       return;
     }
@@ -127,22 +128,20 @@ class TTEmbeddingBagCachedOp : public tt_keras::BagKernelBase {
     {
       Tensor memory;
       Workspace ws;
-      OP_REQUIRES_OK(ctx, AllocateWorkspace(
-                              ctx, tt_keras::FindCacheSlotsWorkspaceBytes(cache_size),
-                              &memory, &ws));
-      num_hits->scalar<int64_t>()() =
-          tt_keras::FindCacheSlots(cache_ids->flat<int64_t>().data(), cache_size, bags.ids,
-                                   bags.nnz, slots, &ws, pfor);
+      OP_REQUIRES_OK(ctx, AllocateWorkspace(ctx, tt_keras::FindCacheSlotsWorkspaceBytes(cache_size),
+                                            &memory, &ws));
+      num_hits->scalar<int64_t>()() = tt_keras::FindCacheSlots(
+          cache_ids->flat<int64_t>().data(), cache_size, bags.ids, bags.nnz, slots, &ws, pfor);
     }
     const int64_t num_misses = bags.nnz - num_hits->scalar<int64_t>()();
     // The misses, compacted, and their plan.
     Tensor miss_memory;
     Workspace miss_ws;
-    OP_REQUIRES_OK(ctx, AllocateWorkspace(
-                            ctx,
-                            ArrayBytes<int64_t>(num_misses) + ArrayBytes<Tid>(num_misses) +
-                                tt_keras::BuildPlanWorkspaceBytes(dims, num_misses),
-                            &miss_memory, &miss_ws));
+    OP_REQUIRES_OK(ctx,
+                   AllocateWorkspace(ctx,
+                                     ArrayBytes<int64_t>(num_misses) + ArrayBytes<Tid>(num_misses) +
+                                         tt_keras::BuildPlanWorkspaceBytes(dims, num_misses),
+                                     &miss_memory, &miss_ws));
     int64_t* miss_pos = miss_ws.Take<int64_t>(num_misses);
     Tid* miss_ids = miss_ws.Take<Tid>(num_misses);
     tt_keras::CollectMisses(bags.ids, slots, bags.nnz, num_misses, miss_pos, miss_ids);
@@ -151,12 +150,11 @@ class TTEmbeddingBagCachedOp : public tt_keras::BagKernelBase {
     const int64_t rows_size = plan.num_nodes(dims.k) * dims.dim;
     Tensor memory;
     Workspace ws;
-    OP_REQUIRES_OK(ctx, AllocateWorkspace(
-                            ctx,
-                            ArrayBytes<float>(rows_size) +
-                                tt_keras::ComputeRowsWorkspaceBytes(dims, plan) +
-                                tt_keras::PoolCachedRowsWorkspaceBytes(bags.nnz),
-                            &memory, &ws));
+    OP_REQUIRES_OK(ctx, AllocateWorkspace(ctx,
+                                          ArrayBytes<float>(rows_size) +
+                                              tt_keras::ComputeRowsWorkspaceBytes(dims, plan) +
+                                              tt_keras::PoolCachedRowsWorkspaceBytes(bags.nnz),
+                                          &memory, &ws));
     const float* tt_rows = nullptr;
     if (num_misses > 0) {
       const std::vector<const float*> core_ptrs = CorePointers(cores);
@@ -166,9 +164,9 @@ class TTEmbeddingBagCachedOp : public tt_keras::BagKernelBase {
       tt_keras::ComputeRows(dims, core_ptrs.data(), plan, partials, rows, &ws, pfor);
       tt_rows = rows;
     }
-    tt_keras::PoolCachedRows(dims, slots, cache_rows->flat<float>().data(), plan, miss_pos,
-                             tt_rows, combiner_, bags.row_splits, bags.num_bags, bags.weights,
-                             bags.nnz, out, &ws, pfor);
+    tt_keras::PoolCachedRows(dims, slots, cache_rows->flat<float>().data(), plan, miss_pos, tt_rows,
+                             combiner_, bags.row_splits, bags.num_bags, bags.weights, bags.nnz, out,
+                             &ws, pfor);
     if (num_misses == 0) {
       OP_REQUIRES_OK(ctx, tt_keras::AllocateResiduals(ctx, 3, dims, nullptr, nullptr));
     }
@@ -202,27 +200,26 @@ class TTEmbeddingBagCachedGradOp : public tt_keras::BagKernelBase {
     // Each position's slot and scale, and the positions grouped by slot.
     Tensor memory;
     Workspace ws;
-    OP_REQUIRES_OK(ctx, AllocateWorkspace(
-                            ctx,
-                            ArrayBytes<int32_t>(bags.nnz) + ArrayBytes<float>(bags.nnz) +
-                                ArrayBytes<int64_t>(bags.nnz) +
-                                tt_keras::FindCacheSlotsWorkspaceBytes(cache_size) +
-                                tt_keras::BuildCacheGradPlanWorkspaceBytes(bags.nnz, cache_size),
-                            &memory, &ws));
+    OP_REQUIRES_OK(
+        ctx, AllocateWorkspace(ctx,
+                               ArrayBytes<int32_t>(bags.nnz) + ArrayBytes<float>(bags.nnz) +
+                                   ArrayBytes<int64_t>(bags.nnz) +
+                                   tt_keras::FindCacheSlotsWorkspaceBytes(cache_size) +
+                                   tt_keras::BuildCacheGradPlanWorkspaceBytes(bags.nnz, cache_size),
+                               &memory, &ws));
     int32_t* slots = ws.Take<int32_t>(bags.nnz);
     float* scale = ws.Take<float>(bags.nnz);
     int64_t* bag_of_pos = ws.Take<int64_t>(bags.nnz);
     if (residual_slots->NumElements() > 0) {
       // The forward's slots, checked: they index cache rows.
-      OP_REQUIRES_OK(ctx, CheckResidualSlots(
-                              *residual_slots, cache_ids->flat<int64_t>().data(), cache_size,
-                              bags.ids, bags.nnz, slots, pfor));
+      OP_REQUIRES_OK(ctx, CheckResidualSlots(*residual_slots, cache_ids->flat<int64_t>().data(),
+                                             cache_size, bags.ids, bags.nnz, slots, pfor));
     } else {
-      tt_keras::FindCacheSlots(cache_ids->flat<int64_t>().data(), cache_size, bags.ids,
-                               bags.nnz, slots, &ws, pfor);
+      tt_keras::FindCacheSlots(cache_ids->flat<int64_t>().data(), cache_size, bags.ids, bags.nnz,
+                               slots, &ws, pfor);
     }
-    tt_keras::PositionScales(combiner_, bags.row_splits, bags.num_bags, bags.weights,
-                             bags.nnz, scale, bag_of_pos, pfor);
+    tt_keras::PositionScales(combiner_, bags.row_splits, bags.num_bags, bags.weights, bags.nnz,
+                             scale, bag_of_pos, pfor);
 
     // Cache rows: one gradient row per distinct slot hit (an IndexedSlices in Python).
     tt_keras::CacheGradPlan cache_plan;
@@ -230,11 +227,10 @@ class TTEmbeddingBagCachedGradOp : public tt_keras::BagKernelBase {
     const int64_t num_hit_slots = cache_plan.num_slots;
     Tensor* hit_slots = nullptr;
     Tensor* hit_values = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output("cache_grad_slots",
-                                             TensorShape({num_hit_slots}), &hit_slots));
+    OP_REQUIRES_OK(
+        ctx, ctx->allocate_output("cache_grad_slots", TensorShape({num_hit_slots}), &hit_slots));
     OP_REQUIRES_OK(ctx, ctx->allocate_output("cache_grad_values",
-                                             TensorShape({num_hit_slots, dims.dim}),
-                                             &hit_values));
+                                             TensorShape({num_hit_slots, dims.dim}), &hit_values));
     std::copy(cache_plan.slots, cache_plan.slots + num_hit_slots,
               hit_slots->flat<int64_t>().data());
     tt_keras::AccumulateCacheGrads(dims.dim, cache_plan, g, scale, bag_of_pos,
@@ -258,11 +254,11 @@ class TTEmbeddingBagCachedGradOp : public tt_keras::BagKernelBase {
     // plan): AggregateLeafGrads indexes them by the misses' plan's positions.
     Tensor miss_memory;
     Workspace miss_ws;
-    OP_REQUIRES_OK(ctx, AllocateWorkspace(ctx,
-                                          ArrayBytes<Tid>(num_misses) +
-                                              ArrayBytes<float>(num_misses) +
-                                              ArrayBytes<int64_t>(num_misses),
-                                          &miss_memory, &miss_ws));
+    OP_REQUIRES_OK(ctx,
+                   AllocateWorkspace(ctx,
+                                     ArrayBytes<Tid>(num_misses) + ArrayBytes<float>(num_misses) +
+                                         ArrayBytes<int64_t>(num_misses),
+                                     &miss_memory, &miss_ws));
     Tid* miss_ids = miss_ws.Take<Tid>(num_misses);
     float* miss_scale = miss_ws.Take<float>(num_misses);
     int64_t* miss_bag = miss_ws.Take<int64_t>(num_misses);
@@ -288,20 +284,18 @@ class TTEmbeddingBagCachedGradOp : public tt_keras::BagKernelBase {
     float* leaf_grads = grad_ws.Take<float>(num_leaf_grads);
     tt_keras::AggregateLeafGrads(dims, plan, g, miss_scale, miss_bag, leaf_grads, pfor);
     const std::vector<const float*> core_ptrs = CorePointers(cores);
-    tt_keras::BackpropCores(dims, core_ptrs.data(), plan, leaf_grads, grad_ptrs.data(),
-                            &grad_ws, pfor, ready_partials);
+    tt_keras::BackpropCores(dims, core_ptrs.data(), plan, leaf_grads, grad_ptrs.data(), &grad_ws,
+                            pfor, ready_partials);
   }
 };
 
-#define REGISTER_CPU(Tid)                                                          \
-  REGISTER_KERNEL_BUILDER(Name("TTKeras>TTEmbeddingBagCached")                     \
-                              .Device(DEVICE_CPU)                                  \
-                              .TypeConstraint<Tid>("Tindices"),                    \
-                          TTEmbeddingBagCachedOp<Tid>);                            \
-  REGISTER_KERNEL_BUILDER(Name("TTKeras>TTEmbeddingBagCachedGrad")                 \
-                              .Device(DEVICE_CPU)                                  \
-                              .TypeConstraint<Tid>("Tindices"),                    \
-                          TTEmbeddingBagCachedGradOp<Tid>);
+#define REGISTER_CPU(Tid)                                                                          \
+  REGISTER_KERNEL_BUILDER(                                                                         \
+      Name("TTKeras>TTEmbeddingBagCached").Device(DEVICE_CPU).TypeConstraint<Tid>("Tindices"),     \
+      TTEmbeddingBagCachedOp<Tid>);                                                                \
+  REGISTER_KERNEL_BUILDER(                                                                         \
+      Name("TTKeras>TTEmbeddingBagCachedGrad").Device(DEVICE_CPU).TypeConstraint<Tid>("Tindices"), \
+      TTEmbeddingBagCachedGradOp<Tid>);
 
 REGISTER_CPU(int32);
 REGISTER_CPU(int64_t);

@@ -126,9 +126,8 @@ class TTEmbeddingBagCachedGradGpuOp : public tt_keras::BagKernelBase {
     OP_REQUIRES_OK(ctx, GetCudaStream(ctx, &stream));
 
     size_t bytes = 0;
-    OP_REQUIRES_OK(ctx,
-                   FromLauncher(tt_cuda_cached_backward_workspace_size(&lk, &cache, &bytes),
-                                "TTEmbeddingBagCachedGrad GPU workspace"));
+    OP_REQUIRES_OK(ctx, FromLauncher(tt_cuda_cached_backward_workspace_size(&lk, &cache, &bytes),
+                                     "TTEmbeddingBagCachedGrad GPU workspace"));
     Tensor temp, count;
     TTCudaErrorInfo* error = nullptr;
     void* workspace = nullptr;
@@ -137,10 +136,10 @@ class TTEmbeddingBagCachedGradGpuOp : public tt_keras::BagKernelBase {
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(DT_INT64, TensorShape({1}), &count));
     int64_t* device_count = count.flat<int64_t>().data();
     const float* grad_data = grad.NumElements() > 0 ? grad.flat<float>().data() : nullptr;
-    OP_REQUIRES_OK(ctx, FromLauncher(tt_cuda_cached_backward(&lk, &cache, grad_data, grad_ptrs,
-                                                             device_count, workspace, bytes,
-                                                             error, stream),
-                                     "TTEmbeddingBagCachedGrad GPU kernel"));
+    OP_REQUIRES_OK(
+        ctx, FromLauncher(tt_cuda_cached_backward(&lk, &cache, grad_data, grad_ptrs, device_count,
+                                                  workspace, bytes, error, stream),
+                          "TTEmbeddingBagCachedGrad GPU kernel"));
     OP_REQUIRES_OK(ctx, CheckDeviceErrors(error, stream, num_rows_, bags.nnz,
                                           "TTEmbeddingBagCachedGrad GPU kernel"));
     int64_t num_hit_slots = 0;
@@ -148,30 +147,26 @@ class TTEmbeddingBagCachedGradGpuOp : public tt_keras::BagKernelBase {
                                      "TTEmbeddingBagCachedGrad GPU kernel"));
     Tensor* hit_slots = nullptr;
     Tensor* hit_values = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output("cache_grad_slots",
-                                             TensorShape({num_hit_slots}), &hit_slots));
+    OP_REQUIRES_OK(
+        ctx, ctx->allocate_output("cache_grad_slots", TensorShape({num_hit_slots}), &hit_slots));
     OP_REQUIRES_OK(ctx, ctx->allocate_output("cache_grad_values",
-                                             TensorShape({num_hit_slots, dims.dim}),
-                                             &hit_values));
+                                             TensorShape({num_hit_slots, dims.dim}), &hit_values));
     if (num_hit_slots == 0) return;
-    OP_REQUIRES_OK(ctx, FromLauncher(tt_cuda_cached_backward_cache_grads(
-                                         &lk, &cache, num_hit_slots,
-                                         hit_slots->flat<int64_t>().data(),
-                                         hit_values->flat<float>().data(), workspace, bytes,
-                                         stream),
-                                     "TTEmbeddingBagCachedGrad GPU kernel"));
+    OP_REQUIRES_OK(ctx,
+                   FromLauncher(tt_cuda_cached_backward_cache_grads(
+                                    &lk, &cache, num_hit_slots, hit_slots->flat<int64_t>().data(),
+                                    hit_values->flat<float>().data(), workspace, bytes, stream),
+                                "TTEmbeddingBagCachedGrad GPU kernel"));
   }
 };
 
-#define REGISTER_GPU(Tid)                                                          \
-  REGISTER_KERNEL_BUILDER(Name("TTKeras>TTEmbeddingBagCached")                     \
-                              .Device(DEVICE_GPU)                                  \
-                              .TypeConstraint<Tid>("Tindices"),                    \
-                          TTEmbeddingBagCachedGpuOp<Tid>);                         \
-  REGISTER_KERNEL_BUILDER(Name("TTKeras>TTEmbeddingBagCachedGrad")                 \
-                              .Device(DEVICE_GPU)                                  \
-                              .TypeConstraint<Tid>("Tindices"),                    \
-                          TTEmbeddingBagCachedGradGpuOp<Tid>);
+#define REGISTER_GPU(Tid)                                                                          \
+  REGISTER_KERNEL_BUILDER(                                                                         \
+      Name("TTKeras>TTEmbeddingBagCached").Device(DEVICE_GPU).TypeConstraint<Tid>("Tindices"),     \
+      TTEmbeddingBagCachedGpuOp<Tid>);                                                             \
+  REGISTER_KERNEL_BUILDER(                                                                         \
+      Name("TTKeras>TTEmbeddingBagCachedGrad").Device(DEVICE_GPU).TypeConstraint<Tid>("Tindices"), \
+      TTEmbeddingBagCachedGradGpuOp<Tid>);
 
 REGISTER_GPU(int32_t);
 REGISTER_GPU(int64_t);

@@ -61,9 +61,9 @@ std::string ValidateRowSplits(const int64_t* s, int64_t num_bags, int64_t nnz) {
   if (s[0] != 0) return "row_splits[0] = " + std::to_string(s[0]) + " must be 0";
   for (int64_t b = 0; b < num_bags; ++b) {
     if (s[b + 1] < s[b]) {
-      return "row_splits must not decrease: row_splits[" + std::to_string(b + 1) + "] = " +
-             std::to_string(s[b + 1]) + " < row_splits[" + std::to_string(b) + "] = " +
-             std::to_string(s[b]);
+      return "row_splits must not decrease: row_splits[" + std::to_string(b + 1) +
+             "] = " + std::to_string(s[b + 1]) + " < row_splits[" + std::to_string(b) +
+             "] = " + std::to_string(s[b]);
     }
   }
   if (s[num_bags] != nnz) {
@@ -82,9 +82,9 @@ namespace in = internal;
 // them).
 
 size_t SortWorkspaceBytes(int64_t nnz) {
-  return std::max(ArrayBytes<in::IdPos>(nnz),
-                  2 * ArrayBytes<uint64_t>(nnz) +
-                      ArrayBytes<int64_t>(in::kMaxSortChunks << in::kMaxDigitBits));
+  return std::max(
+      ArrayBytes<in::IdPos>(nnz),
+      2 * ArrayBytes<uint64_t>(nnz) + ArrayBytes<int64_t>(in::kMaxSortChunks << in::kMaxDigitBits));
 }
 
 // The plan's arrays at their largest, as BuildPlan takes them.
@@ -159,21 +159,19 @@ size_t ComputePartialsWorkspaceBytes(const TTDims& dims, const LookupPlan& plan)
 
 size_t ComputeRowsWorkspaceBytes(const TTDims& dims, const LookupPlan& plan) {
   const size_t last = in::LastLevelBySiblings(dims) ? TransposedLastCoreBytes(dims)
-                                                : ExtendLevelBytes(dims, plan, dims.k);
+                                                    : ExtendLevelBytes(dims, plan, dims.k);
   return std::max(ComputePartialsWorkspaceBytes(dims, plan), last);
 }
 
 size_t PoolRowsWorkspaceBytes(int64_t nnz) { return ArrayBytes<const float*>(nnz); }
 
-size_t BackpropCoresWorkspaceBytes(const TTDims& dims, const LookupPlan& plan,
-                                   bool have_partials) {
+size_t BackpropCoresWorkspaceBytes(const TTDims& dims, const LookupPlan& plan, bool have_partials) {
   size_t bytes = ArrayBytes<float>(PartialsSize(dims, plan));  // the levels' dP
   if (!have_partials) {
-    bytes += ArrayBytes<float>(PartialsSize(dims, plan)) +
-             ComputePartialsWorkspaceBytes(dims, plan);
+    bytes +=
+        ArrayBytes<float>(PartialsSize(dims, plan)) + ComputePartialsWorkspaceBytes(dims, plan);
   }
-  size_t levels =
-      in::LastLevelBySiblings(dims) ? BackpropLastLevelBySiblingsBytes(dims, plan) : 0;
+  size_t levels = in::LastLevelBySiblings(dims) ? BackpropLastLevelBySiblingsBytes(dims, plan) : 0;
   for (int level = 1; level <= dims.k; ++level) {
     levels = std::max(levels, LevelBackwardBytes(dims, plan, level));
   }
@@ -217,8 +215,8 @@ void SerializePlan(const LookupPlan& plan, int64_t* out) {
   }
 }
 
-std::string DeserializePlan(const TTDims& dims, int64_t nnz, const int64_t* data,
-                            int64_t size, Workspace* ws, LookupPlan* plan) {
+std::string DeserializePlan(const TTDims& dims, int64_t nnz, const int64_t* data, int64_t size,
+                            Workspace* ws, LookupPlan* plan) {
   const int k = dims.k;
   if (size < 2 + k || data[0] != k || data[1] != nnz) {
     return "residual_plan does not belong to these cores and indices";
@@ -248,8 +246,7 @@ std::string DeserializePlan(const TTDims& dims, int64_t nnz, const int64_t* data
   plan->k = k;
   plan->nnz = nnz;
   for (int level = 1; level <= k; ++level) plan->nodes[level] = n[level];
-  if (!take(&plan->sorted_pos, nnz, 0, nnz - 1) ||
-      !take(&plan->pos_begin, n[k] + 1, 0, nnz)) {
+  if (!take(&plan->sorted_pos, nnz, 0, nnz - 1) || !take(&plan->pos_begin, n[k] + 1, 0, nnz)) {
     return "residual_plan has an out-of-range position";
   }
   for (int64_t i = 0; i < n[k]; ++i) {

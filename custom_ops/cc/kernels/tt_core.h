@@ -62,16 +62,16 @@ std::string ValidateRowSplits(const int64_t* row_splits, int64_t num_bags, int64
 struct LookupPlan {
   int k = 0;
   int64_t nnz = 0;
-  int64_t nodes[kMaxCores + 1] = {0};           // nodes[L]: node count of level L
-  const int64_t* sorted_pos = nullptr;          // [nnz]: positions of the batch, sorted by id
-  const int64_t* pos_begin = nullptr;           // [nodes[k] + 1]: leaf n's positions are
-                                                // sorted_pos[pos_begin[n] .. [n+1])
-  const int64_t* key[kMaxCores + 1] = {};       // key[L][n]: prefix of node n at level L
+  int64_t nodes[kMaxCores + 1] = {0};              // nodes[L]: node count of level L
+  const int64_t* sorted_pos = nullptr;             // [nnz]: positions of the batch, sorted by id
+  const int64_t* pos_begin = nullptr;              // [nodes[k] + 1]: leaf n's positions are
+                                                   // sorted_pos[pos_begin[n] .. [n+1])
+  const int64_t* key[kMaxCores + 1] = {};          // key[L][n]: prefix of node n at level L
   const int64_t* child_begin[kMaxCores + 1] = {};  // L < k, [nodes[L] + 1]: children of node
-                                                // n are level L+1 nodes [cb[n], cb[n+1])
-  const int64_t* parent[kMaxCores + 1] = {};    // L > 1: parent[L][n], a level L-1 node
-  const int64_t* digit[kMaxCores + 1] = {};     // digit[L][n]: node n's index into core L-1,
-                                                // kept so no kernel divides per node
+                                                   // n are level L+1 nodes [cb[n], cb[n+1])
+  const int64_t* parent[kMaxCores + 1] = {};       // L > 1: parent[L][n], a level L-1 node
+  const int64_t* digit[kMaxCores + 1] = {};        // digit[L][n]: node n's index into core L-1,
+                                                   // kept so no kernel divides per node
   int64_t num_nodes(int level) const { return nodes[level]; }
 };
 
@@ -80,8 +80,8 @@ struct LookupPlan {
 // `ws` and stay there; the sort's scratch is given back.
 size_t BuildPlanWorkspaceBytes(const TTDims& dims, int64_t nnz);
 template <typename Tid>
-void BuildPlan(const TTDims& dims, const Tid* ids, int64_t nnz, Workspace* ws,
-               LookupPlan* plan, const ParallelFor& pfor);
+void BuildPlan(const TTDims& dims, const Tid* ids, int64_t nnz, Workspace* ws, LookupPlan* plan,
+               const ParallelFor& pfor);
 
 // The plan as one int64 array, so a forward op can hand it to its gradient op:
 // [k, nnz, n_1..n_k], sorted_pos, pos_begin, then per level L: key[L], and for L < k
@@ -92,8 +92,8 @@ void SerializePlan(const LookupPlan& plan, int64_t* out);
 // array may come from anywhere); returns an error message, or "" on success. The plan then
 // points into `data`, which must outlive it; the digits are computed into `ws`.
 size_t DeserializePlanWorkspaceBytes(const TTDims& dims, int64_t nnz);
-std::string DeserializePlan(const TTDims& dims, int64_t nnz, const int64_t* data,
-                            int64_t size, Workspace* ws, LookupPlan* plan);
+std::string DeserializePlan(const TTDims& dims, int64_t nnz, const int64_t* data, int64_t size,
+                            Workspace* ws, LookupPlan* plan);
 // Floats in partials[1..k-1] of a plan: what a forward op hands over with it.
 int64_t PartialsSize(const TTDims& dims, const LookupPlan& plan);
 
@@ -121,23 +121,21 @@ void ComputeRows(const TTDims& dims, const float* const* cores, const LookupPlan
 // Pools the row of each position (row_of_pos[i], dim floats) into out: [num_bags, dim], or
 // [nnz, dim] for Combiner::kNone. The one pooling routine every op uses.
 void PoolRowPointers(int64_t dim, const float* const* row_of_pos, Combiner combiner,
-                     const int64_t* row_splits, int64_t num_bags, const float* weights,
-                     int64_t nnz, float* out, const ParallelFor& pfor);
+                     const int64_t* row_splits, int64_t num_bags, const float* weights, int64_t nnz,
+                     float* out, const ParallelFor& pfor);
 
 // Pools the plan's rows (one per distinct id) into out, as PoolRowPointers.
 size_t PoolRowsWorkspaceBytes(int64_t nnz);
 void PoolRows(const TTDims& dims, const LookupPlan& plan, Combiner combiner,
-              const int64_t* row_splits, int64_t num_bags, const float* weights,
-              int64_t nnz, const float* rows, float* out, Workspace* ws,
-              const ParallelFor& pfor);
+              const int64_t* row_splits, int64_t num_bags, const float* weights, int64_t nnz,
+              const float* rows, float* out, Workspace* ws, const ParallelFor& pfor);
 
 // Core gradients from the gradient of each distinct id's row (leaf_grads: num_nodes(k) x dim).
 // core_grads[t] must hold p[t] * CoreSliceSize(t) floats; every element is written.
 // The partial products of levels 1..k-1 are read from `residual_partials` (the forward's,
 // as ComputePartials lays them out) when given, else recomputed; the query must be told
 // which.
-size_t BackpropCoresWorkspaceBytes(const TTDims& dims, const LookupPlan& plan,
-                                   bool have_partials);
+size_t BackpropCoresWorkspaceBytes(const TTDims& dims, const LookupPlan& plan, bool have_partials);
 void BackpropCores(const TTDims& dims, const float* const* cores, const LookupPlan& plan,
                    const float* leaf_grads, float* const* core_grads, Workspace* ws,
                    const ParallelFor& pfor, const float* residual_partials = nullptr);

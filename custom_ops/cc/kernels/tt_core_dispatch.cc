@@ -81,9 +81,12 @@ bool CpuRuns(Isa isa) {
 #if defined(__x86_64__)
   __builtin_cpu_init();
   switch (isa) {
-    case Isa::kBaseline: return true;
-    case Isa::kX86_64_V3: return TT_DISPATCH_X86_64_V3 && __builtin_cpu_supports("x86-64-v3");
-    case Isa::kX86_64_V4: return TT_DISPATCH_X86_64_V4 && __builtin_cpu_supports("x86-64-v4");
+    case Isa::kBaseline:
+      return true;
+    case Isa::kX86_64_V3:
+      return TT_DISPATCH_X86_64_V3 && __builtin_cpu_supports("x86-64-v3");
+    case Isa::kX86_64_V4:
+      return TT_DISPATCH_X86_64_V4 && __builtin_cpu_supports("x86-64-v4");
   }
   return false;
 #else
@@ -122,9 +125,12 @@ Isa Current() {
 
 const char* IsaName(Isa isa) {
   switch (isa) {
-    case Isa::kBaseline: return "baseline";
-    case Isa::kX86_64_V3: return "x86-64-v3";
-    case Isa::kX86_64_V4: return "x86-64-v4";
+    case Isa::kBaseline:
+      return "baseline";
+    case Isa::kX86_64_V3:
+      return "x86-64-v3";
+    case Isa::kX86_64_V4:
+      return "x86-64-v4";
   }
   return "unknown";
 }
@@ -160,39 +166,41 @@ bool ForceIsa(Isa isa) {
 // Calls fn of the active variant. A variant missing from the build is never active.
 #if TT_DISPATCH_X86_64_V4
 #define TT_CASE_V4(fn, ...) \
-  case Isa::kX86_64_V4: return isa_x86_64_v4::fn(__VA_ARGS__);
+  case Isa::kX86_64_V4:     \
+    return isa_x86_64_v4::fn(__VA_ARGS__);
 #else
 #define TT_CASE_V4(fn, ...)
 #endif
 #if TT_DISPATCH_X86_64_V3
 #define TT_CASE_V3(fn, ...) \
-  case Isa::kX86_64_V3: return isa_x86_64_v3::fn(__VA_ARGS__);
+  case Isa::kX86_64_V3:     \
+    return isa_x86_64_v3::fn(__VA_ARGS__);
 #else
 #define TT_CASE_V3(fn, ...)
 #endif
-#define TT_DISPATCH(fn, ...)                       \
-  switch (Current()) {                             \
-    TT_CASE_V4(fn, __VA_ARGS__)                    \
-    TT_CASE_V3(fn, __VA_ARGS__)                    \
-    default: return isa_baseline::fn(__VA_ARGS__); \
+#define TT_DISPATCH(fn, ...)                \
+  switch (Current()) {                      \
+    TT_CASE_V4(fn, __VA_ARGS__)             \
+    TT_CASE_V3(fn, __VA_ARGS__)             \
+    default:                                \
+      return isa_baseline::fn(__VA_ARGS__); \
   }
 
 template <typename Tid>
-void BuildPlan(const TTDims& dims, const Tid* ids, int64_t nnz, Workspace* ws,
-               LookupPlan* plan, const ParallelFor& pfor) {
+void BuildPlan(const TTDims& dims, const Tid* ids, int64_t nnz, Workspace* ws, LookupPlan* plan,
+               const ParallelFor& pfor) {
   TT_DISPATCH(BuildPlan<Tid>, dims, ids, nnz, ws, plan, pfor)
 }
 
-template void BuildPlan<int32_t>(const TTDims&, const int32_t*, int64_t, Workspace*,
-                                 LookupPlan*, const ParallelFor&);
-template void BuildPlan<int64_t>(const TTDims&, const int64_t*, int64_t, Workspace*,
-                                 LookupPlan*, const ParallelFor&);
+template void BuildPlan<int32_t>(const TTDims&, const int32_t*, int64_t, Workspace*, LookupPlan*,
+                                 const ParallelFor&);
+template void BuildPlan<int64_t>(const TTDims&, const int64_t*, int64_t, Workspace*, LookupPlan*,
+                                 const ParallelFor&);
 
 void PositionScales(Combiner combiner, const int64_t* row_splits, int64_t num_bags,
                     const float* weights, int64_t nnz, float* scale, int64_t* bag_of_pos,
                     const ParallelFor& pfor) {
-  TT_DISPATCH(PositionScales, combiner, row_splits, num_bags, weights, nnz, scale,
-              bag_of_pos, pfor)
+  TT_DISPATCH(PositionScales, combiner, row_splits, num_bags, weights, nnz, scale, bag_of_pos, pfor)
 }
 
 void ComputePartials(const TTDims& dims, const float* const* cores, const LookupPlan& plan,
@@ -206,32 +214,30 @@ void ComputeRows(const TTDims& dims, const float* const* cores, const LookupPlan
 }
 
 void PoolRowPointers(int64_t dim, const float* const* row_of_pos, Combiner combiner,
-                     const int64_t* row_splits, int64_t num_bags, const float* weights,
-                     int64_t nnz, float* out, const ParallelFor& pfor) {
-  TT_DISPATCH(PoolRowPointers, dim, row_of_pos, combiner, row_splits, num_bags, weights, nnz,
-              out, pfor)
+                     const int64_t* row_splits, int64_t num_bags, const float* weights, int64_t nnz,
+                     float* out, const ParallelFor& pfor) {
+  TT_DISPATCH(PoolRowPointers, dim, row_of_pos, combiner, row_splits, num_bags, weights, nnz, out,
+              pfor)
 }
 
 void PoolRows(const TTDims& dims, const LookupPlan& plan, Combiner combiner,
-              const int64_t* row_splits, int64_t num_bags, const float* weights,
-              int64_t nnz, const float* rows, float* out, Workspace* ws,
-              const ParallelFor& pfor) {
-  TT_DISPATCH(PoolRows, dims, plan, combiner, row_splits, num_bags, weights, nnz, rows, out,
-              ws, pfor)
+              const int64_t* row_splits, int64_t num_bags, const float* weights, int64_t nnz,
+              const float* rows, float* out, Workspace* ws, const ParallelFor& pfor) {
+  TT_DISPATCH(PoolRows, dims, plan, combiner, row_splits, num_bags, weights, nnz, rows, out, ws,
+              pfor)
 }
 
 void BackpropCores(const TTDims& dims, const float* const* cores, const LookupPlan& plan,
                    const float* leaf_grads, float* const* core_grads, Workspace* ws,
                    const ParallelFor& pfor, const float* residual_partials) {
-  TT_DISPATCH(BackpropCores, dims, cores, plan, leaf_grads, core_grads, ws, pfor,
-              residual_partials)
+  TT_DISPATCH(BackpropCores, dims, cores, plan, leaf_grads, core_grads, ws, pfor, residual_partials)
 }
 
 void SumGradRows(int64_t dim, int64_t num_groups, const int64_t* group_begin,
                  const int64_t* positions, const float* grad, const float* scale,
                  const int64_t* bag_of_pos, float* out, const ParallelFor& pfor) {
-  TT_DISPATCH(SumGradRows, dim, num_groups, group_begin, positions, grad, scale, bag_of_pos,
-              out, pfor)
+  TT_DISPATCH(SumGradRows, dim, num_groups, group_begin, positions, grad, scale, bag_of_pos, out,
+              pfor)
 }
 
 void AggregateLeafGrads(const TTDims& dims, const LookupPlan& plan, const float* grad,

@@ -59,8 +59,7 @@ inline LevelBackward HowToBackprop(const TTDims& dims, int level) {
   // and otherwise each child's share goes through `contrib`, written in digit order.
   // With q r_out a multiple of 8, dP @ G^T runs as dot products along it (MatMulBt), and
   // dG_t[d] comes out in the core's own layout; otherwise through transposed slices.
-  return {dims.p[t] * dims.CoreSliceSize(t) <= kL2Floats,
-          (dims.q[t] * dims.r[t + 1]) % 8 == 0};
+  return {dims.p[t] * dims.CoreSliceSize(t) <= kL2Floats, (dims.q[t] * dims.r[t + 1]) % 8 == 0};
 }
 
 // x / d for 0 <= x, 0 < d, through a double reciprocal and one correction step: a 64-bit

@@ -157,9 +157,8 @@ void GroupByDigit(const TTDims& dims, const LookupPlan& plan, int level, int64_t
 // P_L[n] = P_{L-1}[parent(n)] @ G_{L-1}[digit(n)] for every node of `level` (2..k). Nodes are
 // visited grouped by digit so each core slice is loaded once and then served from L1: in
 // key order, consecutive nodes hit different slices of a megabyte-sized core.
-void ExtendLevel(const TTDims& dims, const float* const* cores, const LookupPlan& plan,
-                 int level, const float* prev, float* dst, Workspace* ws,
-                 const ParallelFor& pfor) {
+void ExtendLevel(const TTDims& dims, const float* const* cores, const LookupPlan& plan, int level,
+                 const float* prev, float* dst, Workspace* ws, const ParallelFor& pfor) {
   const int t = level - 1;
   const int64_t n = plan.num_nodes(level);
   const int64_t out_size = dims.PartialSize(level);
@@ -213,8 +212,8 @@ const float* TransposedLastCore(const TTDims& dims, const float* core, Workspace
 
 // Rows of the leaves, parent by parent (LastLevelBySiblings).
 void ExtendLastLevelBySiblings(const TTDims& dims, const float* const* cores,
-                               const LookupPlan& plan, const float* prev, float* out,
-                               Workspace* ws, const ParallelFor& pfor) {
+                               const LookupPlan& plan, const float* prev, float* out, Workspace* ws,
+                               const ParallelFor& pfor) {
   const int k = dims.k, t = k - 1;
   const int64_t m = dims.col_prefix[t], kk = dims.r[t], nn = dims.q[t];
   const int64_t slice = dims.CoreSliceSize(t), prev_size = dims.PartialSize(k - 1);
@@ -228,7 +227,7 @@ void ExtendLastLevelBySiblings(const TTDims& dims, const float* const* cores,
     for (int64_t par = lo; par < hi; ++par) {
       for (int64_t c = child_begin[par]; c < child_begin[par + 1]; ++c) {
         gemm::MatMulBt<false>(prev + par * prev_size, gt + NodeDigit(dims, plan, k, c) * slice,
-                       out + c * dims.dim, m, kk, nn);
+                              out + c * dims.dim, m, kk, nn);
       }
     }
   });
@@ -239,9 +238,9 @@ void ExtendLastLevelBySiblings(const TTDims& dims, const float* const* cores,
 // The latter is accumulated per part of the parents (each part has its own copy of dG, so
 // that no two workers write the same slice) and the copies are summed at the end.
 void BackpropLastLevelBySiblings(const TTDims& dims, const float* const* cores,
-                                 const LookupPlan& plan, const float* prev,
-                                 const float* leaf_grads, float* core_grad,
-                                 float* parent_grads, Workspace* ws, const ParallelFor& pfor) {
+                                 const LookupPlan& plan, const float* prev, const float* leaf_grads,
+                                 float* core_grad, float* parent_grads, Workspace* ws,
+                                 const ParallelFor& pfor) {
   const int k = dims.k, t = k - 1;
   const int64_t m = dims.col_prefix[t], kk = dims.r[t], nn = dims.q[t];
   const int64_t slice = dims.CoreSliceSize(t), prev_size = dims.PartialSize(k - 1);
@@ -285,7 +284,8 @@ void BackpropLastLevelBySiblings(const TTDims& dims, const float* const* cores,
       for (int64_t j = 0; j < nn; ++j) {
         for (int64_t l = 0; l < kk; ++l) {
           float sum = 0.f;
-          for (int64_t s = 0; s < parts; ++s) sum += part_grads[s * core_size + d * slice + j * kk + l];
+          for (int64_t s = 0; s < parts; ++s)
+            sum += part_grads[s * core_size + d * slice + j * kk + l];
           core_grad[d * slice + l * nn + j] = sum;
         }
       }
@@ -305,8 +305,8 @@ void PartialOffsets(const TTDims& dims, const LookupPlan& plan, T* partials, T**
 }  // namespace
 
 template <typename Tid>
-void BuildPlan(const TTDims& dims, const Tid* ids, int64_t nnz, Workspace* ws,
-               LookupPlan* plan, const ParallelFor& pfor) {
+void BuildPlan(const TTDims& dims, const Tid* ids, int64_t nnz, Workspace* ws, LookupPlan* plan,
+               const ParallelFor& pfor) {
   const int k = dims.k;
   *plan = LookupPlan();
   plan->k = k;
@@ -439,8 +439,8 @@ void ComputeRows(const TTDims& dims, const float* const* cores, const LookupPlan
 }
 
 void PoolRowPointers(int64_t dim, const float* const* row_of_pos, Combiner combiner,
-                     const int64_t* row_splits, int64_t num_bags, const float* weights,
-                     int64_t nnz, float* out, const ParallelFor& pfor) {
+                     const int64_t* row_splits, int64_t num_bags, const float* weights, int64_t nnz,
+                     float* out, const ParallelFor& pfor) {
   const int64_t D = dim;
   if (combiner == Combiner::kNone) {
     pfor(nnz, D, [&](int64_t lo, int64_t hi) {
@@ -477,9 +477,8 @@ void PoolRowPointers(int64_t dim, const float* const* row_of_pos, Combiner combi
 }
 
 void PoolRows(const TTDims& dims, const LookupPlan& plan, Combiner combiner,
-              const int64_t* row_splits, int64_t num_bags, const float* weights,
-              int64_t nnz, const float* rows, float* out, Workspace* ws,
-              const ParallelFor& pfor) {
+              const int64_t* row_splits, int64_t num_bags, const float* weights, int64_t nnz,
+              const float* rows, float* out, Workspace* ws, const ParallelFor& pfor) {
   const int64_t D = dims.dim;
   ScratchScope scratch(ws);
   const float** row_ptr = ws->Take<const float*>(nnz);
@@ -492,8 +491,8 @@ void PoolRows(const TTDims& dims, const LookupPlan& plan, Combiner combiner,
            }
          }
        });
-  TT_ISA_NAMESPACE::PoolRowPointers(D, row_ptr, combiner, row_splits, num_bags, weights, nnz,
-                                    out, pfor);
+  TT_ISA_NAMESPACE::PoolRowPointers(D, row_ptr, combiner, row_splits, num_bags, weights, nnz, out,
+                                    pfor);
 }
 
 void SumGradRows(int64_t dim, int64_t num_groups, const int64_t* group_begin,
@@ -509,8 +508,8 @@ void SumGradRows(int64_t dim, int64_t num_groups, const int64_t* group_begin,
         const int64_t* pos = positions + group_begin[n];
         gemm::SumRows(
             width, dim, group_begin[n + 1] - group_begin[n],
-            [&](int64_t j) { return std::make_pair(sc[pos[j]], grad + bag[pos[j]] * dim); },
-            false, 1.f, out + n * dim);
+            [&](int64_t j) { return std::make_pair(sc[pos[j]], grad + bag[pos[j]] * dim); }, false,
+            1.f, out + n * dim);
       }
     });
   });
@@ -519,8 +518,8 @@ void SumGradRows(int64_t dim, int64_t num_groups, const int64_t* group_begin,
 void AggregateLeafGrads(const TTDims& dims, const LookupPlan& plan, const float* grad,
                         const float* scale, const int64_t* bag_of_pos, float* leaf_grads,
                         const ParallelFor& pfor) {
-  TT_ISA_NAMESPACE::SumGradRows(dims.dim, plan.num_nodes(dims.k), plan.pos_begin,
-                                plan.sorted_pos, grad, scale, bag_of_pos, leaf_grads, pfor);
+  TT_ISA_NAMESPACE::SumGradRows(dims.dim, plan.num_nodes(dims.k), plan.pos_begin, plan.sorted_pos,
+                                grad, scale, bag_of_pos, leaf_grads, pfor);
 }
 
 void BackpropCores(const TTDims& dims, const float* const* cores, const LookupPlan& plan,
@@ -660,7 +659,8 @@ void BackpropCores(const TTDims& dims, const float* const* cores, const LookupPl
     const int64_t* child_begin = plan.child_begin[level - 1];
     float* upper = level_grads[level - 1];
     const int64_t per_child = direct_to_parent ? 2 * m * nn * kk : prev_size;
-    pfor(num_parents, per_child * std::max<int64_t>(1, num_nodes / std::max<int64_t>(1, num_parents)),
+    pfor(num_parents,
+         per_child * std::max<int64_t>(1, num_nodes / std::max<int64_t>(1, num_parents)),
          [&](int64_t lo, int64_t hi) {
            for (int64_t par = lo; par < hi; ++par) {
              float* dst = upper + par * prev_size;

@@ -20,22 +20,22 @@
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/framework/tensor_shape.h"
 #include "tt_core.h"
-#include "tt_kernels.h"
 #include "tt_gpu_util.h"
+#include "tt_kernels.h"
 #include "tt_op_util.h"
 #include "tt_validation.h"
 
 namespace tensorflow {
 namespace {
 
-using tt_keras::Combiner;
-using tt_keras::TTDims;
 using tt_gpu::AllocateCoreGrads;
 using tt_gpu::AllocateWorkspace;
 using tt_gpu::CheckDeviceErrors;
 using tt_gpu::FromLauncher;
 using tt_gpu::GetCudaStream;
 using tt_gpu::MakeLookup;
+using tt_keras::Combiner;
+using tt_keras::TTDims;
 
 template <typename Tid>
 class TTEmbeddingBagGpuOp : public tt_keras::BagKernelBase {
@@ -106,22 +106,20 @@ class TTEmbeddingBagGradGpuOp : public tt_keras::BagKernelBase {
     void* workspace = nullptr;
     OP_REQUIRES_OK(ctx, AllocateWorkspace(ctx, bytes, &temp, &error, &workspace));
     const float* grad_data = grad.NumElements() > 0 ? grad.flat<float>().data() : nullptr;
-    OP_REQUIRES_OK(ctx, FromLauncher(tt_cuda_backward(&lk, grad_data, grad_ptrs, workspace,
-                                                      bytes, error, stream),
+    OP_REQUIRES_OK(ctx, FromLauncher(tt_cuda_backward(&lk, grad_data, grad_ptrs, workspace, bytes,
+                                                      error, stream),
                                      "TTEmbeddingBagGrad GPU kernel"));
     OP_REQUIRES_OK(ctx, CheckDeviceErrors(error, stream, num_rows_, bags.nnz));
   }
 };
 
-#define REGISTER_GPU(Tid)                                                          \
-  REGISTER_KERNEL_BUILDER(Name("TTKeras>TTEmbeddingBag")                           \
-                              .Device(DEVICE_GPU)                                  \
-                              .TypeConstraint<Tid>("Tindices"),                    \
-                          TTEmbeddingBagGpuOp<Tid>);                               \
-  REGISTER_KERNEL_BUILDER(Name("TTKeras>TTEmbeddingBagGrad")                       \
-                              .Device(DEVICE_GPU)                                  \
-                              .TypeConstraint<Tid>("Tindices"),                    \
-                          TTEmbeddingBagGradGpuOp<Tid>);
+#define REGISTER_GPU(Tid)                                                                    \
+  REGISTER_KERNEL_BUILDER(                                                                   \
+      Name("TTKeras>TTEmbeddingBag").Device(DEVICE_GPU).TypeConstraint<Tid>("Tindices"),     \
+      TTEmbeddingBagGpuOp<Tid>);                                                             \
+  REGISTER_KERNEL_BUILDER(                                                                   \
+      Name("TTKeras>TTEmbeddingBagGrad").Device(DEVICE_GPU).TypeConstraint<Tid>("Tindices"), \
+      TTEmbeddingBagGradGpuOp<Tid>);
 
 REGISTER_GPU(int32_t);
 REGISTER_GPU(int64_t);

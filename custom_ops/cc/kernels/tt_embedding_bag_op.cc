@@ -104,40 +104,38 @@ class TTEmbeddingBagGradOp : public tt_keras::BagKernelBase {
     LookupPlan plan;
     Tensor plan_memory;
     const float* ready_partials = nullptr;
-    OP_REQUIRES_OK(ctx, tt_keras::ReadOrBuildPlan(ctx, dims, bags.ids, bags.nnz, pfor,
-                                                  &plan_memory, &plan, &ready_partials));
+    OP_REQUIRES_OK(ctx, tt_keras::ReadOrBuildPlan(ctx, dims, bags.ids, bags.nnz, pfor, &plan_memory,
+                                                  &plan, &ready_partials));
     const int64_t num_leaf_grads = plan.num_nodes(dims.k) * dims.dim;
     Tensor memory;
     Workspace ws;
-    OP_REQUIRES_OK(ctx, AllocateWorkspace(
-                            ctx,
-                            ArrayBytes<float>(bags.nnz) + ArrayBytes<int64_t>(bags.nnz) +
-                                ArrayBytes<float>(num_leaf_grads) +
-                                tt_keras::BackpropCoresWorkspaceBytes(
-                                    dims, plan, ready_partials != nullptr),
-                            &memory, &ws));
+    OP_REQUIRES_OK(
+        ctx, AllocateWorkspace(
+                 ctx,
+                 ArrayBytes<float>(bags.nnz) + ArrayBytes<int64_t>(bags.nnz) +
+                     ArrayBytes<float>(num_leaf_grads) +
+                     tt_keras::BackpropCoresWorkspaceBytes(dims, plan, ready_partials != nullptr),
+                 &memory, &ws));
     float* scale = ws.Take<float>(bags.nnz);
     int64_t* bag_of_pos = ws.Take<int64_t>(bags.nnz);
     float* leaf_grads = ws.Take<float>(num_leaf_grads);
-    tt_keras::PositionScales(combiner_, bags.row_splits, bags.num_bags, bags.weights,
-                             bags.nnz, scale, bag_of_pos, pfor);
+    tt_keras::PositionScales(combiner_, bags.row_splits, bags.num_bags, bags.weights, bags.nnz,
+                             scale, bag_of_pos, pfor);
     tt_keras::AggregateLeafGrads(dims, plan, grad.flat<float>().data(), scale, bag_of_pos,
                                  leaf_grads, pfor);
     const std::vector<const float*> core_ptrs = CorePointers(cores);
-    tt_keras::BackpropCores(dims, core_ptrs.data(), plan, leaf_grads, grad_ptrs.data(), &ws,
-                            pfor, ready_partials);
+    tt_keras::BackpropCores(dims, core_ptrs.data(), plan, leaf_grads, grad_ptrs.data(), &ws, pfor,
+                            ready_partials);
   }
 };
 
-#define REGISTER_CPU(Tid)                                                          \
-  REGISTER_KERNEL_BUILDER(Name("TTKeras>TTEmbeddingBag")                           \
-                              .Device(DEVICE_CPU)                                  \
-                              .TypeConstraint<Tid>("Tindices"),                    \
-                          TTEmbeddingBagOp<Tid>);                                  \
-  REGISTER_KERNEL_BUILDER(Name("TTKeras>TTEmbeddingBagGrad")                       \
-                              .Device(DEVICE_CPU)                                  \
-                              .TypeConstraint<Tid>("Tindices"),                    \
-                          TTEmbeddingBagGradOp<Tid>);
+#define REGISTER_CPU(Tid)                                                                    \
+  REGISTER_KERNEL_BUILDER(                                                                   \
+      Name("TTKeras>TTEmbeddingBag").Device(DEVICE_CPU).TypeConstraint<Tid>("Tindices"),     \
+      TTEmbeddingBagOp<Tid>);                                                                \
+  REGISTER_KERNEL_BUILDER(                                                                   \
+      Name("TTKeras>TTEmbeddingBagGrad").Device(DEVICE_CPU).TypeConstraint<Tid>("Tindices"), \
+      TTEmbeddingBagGradOp<Tid>);
 
 REGISTER_CPU(int32);
 REGISTER_CPU(int64_t);

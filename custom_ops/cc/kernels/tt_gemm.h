@@ -137,8 +137,8 @@ inline void RowsPanels(const float* const* a_rows, const float* B, int64_t ldb,
 }
 
 // C_r (n floats) = A_r (kk floats) @ B (kk x n, row-major) for each of `rows` row pairs.
-inline void RowsGemm(const float* const* a_rows, const float* B, float* const* c_rows,
-                     int64_t rows, int64_t kk, int64_t n) {
+inline void RowsGemm(const float* const* a_rows, const float* B, float* const* c_rows, int64_t rows,
+                     int64_t kk, int64_t n) {
   int64_t j = 0;
   for (; j + 32 <= n; j += 32) RowsPanels<v8f, 4>(a_rows, B, n, c_rows, j, rows, kk);
   for (; j + 8 <= n; j += 8) RowsPanels<v8f, 1>(a_rows, B, n, c_rows, j, rows, kk);
@@ -157,9 +157,8 @@ inline void RowsGemm(const float* const* a_rows, const float* B, float* const* c
 // the stack is never copied. The MR x NB output panel stays in registers across the whole
 // contraction; three rows, as in RowsPanel, keep twelve accumulators in flight.
 template <typename V, int NB, int MR>
-inline void GatherGemmPanel(const float* const* a_rows, const float* const* b_rows,
-                            int64_t b_off, float* __restrict C, int64_t ldc, int64_t i0,
-                            int64_t kk) {
+inline void GatherGemmPanel(const float* const* a_rows, const float* const* b_rows, int64_t b_off,
+                            float* __restrict C, int64_t ldc, int64_t i0, int64_t kk) {
   constexpr int W = sizeof(V) / sizeof(float);
   V acc[MR][NB];
   for (int r = 0; r < MR; ++r) {
@@ -181,8 +180,8 @@ inline void GatherGemmPanel(const float* const* a_rows, const float* const* b_ro
 }
 
 template <typename V, int NB>
-inline void GatherGemmPanels(const float* const* a_rows, const float* const* b_rows,
-                             int64_t b_off, float* C, int64_t ldc, int64_t m, int64_t kk) {
+inline void GatherGemmPanels(const float* const* a_rows, const float* const* b_rows, int64_t b_off,
+                             float* C, int64_t ldc, int64_t m, int64_t kk) {
   // Threes while more than four rows are left, then pairs: four rows as 3 + 1 would run the
   // whole contraction once with a single accumulator row.
   int64_t i = 0;
@@ -193,8 +192,8 @@ inline void GatherGemmPanels(const float* const* a_rows, const float* const* b_r
   if (m - i == 1) GatherGemmPanel<V, NB, 1>(a_rows, b_rows, b_off, C, ldc, i, kk);
 }
 
-inline void GatherGemm(const float* const* a_rows, const float* const* b_rows, float* C,
-                       int64_t m, int64_t kk, int64_t n) {
+inline void GatherGemm(const float* const* a_rows, const float* const* b_rows, float* C, int64_t m,
+                       int64_t kk, int64_t n) {
   int64_t j = 0;
   for (; j + 32 <= n; j += 32) GatherGemmPanels<v8f, 4>(a_rows, b_rows, j, C + j, n, m, kk);
   for (; j + 8 <= n; j += 8) GatherGemmPanels<v8f, 1>(a_rows, b_rows, j, C + j, n, m, kk);
@@ -211,9 +210,8 @@ inline void GatherGemm(const float* const* a_rows, const float* const* b_rows, f
 // C (m x n) (+)= A (m x kk) @ B (kk x n); B and C row-major and contiguous, A(i, l) at
 // A[i * a_rs + l * a_cs].
 template <bool kAcc>
-inline void Gemm(const float* __restrict A, int64_t a_rs, int64_t a_cs,
-                 const float* __restrict B, float* __restrict C, int64_t m, int64_t kk,
-                 int64_t n) {
+inline void Gemm(const float* __restrict A, int64_t a_rs, int64_t a_cs, const float* __restrict B,
+                 float* __restrict C, int64_t m, int64_t kk, int64_t n) {
   int64_t j = 0;
   for (; j + 32 <= n; j += 32) GemmPanel<v8f, 4, kAcc>(A, a_rs, a_cs, B + j, n, C + j, n, m, kk);
   for (; j + 8 <= n; j += 8) GemmPanel<v8f, 1, kAcc>(A, a_rs, a_cs, B + j, n, C + j, n, m, kk);
@@ -227,13 +225,11 @@ inline void Gemm(const float* __restrict A, int64_t a_rs, int64_t a_cs,
   }
 }
 
-inline void MatMulAcc(const float* A, const float* B, float* C, int64_t m, int64_t kk,
-                      int64_t n) {
+inline void MatMulAcc(const float* A, const float* B, float* C, int64_t m, int64_t kk, int64_t n) {
   Gemm<true>(A, kk, 1, B, C, m, kk, n);
 }
 
-inline void MatMul(const float* A, const float* B, float* C, int64_t m, int64_t kk,
-                   int64_t n) {
+inline void MatMul(const float* A, const float* B, float* C, int64_t m, int64_t kk, int64_t n) {
   Gemm<false>(A, kk, 1, B, C, m, kk, n);
 }
 
@@ -254,8 +250,8 @@ inline v8f LaneSums8(const v8f* a) {
   const __m256 t3 = _mm256_hadd_ps(__m256(a[6]), __m256(a[7]));
   // u0 = [sums of a0..a3 over lanes 0-3 | the same over lanes 4-7]; u1 likewise for a4..a7.
   const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
-  return v8f(_mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20),
-                           _mm256_permute2f128_ps(u0, u1, 0x31)));
+  return v8f(
+      _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31)));
 #else
   v8f out;
   for (int x = 0; x < 8; ++x) {
@@ -272,8 +268,9 @@ inline v8f LaneSums8(const v8f* a) {
 // long contraction (the last TT core: q-wide rows, rank-long sums) vectorises 8-wide, and
 // how dP @ G^T needs no transposed copy of the core. kk % 8 == 0.
 template <int MI, int NJ, bool kAcc>
-__attribute__((always_inline)) inline void DotTile(const float* __restrict A, int64_t lda, const float* __restrict B,
-                    int64_t ldb, int64_t kk, float* __restrict C, int64_t ldc) {
+__attribute__((always_inline)) inline void DotTile(const float* __restrict A, int64_t lda,
+                                                   const float* __restrict B, int64_t ldb,
+                                                   int64_t kk, float* __restrict C, int64_t ldc) {
   static_assert(MI >= 1 && MI <= 2 && NJ >= 1 && NJ <= 4, "tile of at most 2 x 4");
   v8f acc[8];
   for (int x = 0; x < 8; ++x) acc[x] = Splat<v8f>(0.f);
@@ -304,21 +301,25 @@ __attribute__((always_inline)) inline void DotTile(const float* __restrict A, in
 }
 
 template <int MI, bool kAcc>
-inline void DotRows(const float* A, int64_t lda, const float* B, int64_t kk, float* C,
-                    int64_t n) {
+inline void DotRows(const float* A, int64_t lda, const float* B, int64_t kk, float* C, int64_t n) {
   int64_t j = 0;
   for (; j + 4 <= n; j += 4) DotTile<MI, 4, kAcc>(A, lda, B + j * kk, kk, kk, C + j, n);
   switch (n - j) {
-    case 3: DotTile<MI, 3, kAcc>(A, lda, B + j * kk, kk, kk, C + j, n); break;
-    case 2: DotTile<MI, 2, kAcc>(A, lda, B + j * kk, kk, kk, C + j, n); break;
-    case 1: DotTile<MI, 1, kAcc>(A, lda, B + j * kk, kk, kk, C + j, n); break;
+    case 3:
+      DotTile<MI, 3, kAcc>(A, lda, B + j * kk, kk, kk, C + j, n);
+      break;
+    case 2:
+      DotTile<MI, 2, kAcc>(A, lda, B + j * kk, kk, kk, C + j, n);
+      break;
+    case 1:
+      DotTile<MI, 1, kAcc>(A, lda, B + j * kk, kk, kk, C + j, n);
+      break;
   }
 }
 
 // C (m x n) (+)= A (m x kk) @ Bt^T, Bt (n x kk): both row-major and contiguous; kk % 8 == 0.
 template <bool kAcc>
-inline void MatMulBt(const float* A, const float* Bt, float* C, int64_t m, int64_t kk,
-                     int64_t n) {
+inline void MatMulBt(const float* A, const float* Bt, float* C, int64_t m, int64_t kk, int64_t n) {
   int64_t i = 0;
   for (; i + 2 <= m; i += 2) DotRows<2, kAcc>(A + i * kk, kk, Bt, kk, C + i * n, n);
   if (i < m) DotRows<1, kAcc>(A + i * kk, kk, Bt, kk, C + i * n, n);
@@ -336,12 +337,24 @@ using RowWidth = std::integral_constant<int, NV>;
 template <typename Fn>
 inline void WithRowWidth(int64_t dim, const Fn& fn) {
   switch (dim) {
-    case 8: fn(RowWidth<1>()); break;
-    case 16: fn(RowWidth<2>()); break;
-    case 32: fn(RowWidth<4>()); break;
-    case 64: fn(RowWidth<8>()); break;
-    case 128: fn(RowWidth<16>()); break;
-    default: fn(RowWidth<0>()); break;
+    case 8:
+      fn(RowWidth<1>());
+      break;
+    case 16:
+      fn(RowWidth<2>());
+      break;
+    case 32:
+      fn(RowWidth<4>());
+      break;
+    case 64:
+      fn(RowWidth<8>());
+      break;
+    case 128:
+      fn(RowWidth<16>());
+      break;
+    default:
+      fn(RowWidth<0>());
+      break;
   }
 }
 

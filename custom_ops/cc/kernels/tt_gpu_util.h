@@ -37,18 +37,22 @@ absl::Status InvalidArgument(const Args&... args) {
 
 inline int32_t ToCudaCombiner(Combiner c) {
   switch (c) {
-    case Combiner::kNone: return TT_CUDA_COMBINER_NONE;
-    case Combiner::kSum: return TT_CUDA_COMBINER_SUM;
-    case Combiner::kMean: return TT_CUDA_COMBINER_MEAN;
-    case Combiner::kSqrtn: return TT_CUDA_COMBINER_SQRTN;
+    case Combiner::kNone:
+      return TT_CUDA_COMBINER_NONE;
+    case Combiner::kSum:
+      return TT_CUDA_COMBINER_SUM;
+    case Combiner::kMean:
+      return TT_CUDA_COMBINER_MEAN;
+    case Combiner::kSqrtn:
+      return TT_CUDA_COMBINER_SQRTN;
   }
   return -1;
 }
 
 inline absl::Status FromLauncher(int status, const char* what) {
   if (status == TT_CUDA_OK) return absl::OkStatus();
-  const std::string message = absl::StrCat(what, ": ", tt_cuda_status_string(status), ": ",
-                                           tt_cuda_last_error_message());
+  const std::string message =
+      absl::StrCat(what, ": ", tt_cuda_status_string(status), ": ", tt_cuda_last_error_message());
   if (status == TT_CUDA_ERROR_INVALID_ARGUMENT) return absl::InvalidArgumentError(message);
   return absl::InternalError(message);
 }
@@ -68,8 +72,8 @@ inline absl::Status GetCudaStream(OpKernelContext* ctx, void** stream) {
 // The lookup description the launchers take; device pointers come from the input tensors.
 template <typename Tid>
 absl::Status MakeLookup(OpKernelContext* ctx, const OpInputList& cores, const TTDims& dims,
-                        int64_t num_rows, Combiner combiner,
-                        const tt_keras::BagInputs<Tid>& bags, TTCudaLookup* lk) {
+                        int64_t num_rows, Combiner combiner, const tt_keras::BagInputs<Tid>& bags,
+                        TTCudaLookup* lk) {
   *lk = TTCudaLookup();
   lk->shape.num_cores = dims.k;
   for (int t = 0; t < dims.k; ++t) {
@@ -91,8 +95,7 @@ absl::Status MakeLookup(OpKernelContext* ctx, const OpInputList& cores, const TT
   const Tensor& splits = *splits_ptr;
   const Tensor& weights = *weights_ptr;
   if (bags.nnz > (int64_t{1} << 31) - 2) {
-    return InvalidArgument("the GPU kernel takes at most 2^31 - 2 indices, got ",
-                                   bags.nnz);
+    return InvalidArgument("the GPU kernel takes at most 2^31 - 2 indices, got ", bags.nnz);
   }
   lk->indices = indices.flat<Tid>().data();
   lk->index_type = std::is_same<Tid, int32_t>::value ? TT_CUDA_INDEX_INT32 : TT_CUDA_INDEX_INT64;
@@ -106,9 +109,8 @@ absl::Status MakeLookup(OpKernelContext* ctx, const OpInputList& cores, const TT
   return absl::OkStatus();
 }
 
-inline absl::Status AllocateWorkspace(OpKernelContext* ctx, size_t workspace_bytes,
-                                      Tensor* temp, TTCudaErrorInfo** error,
-                                      void** workspace) {
+inline absl::Status AllocateWorkspace(OpKernelContext* ctx, size_t workspace_bytes, Tensor* temp,
+                                      TTCudaErrorInfo** error, void** workspace) {
   const int64_t total = kErrorSlot + static_cast<int64_t>(workspace_bytes);
   TF_RETURN_IF_ERROR(ctx->allocate_temp(DT_INT8, TensorShape({total}), temp));
   int8_t* base = temp->flat<int8_t>().data();
@@ -136,22 +138,20 @@ inline absl::Status CheckDeviceErrors(const TTCudaErrorInfo* device_error, void*
                                       int64_t num_rows, int64_t nnz,
                                       const char* what = "TTEmbeddingBag GPU kernel") {
   TTCudaErrorInfo e;
-  TF_RETURN_IF_ERROR(FromLauncher(tt_cuda_read_error(device_error, &e, stream),
-                                  what));
+  TF_RETURN_IF_ERROR(FromLauncher(tt_cuda_read_error(device_error, &e, stream), what));
   if (e.index_position >= 0) {
     return InvalidArgument("indices[", e.index_position, "] = ", e.index_value,
-                                   " is out of range [0, ", num_rows, ")");
+                           " is out of range [0, ", num_rows, ")");
   }
   if (e.split_position >= 0) {
     const int64_t b = e.split_position;
     if (b == 0) return InvalidArgument("row_splits[0] = ", e.split_value, " must be 0");
     if (e.split_value < e.split_previous) {
-      return InvalidArgument("row_splits must not decrease: row_splits[", b, "] = ",
-                                     e.split_value, " < row_splits[", b - 1,
-                                     "] = ", e.split_previous);
+      return InvalidArgument("row_splits must not decrease: row_splits[", b, "] = ", e.split_value,
+                             " < row_splits[", b - 1, "] = ", e.split_previous);
     }
     return InvalidArgument("row_splits[-1] = ", e.split_value,
-                                   " must equal the number of indices, ", nnz);
+                           " must equal the number of indices, ", nnz);
   }
   if (e.cache_position >= 0) {
     // The CPU kernel's words (tt_keras::ValidateCacheIds).

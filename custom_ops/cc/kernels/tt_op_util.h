@@ -16,8 +16,7 @@ namespace tt_keras {
 
 // tt_core's ParallelFor on the op's intra-op thread pool (see MakeParallelFor).
 inline ParallelFor CpuParallelFor(tensorflow::OpKernelContext* ctx) {
-  tensorflow::thread::ThreadPool* pool =
-      ctx->device()->tensorflow_cpu_worker_threads()->workers;
+  tensorflow::thread::ThreadPool* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
   return MakeParallelFor(pool->NumThreads(),
                          [pool](std::function<void()> task) { pool->Schedule(std::move(task)); });
 }
@@ -61,10 +60,10 @@ inline tensorflow::Status AllocateResiduals(tensorflow::OpKernelContext* ctx, in
   tensorflow::Tensor* partials_out = nullptr;
   const int64_t plan_size = plan ? SerializedPlanSize(*plan) : 0;
   const int64_t partials_size = plan ? PartialsSize(dims, *plan) : 0;
-  TF_RETURN_IF_ERROR(ctx->allocate_output(first_output, tensorflow::TensorShape({plan_size}),
-                                          &plan_out));
-  TF_RETURN_IF_ERROR(ctx->allocate_output(
-      first_output + 1, tensorflow::TensorShape({partials_size}), &partials_out));
+  TF_RETURN_IF_ERROR(
+      ctx->allocate_output(first_output, tensorflow::TensorShape({plan_size}), &plan_out));
+  TF_RETURN_IF_ERROR(ctx->allocate_output(first_output + 1,
+                                          tensorflow::TensorShape({partials_size}), &partials_out));
   if (plan != nullptr) SerializePlan(*plan, plan_out->flat<int64_t>().data());
   if (partials != nullptr) *partials = partials_out->flat<float>().data();
   return tensorflow::OkStatus();
@@ -90,16 +89,14 @@ tensorflow::Status ReadOrBuildPlan(tensorflow::OpKernelContext* ctx, const TTDim
     BuildPlan(dims, ids, nnz, &ws, plan, pfor);
     return tensorflow::OkStatus();
   }
-  TF_RETURN_IF_ERROR(
-      AllocateWorkspace(ctx, DeserializePlanWorkspaceBytes(dims, nnz), holder, &ws));
-  const std::string error =
-      DeserializePlan(dims, nnz, residual_plan->flat<int64_t>().data(),
-                      residual_plan->NumElements(), &ws, plan);
+  TF_RETURN_IF_ERROR(AllocateWorkspace(ctx, DeserializePlanWorkspaceBytes(dims, nnz), holder, &ws));
+  const std::string error = DeserializePlan(dims, nnz, residual_plan->flat<int64_t>().data(),
+                                            residual_plan->NumElements(), &ws, plan);
   if (!error.empty()) return tensorflow::errors::InvalidArgument(error);
   if (residual_partials->NumElements() != PartialsSize(dims, *plan)) {
     return tensorflow::errors::InvalidArgument(
-        "residual_partials has ", residual_partials->NumElements(),
-        " floats; the plan needs ", PartialsSize(dims, *plan));
+        "residual_partials has ", residual_partials->NumElements(), " floats; the plan needs ",
+        PartialsSize(dims, *plan));
   }
   *ready_partials = residual_partials->flat<float>().data();
   return tensorflow::OkStatus();

@@ -14,9 +14,8 @@ namespace tt_keras {
 
 // Runs fn(begin, end) over [0, total) split into shards; cost_per_unit is a rough count of
 // floating-point operations per item, which lets the pool decide how finely to split.
-using ParallelFor =
-    std::function<void(int64_t total, int64_t cost_per_unit,
-                       const std::function<void(int64_t, int64_t)>& fn)>;
+using ParallelFor = std::function<void(int64_t total, int64_t cost_per_unit,
+                                       const std::function<void(int64_t, int64_t)>& fn)>;
 
 // Hands a task to some other thread of a pool.
 using Schedule = std::function<void(std::function<void()>)>;
@@ -34,7 +33,7 @@ struct ParallelLoop {
   int64_t Work() {
     int64_t ran = 0;
     for (int64_t b; (b = next.fetch_add(1, std::memory_order_relaxed)) < blocks; ++ran) {
-      (*fn)(b * block, std::min(total, (b + 1) * block));
+      (*fn)(b* block, std::min(total, (b + 1) * block));
     }
     return ran;
   }

@@ -25,15 +25,17 @@ inline absl::Status DimsFromCores(const tensorflow::OpInputList& cores, int64_t 
   for (int t = 0; t < k; ++t) {
     const tensorflow::Tensor& c = cores[t];
     if (c.dims() != 4) {
-      return errors::InvalidArgument("cores[", t, "] must have rank 4 (p, r_in, q, r_out), "
-                                     "got shape ", c.shape().DebugString());
+      return errors::InvalidArgument("cores[", t,
+                                     "] must have rank 4 (p, r_in, q, r_out), "
+                                     "got shape ",
+                                     c.shape().DebugString());
     }
     dims->p[t] = c.dim_size(0);
     dims->q[t] = c.dim_size(2);
     if (t == 0) dims->r[0] = c.dim_size(1);
     if (c.dim_size(1) != dims->r[t]) {
-      return errors::InvalidArgument("cores[", t, "] has input rank ", c.dim_size(1),
-                                     " but cores[", t - 1, "] has output rank ", dims->r[t]);
+      return errors::InvalidArgument("cores[", t, "] has input rank ", c.dim_size(1), " but cores[",
+                                     t - 1, "] has output rank ", dims->r[t]);
     }
     dims->r[t + 1] = c.dim_size(3);
   }
@@ -81,8 +83,9 @@ absl::Status ValidateBagShapes(tensorflow::OpKernelContext* ctx, Combiner combin
                                    " entries (pass an empty vector for no weights)");
   }
   if (combiner == Combiner::kNone && weights.dim_size(0) != 0) {
-    return errors::InvalidArgument("weights need a combiner (sum, mean or sqrtn); combiner is "
-                                   "none");
+    return errors::InvalidArgument(
+        "weights need a combiner (sum, mean or sqrtn); combiner is "
+        "none");
   }
   if (splits.dims() != 1) {
     return errors::InvalidArgument("row_splits must be a vector, got shape ",
@@ -127,8 +130,8 @@ absl::Status ValidateGradShape(const tensorflow::Tensor& grad, Combiner combiner
   const int64_t out_rows = combiner == Combiner::kNone ? bags.nnz : bags.num_bags;
   if (grad.dims() != 2 || grad.dim_size(0) != out_rows || grad.dim_size(1) != dim) {
     return tensorflow::errors::InvalidArgument("grad has shape ", grad.shape().DebugString(),
-                                               " but the forward output has shape [",
-                                               out_rows, ",", dim, "]");
+                                               " but the forward output has shape [", out_rows, ",",
+                                               dim, "]");
   }
   return absl::OkStatus();
 }
@@ -144,12 +147,12 @@ inline absl::Status ValidateCacheShapes(const tensorflow::Tensor& cache_ids,
   }
   const int64_t cache_size = cache_ids.dim_size(0);
   if (cache_size > std::numeric_limits<int32_t>::max()) {
-    return errors::InvalidArgument("cache_ids has ", cache_size, " slots; at most 2^31 - 1 "
+    return errors::InvalidArgument("cache_ids has ", cache_size,
+                                   " slots; at most 2^31 - 1 "
                                    "are supported");
   }
-  if (cache_rows != nullptr &&
-      (cache_rows->dims() != 2 || cache_rows->dim_size(0) != cache_size ||
-       cache_rows->dim_size(1) != dim)) {
+  if (cache_rows != nullptr && (cache_rows->dims() != 2 || cache_rows->dim_size(0) != cache_size ||
+                                cache_rows->dim_size(1) != dim)) {
     return errors::InvalidArgument("cache_rows has shape ", cache_rows->shape().DebugString(),
                                    " but cache_ids has ", cache_size,
                                    " slots and the cores give rows of ", dim,

@@ -8,9 +8,8 @@ namespace tt_keras {
 
 // D = prod over the cores (inputs first_core .. first_core + num_cores - 1) of dim 2 (q_t);
 // unknown if any core's q_t is unknown.
-inline absl::Status EmbeddingDim(tensorflow::shape_inference::InferenceContext* c,
-                                 int first_core, int num_cores,
-                                 tensorflow::shape_inference::DimensionHandle* dim) {
+inline absl::Status EmbeddingDim(tensorflow::shape_inference::InferenceContext* c, int first_core,
+                                 int num_cores, tensorflow::shape_inference::DimensionHandle* dim) {
   *dim = c->MakeDim(1);
   for (int t = 0; t < num_cores; ++t) {
     tensorflow::shape_inference::ShapeHandle core;

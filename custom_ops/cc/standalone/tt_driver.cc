@@ -71,8 +71,9 @@ bool Parse(int argc, char** argv, Options* o) {
   }
   if (o->reps < 1 || o->threads < 1 || o->rank < 1 || o->bags < 1 || o->bag_size < 1 ||
       o->cache_fraction < 0 || o->cache_fraction > 1) {
-    std::fprintf(stderr, "reps, threads, rank, bags, bag_size must be >= 1 and "
-                         "cache_fraction in [0, 1]\n");
+    std::fprintf(stderr,
+                 "reps, threads, rank, bags, bag_size must be >= 1 and "
+                 "cache_fraction in [0, 1]\n");
     return false;
   }
   return true;
@@ -186,13 +187,13 @@ int main(int argc, char** argv) {
   const int64_t num_distinct = std::unique(distinct.begin(), distinct.end()) - distinct.begin();
   int64_t cached = 0;
   for (int64_t id : ids) cached += id < cache_size;
-  std::printf("%lld bags x %lld Zipf(%.2f) ids over %lld rows: %lld distinct; rank %lld; "
-              "%d threads; kernels %s; cache of %lld rows holds %.1f%% of the ids\n",
-              static_cast<long long>(o.bags), static_cast<long long>(o.bag_size), o.zipf,
-              static_cast<long long>(kNumRows), static_cast<long long>(num_distinct),
-              static_cast<long long>(o.rank), o.threads,
-              tt_keras::IsaName(tt_keras::ActiveIsa()), static_cast<long long>(cache_size),
-              100.0 * cached / nnz);
+  std::printf(
+      "%lld bags x %lld Zipf(%.2f) ids over %lld rows: %lld distinct; rank %lld; "
+      "%d threads; kernels %s; cache of %lld rows holds %.1f%% of the ids\n",
+      static_cast<long long>(o.bags), static_cast<long long>(o.bag_size), o.zipf,
+      static_cast<long long>(kNumRows), static_cast<long long>(num_distinct),
+      static_cast<long long>(o.rank), o.threads, tt_keras::IsaName(tt_keras::ActiveIsa()),
+      static_cast<long long>(cache_size), 100.0 * cached / nnz);
 
   tt_keras::standalone::ThreadPool pool(o.threads);
   const tt_keras::ParallelFor pfor = pool.parallel_for();
@@ -222,9 +223,10 @@ int main(int argc, char** argv) {
   plain_fwd();
   for (size_t i = 0; i < out.size(); ++i) grad[i] = 2.f * out[i];
   cached_fwd();
-  const std::pair<const char*, std::function<void()>> modes[] = {
-      {"plain-fwd", plain_fwd}, {"plain-bwd", plain_bwd},
-      {"cached-fwd", cached_fwd}, {"cached-bwd", cached_bwd}};
+  const std::pair<const char*, std::function<void()>> modes[] = {{"plain-fwd", plain_fwd},
+                                                                 {"plain-bwd", plain_bwd},
+                                                                 {"cached-fwd", cached_fwd},
+                                                                 {"cached-bwd", cached_bwd}};
   bool ran = false;
   for (const auto& [name, fn] : modes) {
     if (!o.only.empty() && o.only != name) continue;

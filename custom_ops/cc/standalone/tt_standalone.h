@@ -117,17 +117,17 @@ void PlainForward(const Lookup<Tid>& in, float* out, Residuals* residuals,
                          PoolRowsWorkspaceBytes(in.nnz));
   float* rows = memory.get()->Take<float>(rows_size);
   ComputeRows(in.dims, in.cores, plan, residuals->partials.data(), rows, memory.get(), pfor);
-  PoolRows(in.dims, plan, in.combiner, in.row_splits, in.num_bags, in.weights, in.nnz, rows,
-           out, memory.get(), pfor);
+  PoolRows(in.dims, plan, in.combiner, in.row_splits, in.num_bags, in.weights, in.nnz, rows, out,
+           memory.get(), pfor);
 }
 
 // The misses' part of both backward passes: their plan (read back or rebuilt) and the core
 // gradients from their rows' gradients.
 template <typename Tid>
-std::string BackpropPlan(const TTDims& dims, const float* const* cores, const Tid* ids,
-                         int64_t nnz, const float* grad, const float* scale,
-                         const int64_t* bag_of_pos, const Residuals* residuals,
-                         float* const* core_grads, const ParallelFor& pfor) {
+std::string BackpropPlan(const TTDims& dims, const float* const* cores, const Tid* ids, int64_t nnz,
+                         const float* grad, const float* scale, const int64_t* bag_of_pos,
+                         const Residuals* residuals, float* const* core_grads,
+                         const ParallelFor& pfor) {
   const bool have = residuals != nullptr && !residuals->plan.empty();
   WorkspaceBuffer plan_memory(have ? DeserializePlanWorkspaceBytes(dims, nnz)
                                    : BuildPlanWorkspaceBytes(dims, nnz));
@@ -170,8 +170,8 @@ std::string PlainBackward(const Lookup<Tid>& in, const float* grad, const Residu
 // The cached forward: out as PlainForward, residuals->slots each position's slot or -1;
 // returns the number of hits.
 template <typename Tid>
-int64_t CachedForward(const Lookup<Tid>& in, const Cache& cache, float* out,
-                      Residuals* residuals, const ParallelFor& pfor) {
+int64_t CachedForward(const Lookup<Tid>& in, const Cache& cache, float* out, Residuals* residuals,
+                      const ParallelFor& pfor) {
   residuals->slots.resize(in.nnz);
   int64_t hits = 0;
   {
@@ -201,9 +201,8 @@ int64_t CachedForward(const Lookup<Tid>& in, const Cache& cache, float* out,
     ComputeRows(in.dims, in.cores, plan, residuals->partials.data(), rows, memory.get(), pfor);
     tt_rows = rows;
   }
-  PoolCachedRows(in.dims, residuals->slots.data(), cache.rows, plan, miss_pos, tt_rows,
-                 in.combiner, in.row_splits, in.num_bags, in.weights, in.nnz, out,
-                 memory.get(), pfor);
+  PoolCachedRows(in.dims, residuals->slots.data(), cache.rows, plan, miss_pos, tt_rows, in.combiner,
+                 in.row_splits, in.num_bags, in.weights, in.nnz, out, memory.get(), pfor);
   return hits;
 }
 
@@ -227,14 +226,13 @@ std::string CachedBackward(const Lookup<Tid>& in, const Cache& cache, const floa
   } else {
     FindCacheSlots(cache.ids, cache.size, in.ids, in.nnz, slots, ws, pfor);
   }
-  PositionScales(in.combiner, in.row_splits, in.num_bags, in.weights, in.nnz, scale,
-                 bag_of_pos, pfor);
+  PositionScales(in.combiner, in.row_splits, in.num_bags, in.weights, in.nnz, scale, bag_of_pos,
+                 pfor);
   CacheGradPlan cache_plan;
   BuildCacheGradPlan(slots, in.nnz, cache.size, ws, &cache_plan, pfor);
   hit_slots->assign(cache_plan.slots, cache_plan.slots + cache_plan.num_slots);
   hit_values->resize(cache_plan.num_slots * in.dims.dim);
-  AccumulateCacheGrads(in.dims.dim, cache_plan, grad, scale, bag_of_pos, hit_values->data(),
-                       pfor);
+  AccumulateCacheGrads(in.dims.dim, cache_plan, grad, scale, bag_of_pos, hit_values->data(), pfor);
   const int64_t num_misses = cache_plan.num_misses;
   if (num_misses == 0) {
     for (int t = 0; t < in.dims.k; ++t) {

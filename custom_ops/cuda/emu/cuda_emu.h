@@ -85,8 +85,7 @@ class Barrier {
       cv_.notify_all();
       return;
     }
-    if (!cv_.wait_for(lock, std::chrono::seconds(120),
-                      [&] { return generation_ != generation; })) {
+    if (!cv_.wait_for(lock, std::chrono::seconds(120), [&] { return generation_ != generation; })) {
       std::fprintf(stderr,
                    "tt_emu: __syncthreads() deadlock: %u of %u threads of block %u arrived "
                    "(a barrier inside divergent control flow?)\n",
@@ -109,8 +108,8 @@ template <typename... KArgs, typename... Args>
 cudaError_t Launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem_bytes,
                    Args... args) {
   static_assert(sizeof...(KArgs) == sizeof...(Args), "kernel argument count");
-  if (grid.x == 0 || block.x == 0 || block.x > kMaxThreadsPerBlock || grid.y != 1 ||
-      grid.z != 1 || block.y != 1 || block.z != 1 || smem_bytes > kMaxSharedPerBlock) {
+  if (grid.x == 0 || block.x == 0 || block.x > kMaxThreadsPerBlock || grid.y != 1 || grid.z != 1 ||
+      block.y != 1 || block.z != 1 || smem_bytes > kMaxSharedPerBlock) {
     return cudaErrorInvalidConfiguration;
   }
   // Every kernel strides by blockDim.x, so a block may be emulated with fewer threads than
@@ -181,10 +180,14 @@ inline unsigned long long atomicMin(unsigned long long* address, unsigned long l
 
 inline const char* cudaGetErrorString(cudaError_t error) {
   switch (error) {
-    case cudaSuccess: return "no error (emulated)";
-    case cudaErrorInvalidValue: return "invalid argument (emulated)";
-    case cudaErrorInvalidConfiguration: return "invalid launch configuration (emulated)";
-    default: return "unknown error (emulated)";
+    case cudaSuccess:
+      return "no error (emulated)";
+    case cudaErrorInvalidValue:
+      return "invalid argument (emulated)";
+    case cudaErrorInvalidConfiguration:
+      return "invalid launch configuration (emulated)";
+    default:
+      return "unknown error (emulated)";
   }
 }
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
@@ -194,7 +197,9 @@ inline cudaError_t cudaGetDevice(int* device) {
 }
 inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) {
   switch (attr) {
-    case cudaDevAttrMultiProcessorCount: *value = ::tt_emu::kNumSms; return cudaSuccess;
+    case cudaDevAttrMultiProcessorCount:
+      *value = ::tt_emu::kNumSms;
+      return cudaSuccess;
     case cudaDevAttrMaxSharedMemoryPerBlockOptin:
       *value = ::tt_emu::kMaxSharedPerBlock;
       return cudaSuccess;
