@@ -6,13 +6,9 @@ examples/keras3_dlrm's (keras-rs). Both export through examples.dlrm.export.expo
 the same raw signature, so the serving checks are the same for both.
 """
 
-import json
 import os
-import subprocess
 import sys
-import textwrap
 
-import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -53,40 +49,3 @@ def expected_predictions(model, feed):
     return model(features, training=False).numpy()
 
 
-# Serves SavedModels in a process that never imports tt_keras; requests/outputs as .npz.
-_SERVER = textwrap.dedent("""
-    import json, sys
-    import numpy as np
-    import tensorflow as tf
-    job = json.loads(sys.argv[1])
-    fn = tf.saved_model.load(job["model"]).signatures["serving_default"]
-    out = {}
-    for i, path in enumerate(job["requests"]):
-        request = np.load(path, allow_pickle=False)
-        result = fn(**{k: tf.constant(request[k]) for k in request.files})
-        out.update({f"{i}/{k}": v.numpy() for k, v in result.items()})
-    np.savez(job["outputs"], **out)
-    print(json.dumps({"tt_keras_imported": "tt_keras" in sys.modules}))
-""")
-
-
-def serve_in_fresh_python(tmp_path, model_dir, requests):
-    """[{input: array}] -> [{output: array}], served by a Python without tt_keras."""
-    paths = []
-    for i, request in enumerate(requests):
-        paths.append(str(tmp_path / f"request_{i}.npz"))
-        np.savez(paths[-1], **{k: np.asarray(v) for k, v in request.items()})
-    outputs = str(tmp_path / "outputs.npz")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    job = json.dumps({"model": str(model_dir), "requests": paths, "outputs": outputs})
-    proc = subprocess.run([sys.executable, "-c", _SERVER, job], cwd=str(tmp_path), env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"tt_keras_imported": False}
-    data = np.load(outputs)
-    served = [{} for _ in requests]
-    for key in data.files:
-        i, name = key.split("/", 1)
-        served[int(i)][name] = data[key]
-    return served

@@ -18,6 +18,8 @@ from tt_keras.cache import EMPTY_ID
 from tt_keras.lookup import lookup_backend_scope, tt_embedding_bag_cached
 
 from tests import test_cache_fold, tolerance
+from tests.concurrency import assert_concurrent_calls_match_serial
+from tests.keras_saved_model import saved_model_predictions
 
 SHAPES = {
     2: tt_math.TTShape((7, 9), (2, 3), (1, 5, 1)),
@@ -247,19 +249,7 @@ def test_concurrent_calls_give_identical_results(backend):
         return tt_embedding_bag_cached(cores, cache_ids, rows, ids, splits, None, "sum",
                                        backend=backend)
 
-    serial = [lookup(tf.constant(b)).numpy() for b in batches]
-    results = [None] * 8
-
-    def work(i):
-        results[i] = lookup(tf.constant(batches[i % 4])).numpy()
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for i, r in enumerate(results):
-        np.testing.assert_array_equal(r, serial[i % 4])
+    assert_concurrent_calls_match_serial(lambda b: lookup(tf.constant(b)).numpy(), batches)
 
 
 @pytest.mark.parametrize("graph", [False, True])
@@ -750,13 +740,7 @@ def test_keras_savedmodel_round_trip(tmp_path):
     model = keras.Model(inputs, layer(inputs))
     ids = np.array([[1, 2, 7], [0, 4, 299]])
     path = str(tmp_path / "saved")
-    if IS_KERAS_3:
-        model.export(path)
-        restored = tf.saved_model.load(path)
-        got = restored.serve(tf.constant(ids)).numpy()
-    else:
-        model.save(path, save_format="tf")
-        got = keras.models.load_model(path).predict(ids, verbose=0)
+    got = saved_model_predictions(model, path, ids)
     tolerance.assert_reordered_close(got, model.predict(ids, verbose=0))
 
 

@@ -2,25 +2,16 @@
 Criteo feature, served by a fresh Python that never imports tt_keras (legacy Keras only)."""
 
 import inspect
-import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-try:
-    import tensorflow_recommenders as tfrs  # noqa: F401
-except ImportError as e:  # Keras 3: TFRS 0.7.7 needs TF_USE_LEGACY_KERAS=1
-    pytest.skip(f"tensorflow_recommenders cannot import here ({e}); the DLRM example needs "
-                "TF_USE_LEGACY_KERAS=1", allow_module_level=True)
-
+# TFRS 0.7.7 imports only under legacy Keras (TF_USE_LEGACY_KERAS=1).
+pytest.importorskip("tensorflow_recommenders", exc_type=ImportError,
+                    reason="the DLRM example needs TF_USE_LEGACY_KERAS=1")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
 import tt_keras  # noqa: E402
 from tt_keras import export as tt_export  # noqa: E402
@@ -29,63 +20,10 @@ from examples.dlrm import data as D  # noqa: E402
 from examples.dlrm import export as X  # noqa: E402
 from examples.dlrm import model as M  # noqa: E402
 from examples.dlrm.sample import criteo_sample_path  # noqa: E402
+from serving.criteo_requests import random_rows  # noqa: E402
+from tests.fresh_python import serve_in_fresh_python  # noqa: E402
 
 SAMPLE = criteo_sample_path()
-
-# Serves SavedModels in a process that never imports tt_keras; inputs/outputs through .npz.
-_SERVER = textwrap.dedent("""
-    import json, sys
-    import numpy as np
-    import tensorflow as tf
-    for job in json.loads(sys.argv[1]):
-        fn = tf.saved_model.load(job["model"]).signatures["serving_default"]
-        inputs = np.load(job["inputs"], allow_pickle=False)
-        out = {}
-        for g in sorted({k.split("__")[0] for k in inputs.files}):
-            feed = {k.split("__", 1)[1]: tf.constant(inputs[k]) for k in inputs.files
-                    if k.startswith(g + "__")}
-            out[g] = fn(**feed)["predictions"].numpy()
-        np.savez(job["outputs"], **out)
-    assert "tt_keras" not in sys.modules, "tt_keras was imported"
-    print("SERVED_WITHOUT_TT_KERAS")
-""")
-
-
-def serve_in_fresh_python(tmp_path, jobs):
-    """jobs: [(saved_model_dir, {group: {input: array}})] -> [{group: predictions}]."""
-    spec = []
-    for i, (model_dir, groups) in enumerate(jobs):
-        flat = {f"{g}__{k}": np.asarray(v) for g, feed in groups.items() for k, v in feed.items()}
-        np.savez(tmp_path / f"in_{i}.npz", **flat)
-        spec.append({"model": str(model_dir), "inputs": str(tmp_path / f"in_{i}.npz"),
-                     "outputs": str(tmp_path / f"out_{i}.npz")})
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    proc = subprocess.run([sys.executable, "-c", _SERVER, json.dumps(spec)], cwd=str(tmp_path),
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "SERVED_WITHOUT_TT_KERAS" in proc.stdout
-    out = []
-    for job in spec:
-        data = np.load(job["outputs"])
-        out.append({g: data[g] for g in data.files})
-    return out
-
-
-def raw_rows(batch, seed):
-    """Raw Criteo-like request rows: counts (some negative / zero), hex ids (some empty)."""
-    rng = np.random.default_rng(seed)
-    feed = {}
-    for name in D.DENSE_FEATURES:
-        v = rng.integers(-3, 2000, size=batch).astype(np.float32)
-        v[rng.random(batch) < 0.2] = 0.0
-        feed[name] = v
-    for name in D.CAT_FEATURES:
-        hexes = np.array([f"{x:08x}" for x in rng.integers(0, 2 ** 32, size=batch)])
-        hexes[rng.random(batch) < 0.15] = ""
-        feed[name] = hexes
-    return feed
-
 
 def expected_predictions(model, feed):
     feats = X.raw_to_features({k: tf.constant(v) for k, v in feed.items()},
@@ -140,14 +78,14 @@ def test_portable_export_serves_the_same_predictions(tmp_path, trained):
         signature = tf.saved_model.load(str(path)).signatures["serving_default"]
         assert sorted(signature.structured_input_signature[1]) == sorted(
             X.serving_input_signature("raw"))
-        groups = {"b1": raw_rows(1, seed=11), "b64": raw_rows(64, seed=12)}
-        jobs.append((path, groups))
-        expected.append({g: expected_predictions(model, feed) for g, feed in groups.items()})
+        requests = [random_rows(1, seed=11), random_rows(64, seed=12)]
+        jobs.append((path, requests))
+        expected.append([expected_predictions(model, feed) for feed in requests])
     served = serve_in_fresh_python(tmp_path, jobs)
-    for got, want in zip(served, expected):
-        for g in ("b1", "b64"):
-            assert got[g].shape == want[g].shape == ((1,) if g == "b1" else (64,))
-            np.testing.assert_allclose(got[g], want[g], rtol=1e-5, atol=1e-6)
+    for got_job, want_job in zip(served, expected):
+        for got, want, batch in zip(got_job, want_job, (1, 64)):
+            assert got["predictions"].shape == want.shape == (batch,)
+            np.testing.assert_allclose(got["predictions"], want, rtol=1e-5, atol=1e-6)
 
 
 def test_real_rows_through_the_served_model(tmp_path, trained):

@@ -2,11 +2,6 @@
 tf_keras alike). The portable SavedModel is loaded in a fresh Python that never imports
 tt_keras and must predict what the trained model predicts."""
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -16,52 +11,7 @@ import tt_keras
 from tt_keras import export as E
 from tt_keras._keras import keras
 
-# Loads SavedModels in a process that never imports tt_keras; inputs/outputs through .npz.
-_LOADER = textwrap.dedent("""
-    import json, sys
-    import numpy as np
-    import tensorflow as tf
-    jobs = json.loads(sys.argv[1])
-    for job in jobs:
-        fn = tf.saved_model.load(job["model"]).signatures["serving_default"]
-        inputs = np.load(job["inputs"], allow_pickle=False)
-        groups = sorted({k.split("__")[0] for k in inputs.files})
-        out = {}
-        for g in groups:
-            feed = {k.split("__", 1)[1]: tf.constant(inputs[k]) for k in inputs.files
-                    if k.startswith(g + "__")}
-            for name, value in fn(**feed).items():
-                out[g + "__" + name] = value.numpy()
-        np.savez(job["outputs"], **out)
-    assert "tt_keras" not in sys.modules, "tt_keras was imported"
-    print("LOADED_WITHOUT_TT_KERAS")
-""")
-
-
-def run_in_fresh_python(tmp_path, jobs):
-    """jobs: [(saved_model_dir, {group: {input name: array}})] -> [{group: {output: array}}]."""
-    spec = []
-    for i, (model_dir, groups) in enumerate(jobs):
-        flat = {f"{g}__{k}": np.asarray(v) for g, feed in groups.items() for k, v in feed.items()}
-        inputs = tmp_path / f"inputs_{i}.npz"
-        np.savez(inputs, **flat)
-        spec.append({"model": str(model_dir), "inputs": str(inputs),
-                     "outputs": str(tmp_path / f"outputs_{i}.npz")})
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    proc = subprocess.run([sys.executable, "-c", _LOADER, json.dumps(spec)], cwd=str(tmp_path),
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "LOADED_WITHOUT_TT_KERAS" in proc.stdout
-    results = []
-    for job in spec:
-        data = np.load(job["outputs"])
-        out = {}
-        for key in data.files:
-            g, name = key.split("__", 1)
-            out.setdefault(g, {})[name] = data[key]
-        results.append(out)
-    return results
+from tests.fresh_python import serve_in_fresh_python
 
 
 def op_available():
@@ -115,12 +65,12 @@ def test_portable_export_loads_without_tt_keras(tmp_path, trained_model):
     assert E.unregistered_op_types(str(path)) == []
     E.check_portable(str(path))
 
-    groups = {"b1": make_inputs(1, seed=7), "b64": make_inputs(64, seed=8)}
-    (served,) = run_in_fresh_python(tmp_path, [(path, groups)])
-    for g, feed in groups.items():
+    requests = [make_inputs(1, seed=7), make_inputs(64, seed=8)]
+    ((served_1, served_64),) = serve_in_fresh_python(tmp_path, [(path, requests)])
+    for feed, served in zip(requests, (served_1, served_64)):
         expected = trained_model(feed, training=False)
         expected = np.asarray(expected).reshape(-1, 1)
-        got = served[g]["predictions"]
+        got = served["predictions"]
         assert got.shape == expected.shape
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 

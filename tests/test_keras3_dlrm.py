@@ -24,6 +24,7 @@ from examples.dlrm import export as dlrm_export  # noqa: E402
 from examples.keras3_dlrm import model as k3_model  # noqa: E402
 from serving import criteo_requests  # noqa: E402
 from tests import serving_models  # noqa: E402
+from tests.fresh_python import serve_in_fresh_python  # noqa: E402
 from tests.tolerance import assert_reordered_close  # noqa: E402
 
 
@@ -80,7 +81,7 @@ def test_portable_export_serves_without_tt_keras(trained, tmp_path):
     assert tt_export.custom_op_types(str(path)) == []
     assert "BatchMatMulV2" in ops  # the TT chain in standard ops
     requests = [criteo_requests.random_rows(b, seed=b) for b in (1, 64)]
-    served = serving_models.serve_in_fresh_python(tmp_path, path, requests)
+    (served,) = serve_in_fresh_python(tmp_path, [(path, requests)])
     for request, outputs in zip(requests, served):
         assert_reordered_close(outputs["predictions"],
                                serving_models.expected_predictions(model, request))

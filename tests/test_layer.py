@@ -14,6 +14,7 @@ from tt_keras._keras import IS_KERAS_3, keras
 from tt_keras.ops.loader import LazyOpLibrary
 
 from tests import tolerance
+from tests.keras_saved_model import saved_model_predictions
 
 N, D = 300, 12
 
@@ -251,13 +252,7 @@ def test_savedmodel_round_trip(tmp_path):
     model = build_models()["functional"]
     x, _ = training_data()
     path = str(tmp_path / "saved")
-    if IS_KERAS_3:
-        model.export(path)
-        restored = tf.saved_model.load(path)
-        got = restored.serve(tf.constant(x)).numpy()
-    else:
-        model.save(path, save_format="tf")
-        got = keras.models.load_model(path).predict(x, verbose=0)
+    got = saved_model_predictions(model, path, x)
     tolerance.assert_reordered_close(got, model.predict(x, verbose=0))
 
 

@@ -1,7 +1,6 @@
 """tt_embedding_bag on both backends (custom op, pure TF) against the NumPy oracle."""
 
 import re
-import threading
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ from tt_keras import oracle, tt_math
 from tt_keras.lookup import tt_embedding_bag
 
 from tests import tolerance
+from tests.concurrency import assert_concurrent_calls_match_serial
 
 SHAPES = {
     2: tt_math.TTShape((7, 9), (2, 3), (1, 5, 1)),
@@ -170,17 +170,7 @@ def test_concurrent_calls_give_identical_results(backend):
     def lookup(ids):
         return tt_embedding_bag(cores, ids, splits, None, "sum", backend=backend)
 
-    serial = [lookup(tf.constant(b)).numpy() for b in batches]
-    results = [None] * 8
-    def work(i):
-        results[i] = lookup(tf.constant(batches[i % 4])).numpy()
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for i, r in enumerate(results):
-        np.testing.assert_array_equal(r, serial[i % 4])
+    assert_concurrent_calls_match_serial(lambda b: lookup(tf.constant(b)).numpy(), batches)
 
 
 def test_float16_cores_are_accepted(backend):

@@ -116,18 +116,8 @@ def _check_combiner(combiner):
         raise ValueError(f"combiner must be one of {COMBINERS}, got {combiner!r}")
 
 
-def tt_embedding_bag(
-    cores,
-    ids,
-    row_splits=None,
-    weights=None,
-    combiner="none",
-    num_rows=None,
-    backend="auto",
-    check_splits=True,
-    segment_ids=None,
-    num_bags=None,
-):
+def tt_embedding_bag(cores, ids, row_splits=None, weights=None, combiner="none", num_rows=None,
+                     backend="auto", check_splits=True, segment_ids=None, num_bags=None):
     """Looks up and pools rows of a TT-compressed table.
 
     Args:
@@ -164,21 +154,9 @@ def tt_embedding_bag(
     return tf.cast(out, out_dtype)
 
 
-def tt_embedding_bag_cached(
-    cores,
-    cache_ids,
-    cache_rows,
-    ids,
-    row_splits=None,
-    weights=None,
-    combiner="none",
-    num_rows=None,
-    backend="auto",
-    check_splits=True,
-    return_num_hits=False,
-    segment_ids=None,
-    num_bags=None,
-):
+def tt_embedding_bag_cached(cores, cache_ids, cache_rows, ids, row_splits=None, weights=None,
+                            combiner="none", num_rows=None, backend="auto", check_splits=True,
+                            return_num_hits=False, segment_ids=None, num_bags=None):
     """tt_embedding_bag with a cache of uncompressed rows in front of the TT chain.
 
     Row `id` is cache_rows[s] where cache_ids[s] == id, else the TT product; pooling as in

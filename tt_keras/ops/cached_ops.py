@@ -8,7 +8,7 @@ tf.IndexedSlices, so Keras optimizers update only the cache rows that were hit.
 import tensorflow as tf
 
 from tt_keras.ops.loader import tt_ops_library
-from tt_keras.ops.tt_ops import unsupported_second_order, weights_grad
+from tt_keras.ops.tt_ops import bag_op_inputs, optional_weights_grad, unsupported_second_order
 
 
 def tt_embedding_bag_cached(cores, cache_ids, cache_rows, indices, row_splits, weights,
@@ -19,52 +19,27 @@ def tt_embedding_bag_cached(cores, cache_ids, cache_rows, indices, row_splits, w
     other outputs (residuals for its gradient) stay in the graph for the gradient.
     """
     outputs = tt_ops_library.ops.tt_keras_tt_embedding_bag_cached(
-        cores=cores,
-        cache_ids=cache_ids,
-        cache_rows=cache_rows,
-        indices=indices,
-        row_splits=row_splits,
-        weights=weights,
-        num_rows=num_rows,
-        combiner=combiner,
-    )
+        cores=cores, cache_ids=cache_ids, cache_rows=cache_rows, indices=indices,
+        row_splits=row_splits, weights=weights, num_rows=num_rows, combiner=combiner)
     return outputs.output, outputs.num_hits
 
 
 @tf.RegisterGradient("TTKeras>TTEmbeddingBagCached")
 def _tt_embedding_bag_cached_grad(op, grad, *unused_other_grads):
-    num_cores = op.get_attr("N")
-    cores = list(op.inputs[:num_cores])
-    cache_ids, cache_rows, indices, row_splits, weights = op.inputs[num_cores:]
-    num_rows = op.get_attr("num_rows")
-    combiner = op.get_attr("combiner").decode()
+    cores, others, num_rows, combiner = bag_op_inputs(op)
+    cache_ids, cache_rows, indices, row_splits, weights = others
     outputs = tt_ops_library.ops.tt_keras_tt_embedding_bag_cached_grad(
-        grad=grad,
-        cores=cores,
-        cache_ids=cache_ids,
-        indices=indices,
-        row_splits=row_splits,
-        weights=weights,
-        residual_slots=op.outputs[2],
-        residual_plan=op.outputs[3],
-        residual_partials=op.outputs[4],
-        num_rows=num_rows,
-        combiner=combiner,
-    )
-    core_grads = list(outputs.core_grads)
-    cache_grad = tf.IndexedSlices(
-        outputs.cache_grad_values,
-        outputs.cache_grad_slots,
-        dense_shape=tf.shape(cache_rows, out_type=tf.int64),
-    )
-    weights_gradient = None
-    if combiner != "none" and weights.shape.num_elements() != 0:
-        # As for the plain op: per-id rows (from the cache or the chain) are computed once
-        # more, only for this rarely needed gradient.
-        rows, _ = tt_embedding_bag_cached(cores, cache_ids, cache_rows, indices, row_splits,
-                                          weights[:0], num_rows, "none")
-        weights_gradient = weights_grad(op, grad, rows)
-    return core_grads + [None, cache_grad, None, None, weights_gradient]
+        grad=grad, cores=cores, cache_ids=cache_ids, indices=indices, row_splits=row_splits,
+        weights=weights, residual_slots=op.outputs[2], residual_plan=op.outputs[3],
+        residual_partials=op.outputs[4], num_rows=num_rows, combiner=combiner)
+    cache_grad = tf.IndexedSlices(outputs.cache_grad_values, outputs.cache_grad_slots,
+                                  dense_shape=tf.shape(cache_rows, out_type=tf.int64))
+    # Per-id rows come from the cache or the chain, as in the forward.
+    weights_gradient = optional_weights_grad(
+        op, grad, combiner, weights,
+        lambda: tt_embedding_bag_cached(cores, cache_ids, cache_rows, indices, row_splits,
+                                        weights[:0], num_rows, "none")[0])
+    return list(outputs.core_grads) + [None, cache_grad, None, None, weights_gradient]
 
 
 tf.RegisterGradient("TTKeras>TTEmbeddingBagCachedGrad")(

@@ -10,7 +10,8 @@ import tensorflow as tf
 from tt_keras.ops.loader import tt_ops_library
 from tt_keras.tt_math import COMBINERS  # noqa: F401  (re-exported by tt_keras.ops)
 
-__all__ = ["COMBINERS", "tt_embedding_bag", "unsupported_second_order", "weights_grad"]
+__all__ = ["COMBINERS", "bag_op_inputs", "optional_weights_grad", "tt_embedding_bag",
+           "unsupported_second_order", "weights_grad"]
 
 
 def tt_embedding_bag(cores, indices, row_splits, weights, num_rows, combiner):
@@ -56,30 +57,34 @@ def weights_grad(op, grad, rows):
     )
 
 
+def bag_op_inputs(op):
+    """(cores, the inputs after them, num_rows, combiner) of a TT bag op, for its gradient."""
+    num_cores = op.get_attr("N")
+    return (list(op.inputs[:num_cores]), list(op.inputs[num_cores:]), op.get_attr("num_rows"),
+            op.get_attr("combiner").decode())
+
+
+def optional_weights_grad(op, grad, combiner, weights, per_id_rows):
+    """The weights' gradient, or None without weights (an empty vector means none).
+
+    `per_id_rows()` computes the unpooled rows once more, only for this rarely needed
+    gradient.
+    """
+    if combiner == "none" or weights.shape.num_elements() == 0:
+        return None
+    return weights_grad(op, grad, per_id_rows())
+
+
 @tf.RegisterGradient("TTKeras>TTEmbeddingBag")
 def _tt_embedding_bag_grad(op, grad, *unused_residual_grads):
-    num_cores = op.get_attr("N")
-    cores = list(op.inputs[:num_cores])
-    indices, row_splits, weights = op.inputs[num_cores:]
-    num_rows = op.get_attr("num_rows")
-    combiner = op.get_attr("combiner").decode()
+    cores, (indices, row_splits, weights), num_rows, combiner = bag_op_inputs(op)
     core_grads = tt_ops_library.ops.tt_keras_tt_embedding_bag_grad(
-        grad=grad,
-        cores=cores,
-        indices=indices,
-        row_splits=row_splits,
-        weights=weights,
-        residual_plan=op.outputs[1],
-        residual_partials=op.outputs[2],
-        num_rows=num_rows,
-        combiner=combiner,
-    )
-    weights_gradient = None
-    if combiner != "none" and weights.shape.num_elements() != 0:
-        # An empty weights vector means "no weights" and needs no gradient; otherwise
-        # per-id rows are computed once more, only for this.
-        rows = tt_embedding_bag(cores, indices, row_splits, weights[:0], num_rows, "none")
-        weights_gradient = weights_grad(op, grad, rows)
+        grad=grad, cores=cores, indices=indices, row_splits=row_splits, weights=weights,
+        residual_plan=op.outputs[1], residual_partials=op.outputs[2], num_rows=num_rows,
+        combiner=combiner)
+    weights_gradient = optional_weights_grad(
+        op, grad, combiner, weights,
+        lambda: tt_embedding_bag(cores, indices, row_splits, weights[:0], num_rows, "none"))
     return list(core_grads) + [None, None, weights_gradient]
 
 

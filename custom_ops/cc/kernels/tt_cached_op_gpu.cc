@@ -28,22 +28,12 @@
 namespace tensorflow {
 namespace {
 
-using tt_gpu::AllocateCoreGrads;
-using tt_gpu::AllocateWorkspace;
-using tt_gpu::CheckDeviceErrors;
-using tt_gpu::FromLauncher;
-using tt_gpu::GetCudaStream;
-using tt_gpu::MakeLookup;
-using tt_keras::Combiner;
-using tt_keras::TTDims;
-
 // The cache's shapes (its ids are checked by the kernels) and its launcher description.
 absl::Status MakeCache(OpKernelContext* ctx, bool with_rows, int64_t dim, TTCudaCache* cache) {
-  const Tensor* cache_ids;
-  TF_RETURN_IF_ERROR(ctx->input("cache_ids", &cache_ids));
+  const Tensor* cache_ids = nullptr;
   const Tensor* cache_rows = nullptr;
-  if (with_rows) TF_RETURN_IF_ERROR(ctx->input("cache_rows", &cache_rows));
-  TF_RETURN_IF_ERROR(tt_keras::ValidateCacheShapes(*cache_ids, cache_rows, dim));
+  TF_RETURN_IF_ERROR(
+      tt_keras::ReadCacheInputs(ctx, dim, &cache_ids, with_rows ? &cache_rows : nullptr));
   *cache = TTCudaCache();
   cache->size = cache_ids->dim_size(0);
   if (cache->size > 0) {
@@ -59,45 +49,40 @@ class TTEmbeddingBagCachedGpuOp : public tt_keras::BagKernelBase {
   using BagKernelBase::BagKernelBase;
 
   void Compute(OpKernelContext* ctx) override {
-    OpInputList cores;
-    OP_REQUIRES_OK(ctx, ctx->input_list("cores", &cores));
-    TTDims dims;
-    OP_REQUIRES_OK(ctx, tt_keras::DimsFromCores(cores, num_rows_, &dims));
+    tt_keras::BagOpInputs<Tid> in;
+    OP_REQUIRES_OK(ctx, ReadInputs(ctx, /*host_contents=*/false, &in));
     TTCudaCache cache;
-    OP_REQUIRES_OK(ctx, MakeCache(ctx, /*with_rows=*/true, dims.dim, &cache));
-    tt_keras::BagInputs<Tid> bags;
-    OP_REQUIRES_OK(ctx, tt_keras::ValidateBagShapes<Tid>(ctx, combiner_, &bags));
+    OP_REQUIRES_OK(ctx, MakeCache(ctx, /*with_rows=*/true, in.dims.dim, &cache));
     TTCudaLookup lk;
-    OP_REQUIRES_OK(ctx, MakeLookup<Tid>(ctx, cores, dims, num_rows_, combiner_, bags, &lk));
-
-    const int64_t out_rows = combiner_ == Combiner::kNone ? bags.nnz : bags.num_bags;
+    OP_REQUIRES_OK(ctx, tt_gpu::MakeLookup<Tid>(ctx, in, num_rows_, combiner_, &lk));
     Tensor* output = nullptr;
     Tensor* num_hits = nullptr;
     Tensor* slots = nullptr;
     Tensor* unused = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({out_rows, dims.dim}), &output));
+    OP_REQUIRES_OK(ctx, AllocateOutput(ctx, in, &output));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({}), &num_hits));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({bags.nnz}), &slots));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({in.bags.nnz}), &slots));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(3, TensorShape({0}), &unused));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(4, TensorShape({0}), &unused));
     void* stream = nullptr;
-    OP_REQUIRES_OK(ctx, GetCudaStream(ctx, &stream));
+    OP_REQUIRES_OK(ctx, tt_gpu::GetCudaStream(ctx, &stream));
 
-    size_t bytes = 0;
-    OP_REQUIRES_OK(ctx, FromLauncher(tt_cuda_cached_forward_workspace_size(&lk, &cache, &bytes),
-                                     "TTEmbeddingBagCached GPU workspace"));
-    Tensor temp;
-    TTCudaErrorInfo* error = nullptr;
-    void* workspace = nullptr;
-    OP_REQUIRES_OK(ctx, AllocateWorkspace(ctx, bytes, &temp, &error, &workspace));
+    tt_gpu::GpuScratch scratch;
+    OP_REQUIRES_OK(ctx, tt_gpu::AllocateScratch(
+                            ctx,
+                            [&](size_t* bytes) {
+                              return tt_cuda_cached_forward_workspace_size(&lk, &cache, bytes);
+                            },
+                            "TTEmbeddingBagCached GPU workspace", &scratch));
     float* out = output->NumElements() > 0 ? output->flat<float>().data() : nullptr;
-    int32_t* slot_data = bags.nnz > 0 ? slots->flat<int32_t>().data() : nullptr;
-    OP_REQUIRES_OK(ctx, FromLauncher(tt_cuda_cached_forward(&lk, &cache, out, slot_data,
-                                                            num_hits->flat<int64_t>().data(),
-                                                            workspace, bytes, error, stream),
-                                     "TTEmbeddingBagCached GPU kernel"));
-    OP_REQUIRES_OK(ctx, CheckDeviceErrors(error, stream, num_rows_, bags.nnz,
-                                          "TTEmbeddingBagCached GPU kernel"));
+    int32_t* slot_data = in.bags.nnz > 0 ? slots->flat<int32_t>().data() : nullptr;
+    OP_REQUIRES_OK(
+        ctx, tt_gpu::FromLauncher(tt_cuda_cached_forward(
+                                      &lk, &cache, out, slot_data, num_hits->flat<int64_t>().data(),
+                                      scratch.workspace, scratch.bytes, scratch.error, stream),
+                                  "TTEmbeddingBagCached GPU kernel"));
+    OP_REQUIRES_OK(ctx, tt_gpu::CheckDeviceErrors(scratch.error, stream, num_rows_, in.bags.nnz,
+                                                  "TTEmbeddingBagCached GPU kernel"));
   }
 };
 
@@ -107,70 +92,62 @@ class TTEmbeddingBagCachedGradGpuOp : public tt_keras::BagKernelBase {
   using BagKernelBase::BagKernelBase;
 
   void Compute(OpKernelContext* ctx) override {
-    OpInputList cores;
-    OP_REQUIRES_OK(ctx, ctx->input_list("cores", &cores));
-    TTDims dims;
-    OP_REQUIRES_OK(ctx, tt_keras::DimsFromCores(cores, num_rows_, &dims));
+    tt_keras::BagOpInputs<Tid> in;
+    OP_REQUIRES_OK(ctx, ReadInputs(ctx, /*host_contents=*/false, &in));
     TTCudaCache cache;
-    OP_REQUIRES_OK(ctx, MakeCache(ctx, /*with_rows=*/false, dims.dim, &cache));
-    tt_keras::BagInputs<Tid> bags;
-    OP_REQUIRES_OK(ctx, tt_keras::ValidateBagShapes<Tid>(ctx, combiner_, &bags));
-    const Tensor& grad = ctx->input(0);
-    OP_REQUIRES_OK(ctx, tt_keras::ValidateGradShape<Tid>(grad, combiner_, bags, dims.dim));
+    OP_REQUIRES_OK(ctx, MakeCache(ctx, /*with_rows=*/false, in.dims.dim, &cache));
+    const Tensor* grad = nullptr;
+    OP_REQUIRES_OK(ctx, ReadGrad(ctx, in, &grad));
     TTCudaLookup lk;
-    OP_REQUIRES_OK(ctx, MakeLookup<Tid>(ctx, cores, dims, num_rows_, combiner_, bags, &lk));
+    OP_REQUIRES_OK(ctx, tt_gpu::MakeLookup<Tid>(ctx, in, num_rows_, combiner_, &lk));
 
     float* grad_ptrs[TT_CUDA_MAX_CORES] = {nullptr};
-    OP_REQUIRES_OK(ctx, AllocateCoreGrads(ctx, cores, grad_ptrs));
+    OP_REQUIRES_OK(ctx, tt_gpu::AllocateCoreGrads(ctx, in.cores, grad_ptrs));
     void* stream = nullptr;
-    OP_REQUIRES_OK(ctx, GetCudaStream(ctx, &stream));
+    OP_REQUIRES_OK(ctx, tt_gpu::GetCudaStream(ctx, &stream));
 
-    size_t bytes = 0;
-    OP_REQUIRES_OK(ctx, FromLauncher(tt_cuda_cached_backward_workspace_size(&lk, &cache, &bytes),
-                                     "TTEmbeddingBagCachedGrad GPU workspace"));
-    Tensor temp, count;
-    TTCudaErrorInfo* error = nullptr;
-    void* workspace = nullptr;
-    OP_REQUIRES_OK(ctx, AllocateWorkspace(ctx, bytes, &temp, &error, &workspace));
+    tt_gpu::GpuScratch scratch;
+    OP_REQUIRES_OK(ctx, tt_gpu::AllocateScratch(
+                            ctx,
+                            [&](size_t* bytes) {
+                              return tt_cuda_cached_backward_workspace_size(&lk, &cache, bytes);
+                            },
+                            "TTEmbeddingBagCachedGrad GPU workspace", &scratch));
+    Tensor count;
     // Where the launcher leaves the number of distinct slots hit.
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(DT_INT64, TensorShape({1}), &count));
     int64_t* device_count = count.flat<int64_t>().data();
-    const float* grad_data = grad.NumElements() > 0 ? grad.flat<float>().data() : nullptr;
+    const float* grad_data = grad->NumElements() > 0 ? grad->flat<float>().data() : nullptr;
     OP_REQUIRES_OK(
-        ctx, FromLauncher(tt_cuda_cached_backward(&lk, &cache, grad_data, grad_ptrs, device_count,
-                                                  workspace, bytes, error, stream),
-                          "TTEmbeddingBagCachedGrad GPU kernel"));
-    OP_REQUIRES_OK(ctx, CheckDeviceErrors(error, stream, num_rows_, bags.nnz,
-                                          "TTEmbeddingBagCachedGrad GPU kernel"));
+        ctx, tt_gpu::FromLauncher(
+                 tt_cuda_cached_backward(&lk, &cache, grad_data, grad_ptrs, device_count,
+                                         scratch.workspace, scratch.bytes, scratch.error, stream),
+                 "TTEmbeddingBagCachedGrad GPU kernel"));
+    OP_REQUIRES_OK(ctx, tt_gpu::CheckDeviceErrors(scratch.error, stream, num_rows_, in.bags.nnz,
+                                                  "TTEmbeddingBagCachedGrad GPU kernel"));
     int64_t num_hit_slots = 0;
-    OP_REQUIRES_OK(ctx, FromLauncher(tt_cuda_read_count(device_count, &num_hit_slots, stream),
-                                     "TTEmbeddingBagCachedGrad GPU kernel"));
+    OP_REQUIRES_OK(ctx,
+                   tt_gpu::FromLauncher(tt_cuda_read_count(device_count, &num_hit_slots, stream),
+                                        "TTEmbeddingBagCachedGrad GPU kernel"));
     Tensor* hit_slots = nullptr;
     Tensor* hit_values = nullptr;
     OP_REQUIRES_OK(
         ctx, ctx->allocate_output("cache_grad_slots", TensorShape({num_hit_slots}), &hit_slots));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output("cache_grad_values",
-                                             TensorShape({num_hit_slots, dims.dim}), &hit_values));
+    OP_REQUIRES_OK(
+        ctx, ctx->allocate_output("cache_grad_values", TensorShape({num_hit_slots, in.dims.dim}),
+                                  &hit_values));
     if (num_hit_slots == 0) return;
-    OP_REQUIRES_OK(ctx,
-                   FromLauncher(tt_cuda_cached_backward_cache_grads(
-                                    &lk, &cache, num_hit_slots, hit_slots->flat<int64_t>().data(),
-                                    hit_values->flat<float>().data(), workspace, bytes, stream),
-                                "TTEmbeddingBagCachedGrad GPU kernel"));
+    OP_REQUIRES_OK(
+        ctx, tt_gpu::FromLauncher(
+                 tt_cuda_cached_backward_cache_grads(
+                     &lk, &cache, num_hit_slots, hit_slots->flat<int64_t>().data(),
+                     hit_values->flat<float>().data(), scratch.workspace, scratch.bytes, stream),
+                 "TTEmbeddingBagCachedGrad GPU kernel"));
   }
 };
 
-#define REGISTER_GPU(Tid)                                                                          \
-  REGISTER_KERNEL_BUILDER(                                                                         \
-      Name("TTKeras>TTEmbeddingBagCached").Device(DEVICE_GPU).TypeConstraint<Tid>("Tindices"),     \
-      TTEmbeddingBagCachedGpuOp<Tid>);                                                             \
-  REGISTER_KERNEL_BUILDER(                                                                         \
-      Name("TTKeras>TTEmbeddingBagCachedGrad").Device(DEVICE_GPU).TypeConstraint<Tid>("Tindices"), \
-      TTEmbeddingBagCachedGradGpuOp<Tid>);
-
-REGISTER_GPU(int32_t);
-REGISTER_GPU(int64_t);
-#undef REGISTER_GPU
+TT_REGISTER_BAG_KERNELS(DEVICE_GPU, "TTKeras>TTEmbeddingBagCached", TTEmbeddingBagCachedGpuOp,
+                        TTEmbeddingBagCachedGradGpuOp);
 
 }  // namespace
 }  // namespace tensorflow

@@ -28,51 +28,35 @@
 namespace tensorflow {
 namespace {
 
-using tt_gpu::AllocateCoreGrads;
-using tt_gpu::AllocateWorkspace;
-using tt_gpu::CheckDeviceErrors;
-using tt_gpu::FromLauncher;
-using tt_gpu::GetCudaStream;
-using tt_gpu::MakeLookup;
-using tt_keras::Combiner;
-using tt_keras::TTDims;
-
 template <typename Tid>
 class TTEmbeddingBagGpuOp : public tt_keras::BagKernelBase {
  public:
   using BagKernelBase::BagKernelBase;
 
   void Compute(OpKernelContext* ctx) override {
-    OpInputList cores;
-    OP_REQUIRES_OK(ctx, ctx->input_list("cores", &cores));
-    TTDims dims;
-    OP_REQUIRES_OK(ctx, tt_keras::DimsFromCores(cores, num_rows_, &dims));
-    tt_keras::BagInputs<Tid> bags;
-    OP_REQUIRES_OK(ctx, tt_keras::ValidateBagShapes<Tid>(ctx, combiner_, &bags));
+    tt_keras::BagOpInputs<Tid> in;
+    OP_REQUIRES_OK(ctx, ReadInputs(ctx, /*host_contents=*/false, &in));
     TTCudaLookup lk;
-    OP_REQUIRES_OK(ctx, MakeLookup<Tid>(ctx, cores, dims, num_rows_, combiner_, bags, &lk));
-
-    const int64_t out_rows = combiner_ == Combiner::kNone ? bags.nnz : bags.num_bags;
+    OP_REQUIRES_OK(ctx, tt_gpu::MakeLookup<Tid>(ctx, in, num_rows_, combiner_, &lk));
     Tensor* output = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({out_rows, dims.dim}), &output));
+    OP_REQUIRES_OK(ctx, AllocateOutput(ctx, in, &output));
     // The GPU backward rebuilds its own dedup, so it hands no residuals to the gradient.
     Tensor* unused = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({0}), &unused));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({0}), &unused));
     void* stream = nullptr;
-    OP_REQUIRES_OK(ctx, GetCudaStream(ctx, &stream));
+    OP_REQUIRES_OK(ctx, tt_gpu::GetCudaStream(ctx, &stream));
 
-    size_t bytes = 0;
-    OP_REQUIRES_OK(ctx, FromLauncher(tt_cuda_forward_workspace_size(&lk, &bytes),
-                                     "TTEmbeddingBag GPU workspace"));
-    Tensor temp;
-    TTCudaErrorInfo* error = nullptr;
-    void* workspace = nullptr;
-    OP_REQUIRES_OK(ctx, AllocateWorkspace(ctx, bytes, &temp, &error, &workspace));
+    tt_gpu::GpuScratch scratch;
+    OP_REQUIRES_OK(
+        ctx, tt_gpu::AllocateScratch(
+                 ctx, [&](size_t* bytes) { return tt_cuda_forward_workspace_size(&lk, bytes); },
+                 "TTEmbeddingBag GPU workspace", &scratch));
     float* out = output->NumElements() > 0 ? output->flat<float>().data() : nullptr;
-    OP_REQUIRES_OK(ctx, FromLauncher(tt_cuda_forward(&lk, out, workspace, bytes, error, stream),
-                                     "TTEmbeddingBag GPU kernel"));
-    OP_REQUIRES_OK(ctx, CheckDeviceErrors(error, stream, num_rows_, bags.nnz));
+    OP_REQUIRES_OK(ctx, tt_gpu::FromLauncher(tt_cuda_forward(&lk, out, scratch.workspace,
+                                                             scratch.bytes, scratch.error, stream),
+                                             "TTEmbeddingBag GPU kernel"));
+    OP_REQUIRES_OK(ctx, tt_gpu::CheckDeviceErrors(scratch.error, stream, num_rows_, in.bags.nnz));
   }
 };
 
@@ -82,48 +66,34 @@ class TTEmbeddingBagGradGpuOp : public tt_keras::BagKernelBase {
   using BagKernelBase::BagKernelBase;
 
   void Compute(OpKernelContext* ctx) override {
-    OpInputList cores;
-    OP_REQUIRES_OK(ctx, ctx->input_list("cores", &cores));
-    TTDims dims;
-    OP_REQUIRES_OK(ctx, tt_keras::DimsFromCores(cores, num_rows_, &dims));
-    tt_keras::BagInputs<Tid> bags;
-    OP_REQUIRES_OK(ctx, tt_keras::ValidateBagShapes<Tid>(ctx, combiner_, &bags));
-    const Tensor& grad = ctx->input(0);
-    OP_REQUIRES_OK(ctx, tt_keras::ValidateGradShape<Tid>(grad, combiner_, bags, dims.dim));
+    tt_keras::BagOpInputs<Tid> in;
+    OP_REQUIRES_OK(ctx, ReadInputs(ctx, /*host_contents=*/false, &in));
+    const Tensor* grad = nullptr;
+    OP_REQUIRES_OK(ctx, ReadGrad(ctx, in, &grad));
     TTCudaLookup lk;
-    OP_REQUIRES_OK(ctx, MakeLookup<Tid>(ctx, cores, dims, num_rows_, combiner_, bags, &lk));
+    OP_REQUIRES_OK(ctx, tt_gpu::MakeLookup<Tid>(ctx, in, num_rows_, combiner_, &lk));
 
     float* grad_ptrs[TT_CUDA_MAX_CORES] = {nullptr};
-    OP_REQUIRES_OK(ctx, AllocateCoreGrads(ctx, cores, grad_ptrs));
+    OP_REQUIRES_OK(ctx, tt_gpu::AllocateCoreGrads(ctx, in.cores, grad_ptrs));
     void* stream = nullptr;
-    OP_REQUIRES_OK(ctx, GetCudaStream(ctx, &stream));
+    OP_REQUIRES_OK(ctx, tt_gpu::GetCudaStream(ctx, &stream));
 
-    size_t bytes = 0;
-    OP_REQUIRES_OK(ctx, FromLauncher(tt_cuda_backward_workspace_size(&lk, &bytes),
-                                     "TTEmbeddingBagGrad GPU workspace"));
-    Tensor temp;
-    TTCudaErrorInfo* error = nullptr;
-    void* workspace = nullptr;
-    OP_REQUIRES_OK(ctx, AllocateWorkspace(ctx, bytes, &temp, &error, &workspace));
-    const float* grad_data = grad.NumElements() > 0 ? grad.flat<float>().data() : nullptr;
-    OP_REQUIRES_OK(ctx, FromLauncher(tt_cuda_backward(&lk, grad_data, grad_ptrs, workspace, bytes,
-                                                      error, stream),
-                                     "TTEmbeddingBagGrad GPU kernel"));
-    OP_REQUIRES_OK(ctx, CheckDeviceErrors(error, stream, num_rows_, bags.nnz));
+    tt_gpu::GpuScratch scratch;
+    OP_REQUIRES_OK(
+        ctx, tt_gpu::AllocateScratch(
+                 ctx, [&](size_t* bytes) { return tt_cuda_backward_workspace_size(&lk, bytes); },
+                 "TTEmbeddingBagGrad GPU workspace", &scratch));
+    const float* grad_data = grad->NumElements() > 0 ? grad->flat<float>().data() : nullptr;
+    OP_REQUIRES_OK(
+        ctx, tt_gpu::FromLauncher(tt_cuda_backward(&lk, grad_data, grad_ptrs, scratch.workspace,
+                                                   scratch.bytes, scratch.error, stream),
+                                  "TTEmbeddingBagGrad GPU kernel"));
+    OP_REQUIRES_OK(ctx, tt_gpu::CheckDeviceErrors(scratch.error, stream, num_rows_, in.bags.nnz));
   }
 };
 
-#define REGISTER_GPU(Tid)                                                                    \
-  REGISTER_KERNEL_BUILDER(                                                                   \
-      Name("TTKeras>TTEmbeddingBag").Device(DEVICE_GPU).TypeConstraint<Tid>("Tindices"),     \
-      TTEmbeddingBagGpuOp<Tid>);                                                             \
-  REGISTER_KERNEL_BUILDER(                                                                   \
-      Name("TTKeras>TTEmbeddingBagGrad").Device(DEVICE_GPU).TypeConstraint<Tid>("Tindices"), \
-      TTEmbeddingBagGradGpuOp<Tid>);
-
-REGISTER_GPU(int32_t);
-REGISTER_GPU(int64_t);
-#undef REGISTER_GPU
+TT_REGISTER_BAG_KERNELS(DEVICE_GPU, "TTKeras>TTEmbeddingBag", TTEmbeddingBagGpuOp,
+                        TTEmbeddingBagGradGpuOp);
 
 }  // namespace
 }  // namespace tensorflow

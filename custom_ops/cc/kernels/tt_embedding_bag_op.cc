@@ -12,14 +12,8 @@
 namespace tensorflow {
 namespace {
 
-using tt_keras::Combiner;
-using tt_keras::LookupPlan;
-using tt_keras::TTDims;
-
 using tt_keras::AllocateWorkspace;
 using tt_keras::ArrayBytes;
-using tt_keras::CorePointers;
-using tt_keras::CpuParallelFor;
 using tt_keras::Workspace;
 
 template <typename Tid>
@@ -28,47 +22,42 @@ class TTEmbeddingBagOp : public tt_keras::BagKernelBase {
   using BagKernelBase::BagKernelBase;
 
   void Compute(OpKernelContext* ctx) override {
-    OpInputList cores;
-    OP_REQUIRES_OK(ctx, ctx->input_list("cores", &cores));
-    TTDims dims;
-    OP_REQUIRES_OK(ctx, tt_keras::DimsFromCores(cores, num_rows_, &dims));
-    tt_keras::BagInputs<Tid> bags;
-    OP_REQUIRES_OK(ctx, tt_keras::ValidateBagInputs<Tid>(ctx, combiner_, num_rows_, &bags));
-
-    const int64_t out_rows = combiner_ == Combiner::kNone ? bags.nnz : bags.num_bags;
+    tt_keras::BagOpInputs<Tid> in;
+    OP_REQUIRES_OK(ctx, ReadInputs(ctx, /*host_contents=*/true, &in));
     Tensor* output = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({out_rows, dims.dim}), &output));
+    OP_REQUIRES_OK(ctx, AllocateOutput(ctx, in, &output));
     float* out = output->flat<float>().data();
-    if (bags.nnz == 0) {
-      std::fill(out, out + out_rows * dims.dim, 0.f);
-      OP_REQUIRES_OK(ctx, tt_keras::AllocateResiduals(ctx, 1, dims, nullptr, nullptr));
+    if (in.bags.nnz == 0) {
+      std::fill(out, out + output->NumElements(), 0.f);
+      OP_REQUIRES_OK(ctx, tt_keras::AllocateResiduals(ctx, 1, in.dims, nullptr, nullptr));
       return;
     }
 
-    const auto pfor = CpuParallelFor(ctx);
-    LookupPlan plan;
+    const auto pfor = tt_keras::CpuParallelFor(ctx);
+    tt_keras::LookupPlan plan;
     Tensor plan_memory;
     Workspace plan_ws;
-    OP_REQUIRES_OK(ctx, AllocateWorkspace(ctx, tt_keras::BuildPlanWorkspaceBytes(dims, bags.nnz),
-                                          &plan_memory, &plan_ws));
-    tt_keras::BuildPlan(dims, bags.ids, bags.nnz, &plan_ws, &plan, pfor);
-    const std::vector<const float*> core_ptrs = CorePointers(cores);
+    OP_REQUIRES_OK(ctx,
+                   AllocateWorkspace(ctx, tt_keras::BuildPlanWorkspaceBytes(in.dims, in.bags.nnz),
+                                     &plan_memory, &plan_ws));
+    tt_keras::BuildPlan(in.dims, in.bags.ids, in.bags.nnz, &plan_ws, &plan, pfor);
+    const std::vector<const float*> core_ptrs = tt_keras::CorePointers(in.cores);
     // The partial products go straight into the residual output for the gradient, which
     // then skips the sort and the leading cores' GEMMs.
     float* partials = nullptr;
-    OP_REQUIRES_OK(ctx, tt_keras::AllocateResiduals(ctx, 1, dims, &plan, &partials));
-    const int64_t rows_size = plan.num_nodes(dims.k) * dims.dim;
+    OP_REQUIRES_OK(ctx, tt_keras::AllocateResiduals(ctx, 1, in.dims, &plan, &partials));
+    const int64_t rows_size = plan.num_nodes(in.dims.k) * in.dims.dim;
     Tensor memory;
     Workspace ws;
     OP_REQUIRES_OK(ctx, AllocateWorkspace(ctx,
                                           ArrayBytes<float>(rows_size) +
-                                              tt_keras::ComputeRowsWorkspaceBytes(dims, plan) +
-                                              tt_keras::PoolRowsWorkspaceBytes(bags.nnz),
+                                              tt_keras::ComputeRowsWorkspaceBytes(in.dims, plan) +
+                                              tt_keras::PoolRowsWorkspaceBytes(in.bags.nnz),
                                           &memory, &ws));
     float* rows = ws.Take<float>(rows_size);
-    tt_keras::ComputeRows(dims, core_ptrs.data(), plan, partials, rows, &ws, pfor);
-    tt_keras::PoolRows(dims, plan, combiner_, bags.row_splits, bags.num_bags, bags.weights,
-                       bags.nnz, rows, out, &ws, pfor);
+    tt_keras::ComputeRows(in.dims, core_ptrs.data(), plan, partials, rows, &ws, pfor);
+    tt_keras::PoolRows(in.dims, plan, combiner_, in.bags.row_splits, in.bags.num_bags,
+                       in.bags.weights, in.bags.nnz, rows, out, &ws, pfor);
   }
 };
 
@@ -78,68 +67,48 @@ class TTEmbeddingBagGradOp : public tt_keras::BagKernelBase {
   using BagKernelBase::BagKernelBase;
 
   void Compute(OpKernelContext* ctx) override {
-    OpInputList cores;
-    OP_REQUIRES_OK(ctx, ctx->input_list("cores", &cores));
-    TTDims dims;
-    OP_REQUIRES_OK(ctx, tt_keras::DimsFromCores(cores, num_rows_, &dims));
-    tt_keras::BagInputs<Tid> bags;
-    OP_REQUIRES_OK(ctx, tt_keras::ValidateBagInputs<Tid>(ctx, combiner_, num_rows_, &bags));
-    const Tensor& grad = ctx->input(0);
-    OP_REQUIRES_OK(ctx, tt_keras::ValidateGradShape<Tid>(grad, combiner_, bags, dims.dim));
+    tt_keras::BagOpInputs<Tid> in;
+    OP_REQUIRES_OK(ctx, ReadInputs(ctx, /*host_contents=*/true, &in));
+    const Tensor* grad = nullptr;
+    OP_REQUIRES_OK(ctx, ReadGrad(ctx, in, &grad));
 
-    OpOutputList core_grads;
-    OP_REQUIRES_OK(ctx, ctx->output_list("core_grads", &core_grads));
+    // An empty batch has no gradient; otherwise BackpropCores writes every element.
     std::vector<float*> grad_ptrs;
-    for (int t = 0; t < dims.k; ++t) {
-      Tensor* g = nullptr;
-      OP_REQUIRES_OK(ctx, core_grads.allocate(t, cores[t].shape(), &g));
-      grad_ptrs.push_back(g->flat<float>().data());
-      // An empty batch has no gradient; otherwise BackpropCores writes every element.
-      if (bags.nnz == 0) std::fill(grad_ptrs.back(), grad_ptrs.back() + g->NumElements(), 0.f);
-    }
-    if (bags.nnz == 0) return;
+    OP_REQUIRES_OK(ctx, tt_keras::AllocateCoreGrads(ctx, in.cores, in.bags.nnz == 0, &grad_ptrs));
+    if (in.bags.nnz == 0) return;
 
-    const auto pfor = CpuParallelFor(ctx);
+    const auto pfor = tt_keras::CpuParallelFor(ctx);
     // The forward's residuals, when it left them, spare the sort and the leading GEMMs.
-    LookupPlan plan;
+    tt_keras::LookupPlan plan;
     Tensor plan_memory;
     const float* ready_partials = nullptr;
-    OP_REQUIRES_OK(ctx, tt_keras::ReadOrBuildPlan(ctx, dims, bags.ids, bags.nnz, pfor, &plan_memory,
-                                                  &plan, &ready_partials));
-    const int64_t num_leaf_grads = plan.num_nodes(dims.k) * dims.dim;
+    OP_REQUIRES_OK(ctx, tt_keras::ReadOrBuildPlan(ctx, in.dims, in.bags.ids, in.bags.nnz, pfor,
+                                                  &plan_memory, &plan, &ready_partials));
+    const int64_t num_leaf_grads = plan.num_nodes(in.dims.k) * in.dims.dim;
     Tensor memory;
     Workspace ws;
     OP_REQUIRES_OK(
-        ctx, AllocateWorkspace(
-                 ctx,
-                 ArrayBytes<float>(bags.nnz) + ArrayBytes<int64_t>(bags.nnz) +
-                     ArrayBytes<float>(num_leaf_grads) +
-                     tt_keras::BackpropCoresWorkspaceBytes(dims, plan, ready_partials != nullptr),
-                 &memory, &ws));
-    float* scale = ws.Take<float>(bags.nnz);
-    int64_t* bag_of_pos = ws.Take<int64_t>(bags.nnz);
+        ctx, AllocateWorkspace(ctx,
+                               ArrayBytes<float>(in.bags.nnz) + ArrayBytes<int64_t>(in.bags.nnz) +
+                                   ArrayBytes<float>(num_leaf_grads) +
+                                   tt_keras::BackpropCoresWorkspaceBytes(in.dims, plan,
+                                                                         ready_partials != nullptr),
+                               &memory, &ws));
+    float* scale = ws.Take<float>(in.bags.nnz);
+    int64_t* bag_of_pos = ws.Take<int64_t>(in.bags.nnz);
     float* leaf_grads = ws.Take<float>(num_leaf_grads);
-    tt_keras::PositionScales(combiner_, bags.row_splits, bags.num_bags, bags.weights, bags.nnz,
-                             scale, bag_of_pos, pfor);
-    tt_keras::AggregateLeafGrads(dims, plan, grad.flat<float>().data(), scale, bag_of_pos,
+    tt_keras::PositionScales(combiner_, in.bags.row_splits, in.bags.num_bags, in.bags.weights,
+                             in.bags.nnz, scale, bag_of_pos, pfor);
+    tt_keras::AggregateLeafGrads(in.dims, plan, grad->flat<float>().data(), scale, bag_of_pos,
                                  leaf_grads, pfor);
-    const std::vector<const float*> core_ptrs = CorePointers(cores);
-    tt_keras::BackpropCores(dims, core_ptrs.data(), plan, leaf_grads, grad_ptrs.data(), &ws, pfor,
-                            ready_partials);
+    const std::vector<const float*> core_ptrs = tt_keras::CorePointers(in.cores);
+    tt_keras::BackpropCores(in.dims, core_ptrs.data(), plan, leaf_grads, grad_ptrs.data(), &ws,
+                            pfor, ready_partials);
   }
 };
 
-#define REGISTER_CPU(Tid)                                                                    \
-  REGISTER_KERNEL_BUILDER(                                                                   \
-      Name("TTKeras>TTEmbeddingBag").Device(DEVICE_CPU).TypeConstraint<Tid>("Tindices"),     \
-      TTEmbeddingBagOp<Tid>);                                                                \
-  REGISTER_KERNEL_BUILDER(                                                                   \
-      Name("TTKeras>TTEmbeddingBagGrad").Device(DEVICE_CPU).TypeConstraint<Tid>("Tindices"), \
-      TTEmbeddingBagGradOp<Tid>);
-
-REGISTER_CPU(int32);
-REGISTER_CPU(int64_t);
-#undef REGISTER_CPU
+TT_REGISTER_BAG_KERNELS(DEVICE_CPU, "TTKeras>TTEmbeddingBag", TTEmbeddingBagOp,
+                        TTEmbeddingBagGradOp);
 
 }  // namespace
 }  // namespace tensorflow

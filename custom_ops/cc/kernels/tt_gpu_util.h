@@ -16,6 +16,7 @@
 #include "tensorflow/core/framework/tensor.h"
 #include "tt_core.h"
 #include "tt_kernels.h"
+#include "tt_op_util.h"
 #include "tt_validation.h"
 #include "xla/stream_executor/stream.h"
 
@@ -71,9 +72,11 @@ inline absl::Status GetCudaStream(OpKernelContext* ctx, void** stream) {
 
 // The lookup description the launchers take; device pointers come from the input tensors.
 template <typename Tid>
-absl::Status MakeLookup(OpKernelContext* ctx, const OpInputList& cores, const TTDims& dims,
-                        int64_t num_rows, Combiner combiner, const tt_keras::BagInputs<Tid>& bags,
-                        TTCudaLookup* lk) {
+absl::Status MakeLookup(OpKernelContext* ctx, const tt_keras::BagOpInputs<Tid>& in,
+                        int64_t num_rows, Combiner combiner, TTCudaLookup* lk) {
+  const OpInputList& cores = in.cores;
+  const TTDims& dims = in.dims;
+  const tt_keras::BagInputs<Tid>& bags = in.bags;
   *lk = TTCudaLookup();
   lk->shape.num_cores = dims.k;
   for (int t = 0; t < dims.k; ++t) {
@@ -87,13 +90,11 @@ absl::Status MakeLookup(OpKernelContext* ctx, const OpInputList& cores, const TT
   }
   for (int t = 0; t <= dims.k; ++t) lk->shape.ranks[t] = static_cast<int32_t>(dims.r[t]);
   lk->shape.num_rows = num_rows;
-  const Tensor *indices_ptr, *splits_ptr, *weights_ptr;
-  TF_RETURN_IF_ERROR(ctx->input("indices", &indices_ptr));
-  TF_RETURN_IF_ERROR(ctx->input("row_splits", &splits_ptr));
-  TF_RETURN_IF_ERROR(ctx->input("weights", &weights_ptr));
-  const Tensor& indices = *indices_ptr;
-  const Tensor& splits = *splits_ptr;
-  const Tensor& weights = *weights_ptr;
+  tt_keras::BagTensors tensors;
+  TF_RETURN_IF_ERROR(tt_keras::ReadBagTensors(ctx, &tensors));
+  const Tensor& indices = *tensors.indices;
+  const Tensor& splits = *tensors.splits;
+  const Tensor& weights = *tensors.weights;
   if (bags.nnz > (int64_t{1} << 31) - 2) {
     return InvalidArgument("the GPU kernel takes at most 2^31 - 2 indices, got ", bags.nnz);
   }
@@ -117,6 +118,25 @@ inline absl::Status AllocateWorkspace(OpKernelContext* ctx, size_t workspace_byt
   *error = reinterpret_cast<TTCudaErrorInfo*>(base);
   *workspace = base + kErrorSlot;
   return absl::OkStatus();
+}
+
+// One temporary tensor (`holder`) with the device error record and the launcher's workspace
+// of `bytes`.
+struct GpuScratch {
+  Tensor holder;
+  TTCudaErrorInfo* error = nullptr;
+  void* workspace = nullptr;
+  size_t bytes = 0;
+};
+
+// `query(size_t* bytes)` is the launcher's workspace-size function for this call; `what`
+// names the op in its errors.
+template <typename Query>
+absl::Status AllocateScratch(OpKernelContext* ctx, Query query, const char* what,
+                             GpuScratch* scratch) {
+  TF_RETURN_IF_ERROR(FromLauncher(query(&scratch->bytes), what));
+  return AllocateWorkspace(ctx, scratch->bytes, &scratch->holder, &scratch->error,
+                           &scratch->workspace);
 }
 
 // Allocates the gradient op's output list "core_grads", one tensor shaped like each core;

@@ -3,6 +3,7 @@
 #ifndef TT_KERAS_CUSTOM_OPS_CC_KERNELS_TT_OP_UTIL_H_
 #define TT_KERAS_CUSTOM_OPS_CC_KERNELS_TT_OP_UTIL_H_
 
+#include <algorithm>
 #include <functional>
 #include <string>
 #include <utility>
@@ -11,6 +12,7 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/lib/core/threadpool.h"
 #include "tt_core.h"
+#include "tt_validation.h"
 
 namespace tt_keras {
 
@@ -33,7 +35,17 @@ inline tensorflow::Status AllocateWorkspace(tensorflow::OpKernelContext* ctx, si
   return tensorflow::OkStatus();
 }
 
-// What every TT bag kernel reads from its attrs: the table's rows and the combiner.
+// What a TT bag kernel starts from: the cores, the table's dims they define, the bags.
+template <typename Tid>
+struct BagOpInputs {
+  tensorflow::OpInputList cores;
+  TTDims dims;
+  BagInputs<Tid> bags;
+  int64_t out_rows = 0;  // rows of the forward output: one a bag, or one an id
+};
+
+// What every TT bag kernel reads from its attrs (the table's rows and the combiner), and
+// its inputs, checked the same way by every kernel.
 class BagKernelBase : public tensorflow::OpKernel {
  public:
   explicit BagKernelBase(tensorflow::OpKernelConstruction* ctx) : OpKernel(ctx) {
@@ -46,6 +58,34 @@ class BagKernelBase : public tensorflow::OpKernel {
   }
 
  protected:
+  // The inputs, their shapes checked; with `host_contents` the ids and splits too (the CPU
+  // kernels: the GPU kernels check them on the device).
+  template <typename Tid>
+  absl::Status ReadInputs(tensorflow::OpKernelContext* ctx, bool host_contents,
+                          BagOpInputs<Tid>* in) const {
+    TF_RETURN_IF_ERROR(ctx->input_list("cores", &in->cores));
+    TF_RETURN_IF_ERROR(DimsFromCores(in->cores, num_rows_, &in->dims));
+    TF_RETURN_IF_ERROR(host_contents ? ValidateBagInputs<Tid>(ctx, combiner_, num_rows_, &in->bags)
+                                     : ValidateBagShapes<Tid>(ctx, combiner_, &in->bags));
+    in->out_rows = combiner_ == Combiner::kNone ? in->bags.nnz : in->bags.num_bags;
+    return absl::OkStatus();
+  }
+
+  // A gradient op's incoming gradient (input 0), shaped like the forward's output.
+  template <typename Tid>
+  absl::Status ReadGrad(tensorflow::OpKernelContext* ctx, const BagOpInputs<Tid>& in,
+                        const tensorflow::Tensor** grad) const {
+    *grad = &ctx->input(0);
+    return ValidateGradShape<Tid>(**grad, combiner_, in.bags, in.dims.dim);
+  }
+
+  // The forward's output 0, [out_rows, dim].
+  template <typename Tid>
+  static absl::Status AllocateOutput(tensorflow::OpKernelContext* ctx, const BagOpInputs<Tid>& in,
+                                     tensorflow::Tensor** output) {
+    return ctx->allocate_output(0, tensorflow::TensorShape({in.out_rows, in.dims.dim}), output);
+  }
+
   int64_t num_rows_ = 0;
   Combiner combiner_ = Combiner::kNone;
 };
@@ -102,6 +142,22 @@ tensorflow::Status ReadOrBuildPlan(tensorflow::OpKernelContext* ctx, const TTDim
   return tensorflow::OkStatus();
 }
 
+// Allocates a gradient op's output list "core_grads", one tensor shaped like each core, into
+// *ptrs; zeroed when `zero` (a call whose backward writes none of them).
+inline tensorflow::Status AllocateCoreGrads(tensorflow::OpKernelContext* ctx,
+                                            const tensorflow::OpInputList& cores, bool zero,
+                                            std::vector<float*>* ptrs) {
+  tensorflow::OpOutputList core_grads;
+  TF_RETURN_IF_ERROR(ctx->output_list("core_grads", &core_grads));
+  for (int t = 0; t < cores.size(); ++t) {
+    tensorflow::Tensor* g = nullptr;
+    TF_RETURN_IF_ERROR(core_grads.allocate(t, cores[t].shape(), &g));
+    ptrs->push_back(g->flat<float>().data());
+    if (zero) std::fill(ptrs->back(), ptrs->back() + g->NumElements(), 0.f);
+  }
+  return tensorflow::OkStatus();
+}
+
 inline std::vector<const float*> CorePointers(const tensorflow::OpInputList& cores) {
   std::vector<const float*> ptrs;
   for (int t = 0; t < cores.size(); ++t) ptrs.push_back(cores[t].flat<float>().data());
@@ -109,5 +165,16 @@ inline std::vector<const float*> CorePointers(const tensorflow::OpInputList& cor
 }
 
 }  // namespace tt_keras
+
+// Registers a TT bag op's kernel `Op<Tid>` and its gradient op's `GradOp<Tid>` (the op named
+// op_name "Grad") on `device`, for int32 and int64 ids; expanded inside namespace tensorflow
+// (REGISTER_KERNEL_BUILDER pastes its first token, so Name stays unqualified).
+#define TT_REGISTER_BAG_KERNELS_FOR(device, op_name, Op, GradOp, Tid)                             \
+  REGISTER_KERNEL_BUILDER(Name(op_name).Device(device).TypeConstraint<Tid>("Tindices"), Op<Tid>); \
+  REGISTER_KERNEL_BUILDER(Name(op_name "Grad").Device(device).TypeConstraint<Tid>("Tindices"),    \
+                          GradOp<Tid>)
+#define TT_REGISTER_BAG_KERNELS(device, op_name, Op, GradOp)         \
+  TT_REGISTER_BAG_KERNELS_FOR(device, op_name, Op, GradOp, int32_t); \
+  TT_REGISTER_BAG_KERNELS_FOR(device, op_name, Op, GradOp, int64_t)
 
 #endif  // TT_KERAS_CUSTOM_OPS_CC_KERNELS_TT_OP_UTIL_H_

@@ -60,18 +60,29 @@ struct BagInputs {
   const float* weights = nullptr;  // null: all ones
 };
 
+// A bag op's inputs "indices", "row_splits" and "weights", unchecked.
+struct BagTensors {
+  const tensorflow::Tensor* indices = nullptr;
+  const tensorflow::Tensor* splits = nullptr;
+  const tensorflow::Tensor* weights = nullptr;
+};
+
+inline absl::Status ReadBagTensors(tensorflow::OpKernelContext* ctx, BagTensors* in) {
+  TF_RETURN_IF_ERROR(ctx->input("indices", &in->indices));
+  TF_RETURN_IF_ERROR(ctx->input("row_splits", &in->splits));
+  return ctx->input("weights", &in->weights);
+}
+
 // Shapes of indices / row_splits / weights (host metadata only).
 template <typename Tid>
 absl::Status ValidateBagShapes(tensorflow::OpKernelContext* ctx, Combiner combiner,
                                BagInputs<Tid>* bags) {
   namespace errors = tensorflow::errors;
-  const tensorflow::Tensor *indices_ptr, *splits_ptr, *weights_ptr;
-  TF_RETURN_IF_ERROR(ctx->input("indices", &indices_ptr));
-  TF_RETURN_IF_ERROR(ctx->input("row_splits", &splits_ptr));
-  TF_RETURN_IF_ERROR(ctx->input("weights", &weights_ptr));
-  const tensorflow::Tensor& indices = *indices_ptr;
-  const tensorflow::Tensor& splits = *splits_ptr;
-  const tensorflow::Tensor& weights = *weights_ptr;
+  BagTensors in;
+  TF_RETURN_IF_ERROR(ReadBagTensors(ctx, &in));
+  const tensorflow::Tensor& indices = *in.indices;
+  const tensorflow::Tensor& splits = *in.splits;
+  const tensorflow::Tensor& weights = *in.weights;
   if (indices.dims() != 1) {
     return errors::InvalidArgument("indices must be a vector, got shape ",
                                    indices.shape().DebugString());
@@ -105,13 +116,11 @@ absl::Status ValidateBagInputs(tensorflow::OpKernelContext* ctx, Combiner combin
                                int64_t num_rows, BagInputs<Tid>* bags) {
   namespace errors = tensorflow::errors;
   TF_RETURN_IF_ERROR(ValidateBagShapes<Tid>(ctx, combiner, bags));
-  const tensorflow::Tensor *indices_ptr, *splits_ptr, *weights_ptr;
-  TF_RETURN_IF_ERROR(ctx->input("indices", &indices_ptr));
-  TF_RETURN_IF_ERROR(ctx->input("row_splits", &splits_ptr));
-  TF_RETURN_IF_ERROR(ctx->input("weights", &weights_ptr));
-  const tensorflow::Tensor& indices = *indices_ptr;
-  const tensorflow::Tensor& splits = *splits_ptr;
-  const tensorflow::Tensor& weights = *weights_ptr;
+  BagTensors in;
+  TF_RETURN_IF_ERROR(ReadBagTensors(ctx, &in));
+  const tensorflow::Tensor& indices = *in.indices;
+  const tensorflow::Tensor& splits = *in.splits;
+  const tensorflow::Tensor& weights = *in.weights;
   bags->ids = indices.flat<Tid>().data();
   std::string error = ValidateIds(bags->ids, bags->nnz, num_rows);
   if (!error.empty()) return errors::InvalidArgument(error);
@@ -159,6 +168,16 @@ inline absl::Status ValidateCacheShapes(const tensorflow::Tensor& cache_ids,
                                    " columns: expected [", cache_size, ",", dim, "]");
   }
   return absl::OkStatus();
+}
+
+// The cached ops' cache inputs: "cache_ids", and "cache_rows" when `rows` is given (the
+// gradient ops take none), their shapes checked.
+inline absl::Status ReadCacheInputs(tensorflow::OpKernelContext* ctx, int64_t dim,
+                                    const tensorflow::Tensor** ids,
+                                    const tensorflow::Tensor** rows) {
+  TF_RETURN_IF_ERROR(ctx->input("cache_ids", ids));
+  if (rows != nullptr) TF_RETURN_IF_ERROR(ctx->input("cache_rows", rows));
+  return ValidateCacheShapes(**ids, rows ? *rows : nullptr, dim);
 }
 
 }  // namespace tt_keras

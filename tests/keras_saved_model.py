@@ -1,0 +1,15 @@
+"""A Keras model through a SavedModel and back, under whichever Keras this process runs."""
+
+import tensorflow as tf
+
+from tt_keras._keras import IS_KERAS_3, keras
+
+
+def saved_model_predictions(model, path, x):
+    """The model exported to `path` as a SavedModel, loaded back and applied to x: Keras 3
+    exports its inference function (`model.export`), legacy Keras saves the whole model."""
+    if IS_KERAS_3:
+        model.export(path)
+        return tf.saved_model.load(path).serve(tf.constant(x)).numpy()
+    model.save(path, save_format="tf")
+    return keras.models.load_model(path).predict(x, verbose=0)
