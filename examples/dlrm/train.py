@@ -76,21 +76,21 @@ def report_only(config: Config) -> List[dict]:
 
 
 def planned_runs(config: Config) -> Tuple[str, List[Tuple[str, DLRMConfig]]]:
-    """(results subdirectory, [(label, DLRMConfig)]): the initializer ablation, or TT then
-    dense (TT first: its memory peak is then not inflated by what the large dense model
-    leaves)."""
+    """(results subdirectory, [(label, DLRMConfig)]): the TT model started from --init_from,
+    the initializer ablation, or TT then dense (TT first: its memory peak is then not
+    inflated by what the large dense model leaves)."""
     model, run = config.dlrm_config(), config.run
     if (run.init_ablation or run.model != "dense") and not model.tt_tables:
         raise app.UsageError("--init_ablation and --model=tt|both need --tt_tables > 0")
-    if run.init_ablation:
-        return "init_ablation", [(init, model.replace(tt_initializer=init))
-                                 for init in dlrm_config.INIT_ABLATION]
     if run.init_from:
         if run.init_ablation or run.model != "tt":
             raise app.UsageError(f"--init_from fine-tunes the TT model alone: give --model=tt "
                                  f"without --init_ablation (got --model={run.model}"
                                  f"{' --init_ablation' if run.init_ablation else ''})")
         return "", [(INIT_FROM_LABEL, model)]
+    if run.init_ablation:
+        return "init_ablation", [(init, model.replace(tt_initializer=init))
+                                 for init in dlrm_config.INIT_ABLATION]
     kinds = ("tt", "dense") if run.model == "both" else (run.model,)
     return "", [(kind, model if kind == "tt" else model.replace(tt_tables=0))
                 for kind in kinds]
