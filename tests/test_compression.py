@@ -16,6 +16,7 @@ from tt_keras._keras import IS_KERAS_3, keras
 from tt_keras.compression import SubclassedModelError, compress
 
 from tests.tolerance import assert_reordered_close
+from tests.tt_svd_bound import unfolding_tails
 
 BIG, MID, SMALL = 700, 300, 30
 FULL_RANK = 10_000  # above every unfolding's rank: TT-SVD keeps them all
@@ -55,23 +56,6 @@ def _table(layer):
     return tf.convert_to_tensor(layer.embeddings).numpy().astype(np.float64)
 
 
-def _unfolding_tails(table, tt_shape):
-    """eps_t: the Frobenius norm of the singular values the t-th unfolding of the padded
-    table loses at rank r_t (mode pairs (p_t, q_t) as in the TT format)."""
-    row_shape, col_shape, k = tt_shape.row_shape, tt_shape.col_shape, tt_shape.num_cores
-    padded = np.zeros((tt_shape.padded_rows, tt_shape.dim))
-    padded[: len(table)] = table
-    tensor = padded.reshape(row_shape + col_shape).transpose(
-        [a for t in range(k) for a in (t, k + t)])
-    tails, ranks = [], []
-    for t in range(1, k):
-        lead = math.prod(row_shape[:t]) * math.prod(col_shape[:t])
-        s = np.linalg.svd(tensor.reshape(lead, -1), compute_uv=False)
-        tails.append(math.sqrt(float(np.sum(s[tt_shape.ranks[t]:] ** 2))))
-        ranks.append(int(np.sum(s > s[0] * 1e-12)))
-    return tails, ranks, padded
-
-
 def test_full_rank_gives_back_the_trained_table(trained):
     small = compress(trained, min_rows=MID, tt_rank=FULL_RANK)
     for name in ("big", "mid"):
@@ -89,7 +73,7 @@ def test_lower_rank_error_is_within_the_tt_svd_bound(trained, tt_rank):
     small = compress(trained, min_rows=BIG, tt_rank=tt_rank)
     layer = small.get_layer("big")
     table = _table(trained.get_layer("big"))
-    tails, unfolding_ranks, padded = _unfolding_tails(table, layer.tt_shape)
+    tails, unfolding_ranks, padded = unfolding_tails(table, layer.tt_shape)
     assert list(layer.tt_shape.inner_ranks) == [min(tt_rank, r) for r in unfolding_ranks]
     error = np.linalg.norm(oracle.dense_table([c.numpy() for c in layer.cores]) - padded)
     # Oseledets: ||W - W_tt|| <= sqrt(sum eps_t^2); the best error of these ranks is at

@@ -287,6 +287,12 @@ class RunConfig(_Options):
     model: str = option("both", "Which DLRM(s) to train.", choices=("dense", "tt", "both"))
     init_ablation: bool = option(
         False, "Train the TT model with each of: " + ", ".join(INIT_ABLATION) + ".")
+    init_from: str = option(
+        "", "Start the TT model from a trained dense DLRM: its checkpoint (prefix), "
+        "checkpoints directory, run directory or --model_dir (its dense/ run). Each TT table "
+        "gets the TT-SVD of the trained table, the rest is copied, then --steps fine-tune it "
+        "(needs --model=tt and the dense run's table and MLP flags; "
+        "examples/dlrm/init_from.py).")
     report_only: bool = option(
         False, "Print model sizes and compression ratios for the full Kaggle and Terabyte "
         "tables (3/5/7 TT tables x ranks 8/16/32/64; also <out_dir>/size_report.json) and "

@@ -3,6 +3,8 @@
 - `model_result`: the measurements of one trained model (a JSON-ready dict);
 - `comparison_rows` / `format_comparison`: the table comparing the models of a run;
 - `tt_table_rows` / `format_tt_tables`: each TT table of a model;
+- `init_from_rows` / `format_init_from`: a TT model started from a dense checkpoint: the
+  dense model, the TT model right after TT-SVD and after fine-tuning;
 - `size_report` / `format_size_report`: sizes and compression ratios of DLRM on the full
   Kaggle and Terabyte tables, from unbuilt `tt_keras.TTEmbedding`s (no variables, no data).
 
@@ -133,6 +135,39 @@ def format_model_header(label: str, model, mlp_params: int) -> str:
         head = f"\n=== {label}: all {len(c.table_sizes)} tables dense, D={c.embedding_dim} ==="
     return (f"{head}\n  embeddings: {emb.embedding_bytes:,} B (dense would be "
             f"{emb.uncompressed_bytes:,} B); MLP parameters: {mlp_params:,}")
+
+
+# ---------------------------------------------------------------------------------------
+# A TT model started from a dense checkpoint (--init_from)
+# ---------------------------------------------------------------------------------------
+
+def init_from_rows(result: dict) -> List[dict]:
+    """Held-out AUC and log loss of the dense model, of the TT model right after TT-SVD
+    (before fine-tuning) and after fine-tuning, from the result of a run with --init_from
+    (its "init_from": init_from.initialize's dict)."""
+    init = result["init_from"]
+    stages = (("dense (checkpoint)", init["dense_steps"], init["dense"]),
+              ("TT after TT-SVD", 0, init["tt_svd"]),
+              ("TT fine-tuned", result["steps"], result))
+    return [{"model": model, "steps": steps,
+             **{key: float(metrics[key]) for key in ("auc", "logloss", "accuracy")}}
+            for model, steps, metrics in stages]
+
+
+def format_init_from(rows: Sequence[dict], tables: Sequence[dict] = ()) -> str:
+    """The init_from_rows table; with init_from's table rows, each TT table's relative
+    error after TT-SVD."""
+    head = f"  {'model':<20} {'steps':>8} {'AUC':>7} {'logloss':>8} {'acc':>7}"
+    lines = ["  --init_from: held-out metrics (TT steps are fine-tuning steps)", head,
+             "  " + "-" * (len(head) - 2)]
+    for r in rows:
+        lines.append(f"  {r['model']:<20} {_or_dash(r['steps']):>8} {r['auc']:>7.4f} "
+                     f"{r['logloss']:>8.4f} {r['accuracy']:>7.4f}")
+    if tables:
+        lines.append("  TT-SVD relative error ||W - TT||_F / ||W||_F: " + ", ".join(
+            f"{t['feature']} ({t['rows']:,} rows, ranks {t['ranks']}) {t['relative_error']:.3g}"
+            for t in tables))
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------

@@ -45,6 +45,11 @@ from examples.dlrm import config as dlrm_config  # noqa: E402
 from examples.dlrm import plots, reports, sources  # noqa: E402
 from examples.dlrm.config import Config, DLRMConfig  # noqa: E402
 
+# The run directory and label of a TT model started from a dense checkpoint: not "tt", so
+# that a --model_dir that already holds a TT model trained from scratch is not resumed
+# instead.
+INIT_FROM_LABEL = "tt_from_dense"
+
 
 def write_json(obj, out_dir: str, name: str) -> str:
     os.makedirs(out_dir, exist_ok=True)
@@ -71,12 +76,18 @@ def report_only(config: Config) -> List[dict]:
 
 
 def planned_runs(config: Config) -> Tuple[str, List[Tuple[str, DLRMConfig]]]:
-    """(results subdirectory, [(label, DLRMConfig)]): the initializer ablation, or TT then
-    dense (TT first: its memory peak is then not inflated by what the large dense model
-    leaves)."""
+    """(results subdirectory, [(label, DLRMConfig)]): the TT model started from --init_from,
+    the initializer ablation, or TT then dense (TT first: its memory peak is then not
+    inflated by what the large dense model leaves)."""
     model, run = config.dlrm_config(), config.run
     if (run.init_ablation or run.model != "dense") and not model.tt_tables:
         raise app.UsageError("--init_ablation and --model=tt|both need --tt_tables > 0")
+    if run.init_from:
+        if run.init_ablation or run.model != "tt":
+            raise app.UsageError(f"--init_from fine-tunes the TT model alone: give --model=tt "
+                                 f"without --init_ablation (got --model={run.model}"
+                                 f"{' --init_ablation' if run.init_ablation else ''})")
+        return "", [(INIT_FROM_LABEL, model)]
     if run.init_ablation:
         return "init_ablation", [(init, model.replace(tt_initializer=init))
                                  for init in dlrm_config.INIT_ABLATION]

@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
-from examples.dlrm import cache_plan, reports
+from examples.dlrm import cache_plan, init_from, reports
 from examples.dlrm import callbacks as dlrm_callbacks
 from examples.dlrm import export as dlrm_export
 from examples.dlrm import model as dlrm_model
@@ -81,6 +81,7 @@ def train_model(label: str, model_config: DLRMConfig, config: Config, source,
     cache_plan.seed_counters(model, model_config, cache_sample or {})
     run_dir = os.path.join(config.output.model_dir, label) if config.output.model_dir else ""
     manager, start_step = restore(model, run_dir)
+    init = init_from.maybe_initialize(model, config, source, start_step)
     recorder = dlrm_callbacks.StepRecorder(config.data.batch_size)
     train_seconds = fit(model, source, config, start_step, dlrm_callbacks.make_callbacks(
         recorder, config.training.steps, run_dir, manager))
@@ -92,6 +93,9 @@ def train_model(label: str, model_config: DLRMConfig, config: Config, source,
     result = reports.model_result(label, model, metrics, recorder.curve(), timing,
                                   memory.result())
     print(reports.format_result(result))
+    if init:
+        result["init_from"] = init
+        print(reports.format_init_from(reports.init_from_rows(result), init["tables"]))
     if config.output.export_dir:
         result.update(export(model, label, config.output))
     del model  # frees the tables before the next model's phase
