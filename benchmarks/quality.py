@@ -25,6 +25,7 @@ from typing import Dict, List, Tuple
 from absl import app, flags
 
 from benchmarks import quality_report
+from examples.dlrm.config import RECOMMENDED_TT
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -80,6 +81,9 @@ GRIDS: Dict[str, Dict[str, dict]] = {
                                            "cache_fold_sweeps": 0, "cache_plan_batches": 2000,
                                            "cache_plan_min_count": 1},
     },
+    # The configuration make demo trains (examples/dlrm/config.py RECOMMENDED_TT): screen2's
+    # tt10_r8_b19.5_m1 with its budget derived from the 100x target instead of written out.
+    "recommended": {"dense": {}, "recommended": dict(RECOMMENDED_TT)},
     "quick": {
         "dense": {},
         "tt7_r8": {"tt_tables": 7, "tt_rank": 8},

@@ -10,6 +10,9 @@ def saved_model_predictions(model, path, x):
     exports its inference function (`model.export`), legacy Keras saves the whole model."""
     if IS_KERAS_3:
         model.export(path)
-        return tf.saved_model.load(path).serve(tf.constant(x)).numpy()
+        # Held in a name: a loaded object dropped before its function runs takes the
+        # function's variables with it.
+        restored = tf.saved_model.load(path)
+        return restored.serve(tf.constant(x)).numpy()
     model.save(path, save_format="tf")
     return keras.models.load_model(path).predict(x, verbose=0)

@@ -5,16 +5,20 @@ import dataclasses
 import os
 import sys
 
+import numpy as np
 import pytest
 from absl import app, flags
+
+import tt_keras
+from tt_keras.cache_budget import cache_row_bytes, split_cache_budget
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+from examples.dlrm import cache_plan, sample  # noqa: E402
 from examples.dlrm import config as C  # noqa: E402
 from examples.dlrm import data as D  # noqa: E402
-from examples.dlrm import sample  # noqa: E402
 from examples.dlrm import train as T  # noqa: E402
 
 # The trainer's flags and defaults as they were before the options became dataclass fields
@@ -38,6 +42,7 @@ ADDED_FLAGS = {
     "cache_fold_sweeps": 1, "tt_init_scale": 1.0,
     "tt_optimizer": "", "tt_learning_rate": 0.0, "teacher": "independent",
     "teacher_clusters": 1000, "teacher_cluster_share": 0.75, "init_from": "",
+    "cache_compression": 0.0,
 }
 
 
@@ -152,3 +157,45 @@ def test_criteo_sample_path(monkeypatch, tmp_path):
     assert sample.criteo_sample_path() == str(tmp_path / "rows.tsv")
     assert C.DataConfig(data="criteo_sample").paths == [str(tmp_path / "rows.tsv")]
     assert C.DataConfig(data="a.tsv,,b.tsv").paths == ["a.tsv", "b.tsv"]
+
+
+def _compression_config(**changes):
+    sizes = [max(1, n // 1000) for n in D.TABLE_SIZES["kaggle"]]
+    return C.DLRMConfig(table_sizes=sizes, embedding_dim=16, tt_tables=5, tt_rank=4,
+                        cache_counter_multiple=1, **changes)
+
+
+@pytest.mark.parametrize("ratio", [8.0, 20.0])
+def test_cache_compression_budget_meets_the_ratio(ratio):
+    """Caches split from the compression budget, built as the DLRM builds them, leave all
+    embedding memory (dense tables, TT layers with their caches) within one cached row per
+    table of dense / ratio."""
+    config = _compression_config(cache_compression=ratio)
+    rng = np.random.default_rng(0)
+    counts = {f: rng.zipf(1.2, size=config.table_sizes[D.CAT_FEATURES.index(f)]).clip(max=10**6)
+              for f in config.tt_features}
+    row_bytes = cache_row_bytes(16, counter_multiple=1)
+    sizes = split_cache_budget(counts, row_bytes,
+                               budget_bytes=cache_plan.compression_budget_bytes(config),
+                               min_count=1)
+    total = 0
+    for f, n in zip(D.CAT_FEATURES, config.table_sizes):
+        if f in config.tt_features:
+            layer = tt_keras.TTEmbedding(n, 16, tt_rank=4, num_cores=config.tt_cores,
+                                         **({"cache_size": sizes[f], "cache_counter_size":
+                                             sizes[f]} if sizes[f] else {}))
+            total += layer.embedding_bytes
+        else:
+            total += 4 * 16 * n
+    dense = 4 * 16 * sum(config.table_sizes)
+    assert total <= dense / ratio
+    assert total > dense / ratio - len(config.tt_features) * row_bytes
+
+
+def test_cache_compression_is_refused_when_it_cannot_be_met():
+    with pytest.raises(ValueError, match="cache_compression=500"):
+        cache_plan.compression_budget_bytes(_compression_config(cache_compression=500.0))
+    with pytest.raises(ValueError, match="cache_budget_mb .* or cache_compression"):
+        _compression_config(cache_compression=50.0, cache_budget_mb=1.0)
+    with pytest.raises(ValueError, match="must exceed 1, got 0.5"):
+        _compression_config(cache_compression=0.5)

@@ -1,8 +1,9 @@
 """Sizing the TT tables' hot-row caches from one budget, by the traffic of a data sample.
 
 `plan_cache_sizes` counts how often each id of every TT table appears in the first batches
-of the training stream, then splits the budget (bytes, or a coverage target) across the
-tables with tt_keras.cache_budget: the most frequent ids over all tables get the rows.
+of the training stream, then splits the budget (bytes, a whole model's compression target,
+or a coverage target) across the tables with tt_keras.cache_budget: the most frequent ids
+over all tables get the rows.
 """
 
 from typing import Tuple
@@ -11,9 +12,14 @@ import numpy as np
 
 from tt_keras.cache_budget import cache_row_bytes, split_cache_budget
 
+from examples.dlrm import reports
 from examples.dlrm.config import DLRMConfig
+from examples.dlrm.data import CAT_FEATURES
 
 MB = 1e6
+FLOAT_BYTES = reports.FLOAT_BYTES
+# A cache's state besides its rows (TTEmbedding.cache_bytes): the step and two statistics.
+CACHE_FIXED_BYTES = 24
 
 
 def sample_id_counts(dataset, features, num_batches: int) -> dict:
@@ -27,6 +33,27 @@ def sample_id_counts(dataset, features, num_batches: int) -> dict:
             for name, ids in seen.items()}
 
 
+def compression_budget_bytes(model_config: DLRMConfig) -> float:
+    """The caches' budget (bytes, counters included) that leaves all embedding memory --
+    the dense tables, the TT cores and the caches -- cache_compression times smaller than
+    the dense model's tables."""
+    dim, sizes = model_config.embedding_dim, model_config.table_sizes
+    tt_sizes = [sizes[CAT_FEATURES.index(f)] for f in model_config.tt_features]
+    dense_bytes = FLOAT_BYTES * dim * sum(sizes)
+    cores = sum(reports.tt_layer(n, dim, model_config.tt_rank, model_config.tt_cores)
+                .embedding_bytes for n in tt_sizes)
+    fixed = (FLOAT_BYTES * dim * (sum(sizes) - sum(tt_sizes)) + cores
+             + CACHE_FIXED_BYTES * len(tt_sizes))
+    budget = dense_bytes / model_config.cache_compression - fixed
+    if budget <= 0:
+        raise ValueError(
+            f"cache_compression={model_config.cache_compression:g}: the dense tables and TT "
+            f"cores alone take {fixed / MB:.2f} MB, more than the dense model's "
+            f"{dense_bytes / MB:.1f} MB / {model_config.cache_compression:g}; compress more "
+            "tables (--tt_tables) or lower --cache_compression")
+    return budget
+
+
 def plan_cache_sizes(model_config: DLRMConfig, source) -> Tuple[DLRMConfig, dict]:
     """(model_config with cache_sizes split from its budget, the sample's
     {feature: (ids, counts)}); (model_config, {}) without a budget."""
@@ -38,7 +65,8 @@ def plan_cache_sizes(model_config: DLRMConfig, source) -> Tuple[DLRMConfig, dict
                                 counter_multiple=model_config.cache_counter_multiple)
     sizes = split_cache_budget(
         {name: counts for name, (_, counts) in sample.items()}, row_bytes,
-        budget_bytes=model_config.cache_budget_mb * MB or None,
+        budget_bytes=(compression_budget_bytes(model_config) if model_config.cache_compression
+                      else model_config.cache_budget_mb * MB) or None,
         coverage=model_config.cache_coverage or None,
         min_count=model_config.cache_plan_min_count)
     return model_config.replace(cache_sizes=tuple(sizes[name] for name in features)), sample

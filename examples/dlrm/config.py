@@ -32,6 +32,12 @@ from examples.dlrm import sample
 INIT_ABLATION = ("sampled_gaussian", "tt_uniform", "tt_naive_uniform", "tt_approx_normal")
 OPTIMIZERS = ("sgd", "adagrad", "adam")
 CRITEO_SAMPLE = "criteo_sample"  # --data keyword for sample.criteo_sample_path()
+# The TT configuration the quality study picks at Kaggle sizes (docs/quality.md): the 10
+# largest tables in TT at rank 8, and hot-row caches from one budget that keeps all embedding
+# memory 100x smaller than dense, split by traffic. `make demo` trains it beside dense.
+RECOMMENDED_TT = {"tt_tables": 10, "tt_rank": 8, "cache_compression": 100.0,
+                  "cache_counter_multiple": 1, "cache_warmup_steps": 1000,
+                  "cache_plan_batches": 2000, "cache_plan_min_count": 1}
 
 
 def option(default, help_text: str, choices=None, minimum=None):
@@ -174,6 +180,10 @@ class DLRMConfig(_Options):
     cache_budget_mb: float = option(
         0.0, "One budget (MB, 10^6 bytes) for all TT tables' caches, split by the id counts "
         "of a sample of the training data (0: --cache_size per table).", minimum=0.0)
+    cache_compression: float = option(
+        0.0, "Instead of --cache_budget_mb: the budget that leaves all embedding memory (dense "
+        "tables, TT cores, caches with their counters) this many times smaller than the dense "
+        "model's tables, split the same way (0: off).", minimum=0.0)
     cache_coverage: float = option(
         0.0, "Alternatively (or also), cache the ids that serve this fraction of the sample's "
         "lookups, over all TT tables (0: no coverage target).", minimum=0.0)
@@ -211,12 +221,18 @@ class DLRMConfig(_Options):
             raise ValueError(f"need {len(features)} table sizes, got {len(self.table_sizes)}")
         if self.tt_tables > len(features):
             raise ValueError(f"tt_tables must be in [0, {len(features)}], got {self.tt_tables}")
+        if self.cache_compression and self.cache_budget_mb:
+            raise ValueError(f"give cache_budget_mb ({self.cache_budget_mb}) or "
+                             f"cache_compression ({self.cache_compression}), not both")
+        if 0 < self.cache_compression <= 1:
+            raise ValueError("cache_compression is a compression ratio and must exceed 1, got "
+                             f"{self.cache_compression}")
         if self.cache_size and self.plans_cache:
             raise ValueError(f"give cache_size ({self.cache_size}) or cache_budget_mb / "
                              "cache_coverage, not both")
         if self.cache_prefill and not self.plans_cache:
             raise ValueError("cache_prefill seeds the caches from the budget's sample: give "
-                             "cache_budget_mb or cache_coverage")
+                             "cache_budget_mb, cache_compression or cache_coverage")
         if self.cache_coverage > 1.0:
             raise ValueError(f"cache_coverage must be at most 1, got {self.cache_coverage}")
         if self.cache_sizes and len(self.cache_sizes) != self.tt_tables:
@@ -226,7 +242,7 @@ class DLRMConfig(_Options):
     @property
     def plans_cache(self) -> bool:
         """Whether the TT tables' cache sizes come from a budget split (cache_sizes)."""
-        return bool(self.cache_budget_mb or self.cache_coverage)
+        return bool(self.cache_budget_mb or self.cache_compression or self.cache_coverage)
 
     def table_cache_size(self, feature: str) -> int:
         """The cache rows of TT table `feature`: its share of a planned budget, or
