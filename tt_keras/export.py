@@ -19,6 +19,12 @@ library (`import tt_keras` does) or in a TF Serving built with it.
 Only the model's variables and the one serving function are saved (the Keras model object
 itself is not serialized, so no Keras layer code is traced outside the scope and nothing
 Keras-specific is needed at load time).
+
+A local export is written into a staging directory beside `export_dir`, checked (its
+saved_model.pb parses, its variables are complete, and a portable one holds no custom op),
+and only then put in place of the old one (tt_keras/dir_swap.py). A serving function that
+raises, a failed check, or a process killed at any point leaves the previous export as it
+was; TF Serving, which ignores the hidden staging name, never sees a half-written version.
 """
 
 import os
@@ -26,6 +32,8 @@ import shutil
 from typing import Callable, Dict, Iterable, List, Mapping, Optional
 
 import tensorflow as tf
+
+from tt_keras import dir_swap
 
 CUSTOM_OP_PREFIX = "TTKeras>"
 DEFAULT_OUTPUT_KEY = "predictions"
@@ -156,7 +164,8 @@ def export_saved_model(
       variables: the variables to store; default: `model.variables`.
       output_key: the output's name when serving_fn returns a single tensor.
       signature_name: the signature key ("serving_default" is what TF Serving uses).
-      overwrite: remove an existing export_dir first.
+      overwrite: replace an existing export_dir (only once the new export is complete and
+        checked); False: an existing export_dir is an error.
       save_options: tf.saved_model.SaveOptions; default: for portable exports, no custom
         gradients are saved (serving never needs them).
 
@@ -164,7 +173,9 @@ def export_saved_model(
       The SavedModel's op types (graph_op_types).
 
     Raises:
-      NonPortableGraphError: portable=True and the saved graph still holds a "TTKeras>" op.
+      NonPortableGraphError: portable=True and the saved graph still holds a "TTKeras>" op
+        (export_dir is then left as it was).
+      FileExistsError: overwrite=False and export_dir exists.
     """
     input_signature = dict(input_signature)
     if not input_signature:
@@ -193,15 +204,50 @@ def export_saved_model(
 
     if save_options is None:
         save_options = tf.saved_model.SaveOptions(experimental_custom_gradients=not portable)
-    if overwrite and tf.io.gfile.exists(export_dir):
-        if os.path.isdir(export_dir):
-            shutil.rmtree(export_dir)
-        else:
+    if _is_remote(export_dir):  # no directory rename on object stores: replace in place
+        if tf.io.gfile.exists(export_dir):
+            if not overwrite:
+                raise FileExistsError(f"export_dir {export_dir} exists (overwrite=False)")
             tf.io.gfile.rmtree(export_dir)
+        return _save_and_check(module, serve, export_dir, signature_name, save_options,
+                               portable)
+    dir_swap.recover_dir(export_dir)
+    if os.path.exists(export_dir) and not overwrite:
+        raise FileExistsError(f"export_dir {export_dir} exists (overwrite=False)")
+    staging = dir_swap.staging_dir(export_dir)
+    try:
+        ops = _save_and_check(module, serve, staging, signature_name, save_options, portable)
+        dir_swap.replace_dir(staging, export_dir)
+    finally:
+        if os.path.exists(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+    return ops
 
+
+def _is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def _check_complete(saved_model_dir: str, has_variables: bool) -> List[str]:
+    """The SavedModel's op types, once its graph parses and its variables are all there."""
+    ops = graph_op_types(saved_model_dir)  # parses saved_model.pb
+    if has_variables:
+        prefix = os.path.join(saved_model_dir, "variables", "variables")
+        try:
+            reader = tf.train.load_checkpoint(prefix)
+            for name in reader.get_variable_to_shape_map():
+                reader.get_tensor(name)  # checks each tensor's checksum
+        # A short or corrupt file surfaces as IndexError ("Read less bytes than
+        # requested") or DataLossError, depending on where it breaks.
+        except (tf.errors.OpError, ValueError, IndexError, RuntimeError) as e:
+            raise RuntimeError(f"the export's variables in {prefix} do not read back: {e}") from e
+    return ops
+
+
+def _save_and_check(module, serve, path, signature_name, save_options, portable) -> List[str]:
     def _save():
         concrete = serve.get_concrete_function()
-        tf.saved_model.save(module, export_dir, signatures={signature_name: concrete},
+        tf.saved_model.save(module, path, signatures={signature_name: concrete},
                             options=save_options)
 
     if portable:
@@ -209,6 +255,7 @@ def export_saved_model(
 
         with tt_keras.lookup_backend_scope("reference"):
             _save()
-        return check_portable(export_dir)
-    _save()
-    return graph_op_types(export_dir)
+        check_portable(path)
+    else:
+        _save()
+    return _check_complete(path, bool(module.tt_keras_variables))
