@@ -20,6 +20,12 @@ Only the model's variables and the one serving function are saved (the Keras mod
 itself is not serialized, so no Keras layer code is traced outside the scope and nothing
 Keras-specific is needed at load time).
 
+The serving function checks its inputs before it computes (`validate_inputs`, on by
+default): every input with a batch dimension has the same number of rows, at most
+`max_batch_size`, and floating-point inputs hold no NaN or Inf. A bad request fails with an
+InvalidArgumentError naming the input (TF Serving returns it to the client as the error
+message) instead of a ConcatOp error or a finite prediction made of a NaN.
+
 A local export is written into a staging directory beside `export_dir`, checked (its
 saved_model.pb parses, its variables are complete, and a portable one holds no custom op),
 and only then put in place of the old one (tt_keras/dir_swap.py). A serving function that
@@ -33,15 +39,20 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional
 
 import tensorflow as tf
 
-from tt_keras import dir_swap
+from tt_keras import dir_swap, shape_checks
 
 CUSTOM_OP_PREFIX = "TTKeras>"
 DEFAULT_OUTPUT_KEY = "predictions"
+# Rows one request may hold. The memory and time of a request grow with its rows (a DLRM
+# took about 50 s and 14 GB for a million), so one client cannot stall a server by default.
+DEFAULT_MAX_BATCH_SIZE = 65536
 
 __all__ = [
     "CUSTOM_OP_PREFIX",
+    "DEFAULT_MAX_BATCH_SIZE",
     "NonPortableGraphError",
     "export_saved_model",
+    "validated_inputs",
     "graph_op_types",
     "custom_op_types",
     "unregistered_op_types",
@@ -137,6 +148,35 @@ def _default_serving_fn(model, names):
     return serve
 
 
+def validated_inputs(inputs: Mapping[str, tf.Tensor],
+                     max_batch_size: Optional[int] = None) -> Dict[str, tf.Tensor]:
+    """`inputs`, checked (graph asserts, run before anything reads them): every input of
+    rank >= 1 has as many rows as the first such input, at most `max_batch_size` (None or
+    0: no bound); floating-point inputs hold no NaN or Inf. Messages name the input (bare:
+    the Assert op escapes quotes)."""
+    checks = []
+    batched = [n for n, x in inputs.items() if x.shape.rank is None or x.shape.rank >= 1]
+    if batched:
+        first = batched[0]
+        rows = tf.shape(inputs[first], out_type=tf.int64)[0]
+        if max_batch_size:
+            checks.append(tf.debugging.assert_less_equal(
+                rows, tf.constant(max_batch_size, tf.int64),
+                message=f"request too large: input {first} has more rows than "
+                        f"max_batch_size={max_batch_size}; split it into smaller requests"))
+        for name in batched[1:]:
+            checks.append(tf.debugging.assert_equal(
+                tf.shape(inputs[name], out_type=tf.int64)[0], rows,
+                message=f"input {name} has a different number of rows than input {first} "
+                        f"(x: the rows of {name}, y: the rows of {first})"))
+    for name, x in inputs.items():
+        if x.dtype.is_floating:
+            checks.append(tf.debugging.assert_all_finite(
+                x, message=f"input {name} holds NaN or Inf"))
+    with tf.control_dependencies(checks):
+        return {name: tf.identity(x) for name, x in inputs.items()}
+
+
 def export_saved_model(
     model,
     export_dir: str,
@@ -148,6 +188,8 @@ def export_saved_model(
     signature_name: str = "serving_default",
     overwrite: bool = True,
     save_options: Optional[tf.saved_model.SaveOptions] = None,
+    validate_inputs: bool = True,
+    max_batch_size: Optional[int] = DEFAULT_MAX_BATCH_SIZE,
 ) -> List[str]:
     """Exports `model` as a SavedModel with one flat, named serving signature.
 
@@ -168,6 +210,11 @@ def export_saved_model(
         checked); False: an existing export_dir is an error.
       save_options: tf.saved_model.SaveOptions; default: for portable exports, no custom
         gradients are saved (serving never needs them).
+      validate_inputs: check each request in the serving function: inputs with a batch
+        dimension have equal row counts (at most max_batch_size) and floating-point inputs
+        are finite; errors name the input. False: no checks.
+      max_batch_size: the most rows a request may have (None or 0: no bound); needs
+        validate_inputs.
 
     Returns:
       The SavedModel's op types (graph_op_types).
@@ -187,6 +234,8 @@ def export_saved_model(
             raise TypeError(f"input_signature[{name!r}] must be a tf.TensorSpec, got {spec!r}")
         specs[name] = tf.TensorSpec(spec.shape, spec.dtype, name=name)
     fn = serving_fn or _default_serving_fn(model, names)
+    if max_batch_size is not None:
+        max_batch_size = shape_checks.as_int(max_batch_size, "max_batch_size", minimum=0)
 
     def _outputs(inputs):
         out = fn(inputs)
@@ -196,7 +245,10 @@ def export_saved_model(
 
     @tf.function(input_signature=[specs[n] for n in names])
     def serve(*args):
-        return _outputs(dict(zip(names, args)))
+        inputs = dict(zip(names, args))
+        if validate_inputs:
+            inputs = validated_inputs(inputs, max_batch_size)
+        return _outputs(inputs)
 
     module = tf.Module()
     variables = list(variables) if variables is not None else _model_variables(model)

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Tuple
 from absl import flags
 
 import tt_keras
+from tt_keras import export as tt_export
 
 from examples.dlrm import data as dlrm_data
 from examples.dlrm import export as dlrm_export
@@ -277,6 +278,9 @@ class OutputConfig(_Options):
                                 choices=dlrm_export.INPUT_FORMATS)
     export_portable: bool = option(
         True, "Portable export (standard TF ops only); false keeps the custom ops.")
+    export_max_batch_size: int = option(
+        tt_export.DEFAULT_MAX_BATCH_SIZE, "The most rows one serving request may hold; the "
+        "export's signature refuses larger ones (0: no bound).", minimum=0)
     out_dir: str = option("runs/dlrm", "Where the curves PNG and results JSON go.")
 
 

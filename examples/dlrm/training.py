@@ -57,7 +57,8 @@ def export(model, label: str, output: OutputConfig) -> dict:
     """A SavedModel in TF Serving's layout, <export_dir>/<label>/<global step>/."""
     path = os.path.join(output.export_dir, label, str(dlrm_callbacks.global_step(model)))
     ops = dlrm_export.export_dlrm(model, path, output.export_format,
-                                  portable=output.export_portable)
+                                  portable=output.export_portable,
+                                  max_batch_size=output.export_max_batch_size)
     custom = [op for op in ops if op.startswith("TTKeras>")]
     print(f"  exported SavedModel to {path} ({len(ops)} op types; "
           f"{'custom ops: ' + ', '.join(custom) if custom else 'portable: no TTKeras> ops'})")
