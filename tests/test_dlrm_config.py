@@ -38,7 +38,7 @@ ADDED_FLAGS = {
     "cache_fold_sweeps": 1, "tt_init_scale": 1.0,
     "tt_optimizer": "", "tt_learning_rate": 0.0, "teacher": "independent",
     "teacher_clusters": 1000, "teacher_cluster_share": 0.75,
-    "export_max_batch_size": 65536,
+    "export_max_batch_size": 65536, "skip_bad_lines": False,
 }
 
 

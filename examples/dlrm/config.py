@@ -83,6 +83,11 @@ class DataConfig(_Options):
     eval_every: int = option(10, "Files: every eval_every-th line is held out.", minimum=2)
     shuffle_buffer: int = option(0, "Files: shuffle lines with this buffer (0: off).",
                                  minimum=0)
+    skip_bad_lines: bool = option(
+        False, "Files: skip malformed lines (a field count other than 40, a label other than "
+        "0/1, a non-integer count, an id that is not at most 8 hex digits), print the first "
+        "10 and report how many; without it a malformed line is an error naming its file and "
+        "line.")
     zipf_a: float = option(1.05, "Synthetic ids: power-law exponent.")
     teacher: str = option(
         "independent", "Synthetic labels: 'independent' effects per id (the hard case), or "
@@ -93,6 +98,12 @@ class DataConfig(_Options):
     teacher_cluster_share: float = option(
         0.75, "Clustered teacher: the share of an id's effect variance that is its cluster's.",
         minimum=0.0)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.data.strip():
+            raise ValueError(f"--data is empty ({self.data!r}): give 'synthetic', "
+                             f"'{CRITEO_SAMPLE}' or Criteo train.txt-format file(s)")
 
     @property
     def synthetic(self) -> bool:
