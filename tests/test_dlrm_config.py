@@ -43,6 +43,7 @@ ADDED_FLAGS = {
     "tt_optimizer": "", "tt_learning_rate": 0.0, "teacher": "independent",
     "teacher_clusters": 1000, "teacher_cluster_share": 0.75, "init_from": "",
     "cache_compression": 0.0,
+    "export_max_batch_size": 65536, "skip_bad_lines": False,
 }
 
 

@@ -3,6 +3,11 @@ tf_keras alike). The portable SavedModel is loaded in a fresh Python that never 
 tt_keras and must predict what the trained model predicts."""
 
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -12,6 +17,8 @@ from tt_keras import export as E
 from tt_keras._keras import keras
 
 from tests.fresh_python import serve_in_fresh_python
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def op_available():
@@ -137,3 +144,121 @@ def test_bad_signatures():
         E.export_saved_model(model, "/tmp/unused_tt_keras_export", {})
     with pytest.raises(TypeError, match="TensorSpec"):
         E.export_saved_model(model, "/tmp/unused_tt_keras_export", {"ids": [None, 4]})
+
+
+# ---------------------------------------------------------------------------------------
+# Replacing an export: the previous one survives a failed or killed export
+# ---------------------------------------------------------------------------------------
+
+# Exports a fresh model over argv[1], SIGKILLing itself at the point argv[2] names.
+_KILLED_EXPORT = textwrap.dedent("""
+    import os, signal, shutil, sys
+    import tensorflow as tf
+    from tests.test_export import SIGNATURE, make_model
+    from tt_keras import dir_swap
+    from tt_keras import export as E
+    target, point = sys.argv[1], sys.argv[2]
+
+    def die(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def after(fn):
+        def wrapped(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            die()
+            return out
+        return wrapped
+
+    serving_fn = None
+    if point == "tracing":
+        model = make_model()
+        serving_fn = lambda inputs: die() or model(inputs)
+    elif point == "after_save":
+        tf.saved_model.save = after(tf.saved_model.save)
+    elif point == "checking":
+        E._check_complete = die
+    elif point == "swapping":
+        dir_swap._exchange = die
+    elif point == "deleting_the_old":
+        dir_swap.shutil.rmtree = die
+    elif point == "between_renames":  # the swap where the atomic exchange is missing
+        renames, real_rename = [], os.rename
+        dir_swap._exchange = lambda a, b: renames.append("armed") and False
+        def rename(a, b):
+            if renames:
+                renames.append(a)
+                if len(renames) == 3:
+                    die()
+            real_rename(a, b)
+        os.rename = rename
+    E.export_saved_model(make_model(num_rows=61), target, SIGNATURE, serving_fn=serving_fn)
+    print("NOT KILLED")
+""")
+
+KILL_POINTS = ["tracing", "after_save", "checking", "swapping", "deleting_the_old",
+               "between_renames"]
+
+
+def _served(path, feed):
+    fn = tf.saved_model.load(str(path)).signatures["serving_default"]
+    return fn(**{k: tf.constant(v) for k, v in feed.items()})["predictions"].numpy()
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_sigkill_during_an_export_keeps_the_previous_one(tmp_path, trained_model, point):
+    target = tmp_path / "model"
+    E.export_saved_model(trained_model, str(target), SIGNATURE)
+    feed = make_inputs(6, seed=11)
+    before = _served(target, feed)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
+    proc = subprocess.run([sys.executable, "-c", _KILLED_EXPORT, str(target), point],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stdout[-2000:] + proc.stderr[-3000:]
+    # Only the interrupted fallback swap needs the recovery every export runs first.
+    from tt_keras import dir_swap  # pylint: disable=g-import-not-at-top
+    dir_swap.recover_dir(str(target))
+    after = _served(target, feed)
+    if point == "deleting_the_old":  # killed after the swap: the new, complete export serves
+        assert after.shape == before.shape and not np.array_equal(after, before)
+        E._check_complete(str(target), has_variables=True)
+    else:
+        np.testing.assert_array_equal(after, before)
+    assert not [p for p in os.listdir(tmp_path) if p != "model"]  # nothing else is left
+
+
+def test_a_raising_serving_function_keeps_the_previous_export(tmp_path, trained_model):
+    target = tmp_path / "model"
+    E.export_saved_model(trained_model, str(target), SIGNATURE)
+    feed = make_inputs(3, seed=12)
+    before = _served(target, feed)
+
+    def broken(inputs):
+        raise RuntimeError("the serving function is broken")
+
+    with pytest.raises(RuntimeError, match="is broken"):
+        E.export_saved_model(trained_model, str(target), SIGNATURE, serving_fn=broken)
+    np.testing.assert_array_equal(_served(target, feed), before)
+    assert os.listdir(tmp_path) == ["model"]  # no staging directory left behind
+
+
+def test_successive_exports_replace_each_other(tmp_path, trained_model):
+    target = tmp_path / "model"
+    feed = make_inputs(4, seed=13)
+    other = make_model()
+    for model in (trained_model, other, trained_model):
+        E.export_saved_model(model, str(target), SIGNATURE)
+        expected = np.asarray(model(feed, training=False))
+        np.testing.assert_allclose(_served(target, feed), expected, rtol=1e-5, atol=1e-6)
+        assert os.listdir(tmp_path) == ["model"]
+    with pytest.raises(FileExistsError, match=str(target)):
+        E.export_saved_model(trained_model, str(target), SIGNATURE, overwrite=False)
+
+
+def test_a_truncated_variables_file_fails_the_check(tmp_path, trained_model):
+    path = tmp_path / "model"
+    E.export_saved_model(trained_model, str(path), SIGNATURE)
+    data = [p for p in os.listdir(path / "variables") if ".data-" in p][0]
+    with open(path / "variables" / data, "r+b") as f:
+        f.truncate(os.path.getsize(path / "variables" / data) // 2)
+    with pytest.raises(RuntimeError, match="do not read back"):
+        E._check_complete(str(path), has_variables=True)

@@ -19,6 +19,18 @@ library (`import tt_keras` does) or in a TF Serving built with it.
 Only the model's variables and the one serving function are saved (the Keras model object
 itself is not serialized, so no Keras layer code is traced outside the scope and nothing
 Keras-specific is needed at load time).
+
+The serving function checks its inputs before it computes (`validate_inputs`, on by
+default): every input with a batch dimension has the same number of rows, at most
+`max_batch_size`, and floating-point inputs hold no NaN or Inf. A bad request fails with an
+InvalidArgumentError naming the input (TF Serving returns it to the client as the error
+message) instead of a ConcatOp error or a finite prediction made of a NaN.
+
+A local export is written into a staging directory beside `export_dir`, checked (its
+saved_model.pb parses, its variables are complete, and a portable one holds no custom op),
+and only then put in place of the old one (tt_keras/dir_swap.py). A serving function that
+raises, a failed check, or a process killed at any point leaves the previous export as it
+was; TF Serving, which ignores the hidden staging name, never sees a half-written version.
 """
 
 import os
@@ -27,13 +39,20 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional
 
 import tensorflow as tf
 
+from tt_keras import dir_swap, shape_checks
+
 CUSTOM_OP_PREFIX = "TTKeras>"
 DEFAULT_OUTPUT_KEY = "predictions"
+# Rows one request may hold. The memory and time of a request grow with its rows (a DLRM
+# took about 50 s and 14 GB for a million), so one client cannot stall a server by default.
+DEFAULT_MAX_BATCH_SIZE = 65536
 
 __all__ = [
     "CUSTOM_OP_PREFIX",
+    "DEFAULT_MAX_BATCH_SIZE",
     "NonPortableGraphError",
     "export_saved_model",
+    "validated_inputs",
     "graph_op_types",
     "custom_op_types",
     "unregistered_op_types",
@@ -129,6 +148,35 @@ def _default_serving_fn(model, names):
     return serve
 
 
+def validated_inputs(inputs: Mapping[str, tf.Tensor],
+                     max_batch_size: Optional[int] = None) -> Dict[str, tf.Tensor]:
+    """`inputs`, checked (graph asserts, run before anything reads them): every input of
+    rank >= 1 has as many rows as the first such input, at most `max_batch_size` (None or
+    0: no bound); floating-point inputs hold no NaN or Inf. Messages name the input (bare:
+    the Assert op escapes quotes)."""
+    checks = []
+    batched = [n for n, x in inputs.items() if x.shape.rank is None or x.shape.rank >= 1]
+    if batched:
+        first = batched[0]
+        rows = tf.shape(inputs[first], out_type=tf.int64)[0]
+        if max_batch_size:
+            checks.append(tf.debugging.assert_less_equal(
+                rows, tf.constant(max_batch_size, tf.int64),
+                message=f"request too large: input {first} has more rows than "
+                        f"max_batch_size={max_batch_size}; split it into smaller requests"))
+        for name in batched[1:]:
+            checks.append(tf.debugging.assert_equal(
+                tf.shape(inputs[name], out_type=tf.int64)[0], rows,
+                message=f"input {name} has a different number of rows than input {first} "
+                        f"(x: the rows of {name}, y: the rows of {first})"))
+    for name, x in inputs.items():
+        if x.dtype.is_floating:
+            checks.append(tf.debugging.assert_all_finite(
+                x, message=f"input {name} holds NaN or Inf"))
+    with tf.control_dependencies(checks):
+        return {name: tf.identity(x) for name, x in inputs.items()}
+
+
 def export_saved_model(
     model,
     export_dir: str,
@@ -140,6 +188,8 @@ def export_saved_model(
     signature_name: str = "serving_default",
     overwrite: bool = True,
     save_options: Optional[tf.saved_model.SaveOptions] = None,
+    validate_inputs: bool = True,
+    max_batch_size: Optional[int] = DEFAULT_MAX_BATCH_SIZE,
 ) -> List[str]:
     """Exports `model` as a SavedModel with one flat, named serving signature.
 
@@ -156,15 +206,23 @@ def export_saved_model(
       variables: the variables to store; default: `model.variables`.
       output_key: the output's name when serving_fn returns a single tensor.
       signature_name: the signature key ("serving_default" is what TF Serving uses).
-      overwrite: remove an existing export_dir first.
+      overwrite: replace an existing export_dir (only once the new export is complete and
+        checked); False: an existing export_dir is an error.
       save_options: tf.saved_model.SaveOptions; default: for portable exports, no custom
         gradients are saved (serving never needs them).
+      validate_inputs: check each request in the serving function: inputs with a batch
+        dimension have equal row counts (at most max_batch_size) and floating-point inputs
+        are finite; errors name the input. False: no checks.
+      max_batch_size: the most rows a request may have (None or 0: no bound); needs
+        validate_inputs.
 
     Returns:
       The SavedModel's op types (graph_op_types).
 
     Raises:
-      NonPortableGraphError: portable=True and the saved graph still holds a "TTKeras>" op.
+      NonPortableGraphError: portable=True and the saved graph still holds a "TTKeras>" op
+        (export_dir is then left as it was).
+      FileExistsError: overwrite=False and export_dir exists.
     """
     input_signature = dict(input_signature)
     if not input_signature:
@@ -176,6 +234,8 @@ def export_saved_model(
             raise TypeError(f"input_signature[{name!r}] must be a tf.TensorSpec, got {spec!r}")
         specs[name] = tf.TensorSpec(spec.shape, spec.dtype, name=name)
     fn = serving_fn or _default_serving_fn(model, names)
+    if max_batch_size is not None:
+        max_batch_size = shape_checks.as_int(max_batch_size, "max_batch_size", minimum=0)
 
     def _outputs(inputs):
         out = fn(inputs)
@@ -185,7 +245,10 @@ def export_saved_model(
 
     @tf.function(input_signature=[specs[n] for n in names])
     def serve(*args):
-        return _outputs(dict(zip(names, args)))
+        inputs = dict(zip(names, args))
+        if validate_inputs:
+            inputs = validated_inputs(inputs, max_batch_size)
+        return _outputs(inputs)
 
     module = tf.Module()
     variables = list(variables) if variables is not None else _model_variables(model)
@@ -193,15 +256,50 @@ def export_saved_model(
 
     if save_options is None:
         save_options = tf.saved_model.SaveOptions(experimental_custom_gradients=not portable)
-    if overwrite and tf.io.gfile.exists(export_dir):
-        if os.path.isdir(export_dir):
-            shutil.rmtree(export_dir)
-        else:
+    if _is_remote(export_dir):  # no directory rename on object stores: replace in place
+        if tf.io.gfile.exists(export_dir):
+            if not overwrite:
+                raise FileExistsError(f"export_dir {export_dir} exists (overwrite=False)")
             tf.io.gfile.rmtree(export_dir)
+        return _save_and_check(module, serve, export_dir, signature_name, save_options,
+                               portable)
+    dir_swap.recover_dir(export_dir)
+    if os.path.exists(export_dir) and not overwrite:
+        raise FileExistsError(f"export_dir {export_dir} exists (overwrite=False)")
+    staging = dir_swap.staging_dir(export_dir)
+    try:
+        ops = _save_and_check(module, serve, staging, signature_name, save_options, portable)
+        dir_swap.replace_dir(staging, export_dir)
+    finally:
+        if os.path.exists(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+    return ops
 
+
+def _is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def _check_complete(saved_model_dir: str, has_variables: bool) -> List[str]:
+    """The SavedModel's op types, once its graph parses and its variables are all there."""
+    ops = graph_op_types(saved_model_dir)  # parses saved_model.pb
+    if has_variables:
+        prefix = os.path.join(saved_model_dir, "variables", "variables")
+        try:
+            reader = tf.train.load_checkpoint(prefix)
+            for name in reader.get_variable_to_shape_map():
+                reader.get_tensor(name)  # checks each tensor's checksum
+        # A short or corrupt file surfaces as IndexError ("Read less bytes than
+        # requested") or DataLossError, depending on where it breaks.
+        except (tf.errors.OpError, ValueError, IndexError, RuntimeError) as e:
+            raise RuntimeError(f"the export's variables in {prefix} do not read back: {e}") from e
+    return ops
+
+
+def _save_and_check(module, serve, path, signature_name, save_options, portable) -> List[str]:
     def _save():
         concrete = serve.get_concrete_function()
-        tf.saved_model.save(module, export_dir, signatures={signature_name: concrete},
+        tf.saved_model.save(module, path, signatures={signature_name: concrete},
                             options=save_options)
 
     if portable:
@@ -209,6 +307,7 @@ def export_saved_model(
 
         with tt_keras.lookup_backend_scope("reference"):
             _save()
-        return check_portable(export_dir)
-    _save()
-    return graph_op_types(export_dir)
+        check_portable(path)
+    else:
+        _save()
+    return _check_complete(path, bool(module.tt_keras_variables))

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Tuple
 from absl import flags
 
 import tt_keras
+from tt_keras import export as tt_export
 
 from examples.dlrm import data as dlrm_data
 from examples.dlrm import export as dlrm_export
@@ -88,6 +89,11 @@ class DataConfig(_Options):
     eval_every: int = option(10, "Files: every eval_every-th line is held out.", minimum=2)
     shuffle_buffer: int = option(0, "Files: shuffle lines with this buffer (0: off).",
                                  minimum=0)
+    skip_bad_lines: bool = option(
+        False, "Files: skip malformed lines (a field count other than 40, a label other than "
+        "0/1, a non-integer count, an id that is not at most 8 hex digits), print the first "
+        "10 and report how many; without it a malformed line is an error naming its file and "
+        "line.")
     zipf_a: float = option(1.05, "Synthetic ids: power-law exponent.")
     teacher: str = option(
         "independent", "Synthetic labels: 'independent' effects per id (the hard case), or "
@@ -98,6 +104,12 @@ class DataConfig(_Options):
     teacher_cluster_share: float = option(
         0.75, "Clustered teacher: the share of an id's effect variance that is its cluster's.",
         minimum=0.0)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.data.strip():
+            raise ValueError(f"--data is empty ({self.data!r}): give 'synthetic', "
+                             f"'{CRITEO_SAMPLE}' or Criteo train.txt-format file(s)")
 
     @property
     def synthetic(self) -> bool:
@@ -293,6 +305,9 @@ class OutputConfig(_Options):
                                 choices=dlrm_export.INPUT_FORMATS)
     export_portable: bool = option(
         True, "Portable export (standard TF ops only); false keeps the custom ops.")
+    export_max_batch_size: int = option(
+        tt_export.DEFAULT_MAX_BATCH_SIZE, "The most rows one serving request may hold; the "
+        "export's signature refuses larger ones (0: no bound).", minimum=0)
     out_dir: str = option("runs/dlrm", "Where the curves PNG and results JSON go.")
 
 

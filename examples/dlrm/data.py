@@ -23,6 +23,10 @@ Two sources, one output format. Every dataset yields `(features, label)` batches
    - held-out split: deterministic, by line number: every `eval_every`-th line (line index
      i with i % eval_every == eval_every - 1, counted over the concatenated files) is
      held out; "train" is all other lines.
+   - malformed lines (a field count other than 40, a label other than 0/1, a count that is
+     not an integer, an id that is not at most 8 hex digits): an error naming the file and
+     the line number, or with `skip_bad_lines` dropped and counted
+     (examples/dlrm/line_checks.py).
 
    The same `transform_dense` / `categorical_ids` functions run inside the exported serving
    graph (see `examples/dlrm/export.py`), so served requests are preprocessed identically.
@@ -56,6 +60,8 @@ import math
 
 import numpy as np
 import tensorflow as tf
+
+from examples.dlrm import line_checks
 
 NUM_DENSE = 13
 NUM_SPARSE = 26
@@ -172,7 +178,7 @@ def parse_lines(lines, table_sizes):
 
 def criteo_tsv_dataset(paths, table_sizes, batch_size, split="train", eval_every=10,
                        repeat=False, skip_batches=0, shuffle_buffer=0, seed=0,
-                       drop_remainder=False):
+                       drop_remainder=False, skip_bad_lines=False, bad_lines=None):
     """Streams Criteo train.txt-format file(s) as batches of (features, label).
 
     Args:
@@ -188,11 +194,17 @@ def criteo_tsv_dataset(paths, table_sizes, batch_size, split="train", eval_every
       shuffle_buffer: if > 0, shuffle lines with this buffer (seeded, deterministic;
         reshuffled on each pass).
       drop_remainder: drop a last partial batch.
+      skip_bad_lines: drop malformed lines (examples/dlrm/line_checks.py), counting them in
+        `bad_lines`; False: a malformed line is an InvalidArgumentError naming its file and
+        line number. Either way the split is by line index, bad lines included, so the
+        held-out lines do not depend on which lines are bad.
+      bad_lines: the line_checks.BadLineCounter skipped lines are counted in (a new one if
+        None; pass one to read the count).
     """
     if isinstance(paths, (str, bytes)):
         paths = [paths]
     table_sizes = tuple(int(n) for n in table_sizes)
-    ds = tf.data.TextLineDataset(list(paths))
+    ds = line_checks.numbered_lines(paths)
     if split != "all":
         if split not in ("train", "eval"):
             raise ValueError(f"split must be 'train', 'eval' or 'all', got {split!r}")
@@ -203,6 +215,9 @@ def criteo_tsv_dataset(paths, table_sizes, batch_size, split="train", eval_every
         else:
             ds = ds.filter(lambda i, line: tf.not_equal(i % k, k - 1))
         ds = ds.map(lambda i, line: line)
+    if skip_bad_lines:
+        counter = bad_lines or line_checks.BadLineCounter()
+        ds = ds.batch(line_checks.CHUNK).map(counter.drop_bad).unbatch()
     if shuffle_buffer:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
@@ -210,8 +225,13 @@ def criteo_tsv_dataset(paths, table_sizes, batch_size, split="train", eval_every
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if skip_batches:
         ds = ds.skip(skip_batches)
-    ds = ds.map(lambda lines: parse_lines(lines, table_sizes),
-                num_parallel_calls=tf.data.AUTOTUNE)
+
+    def parse(path, number, lines):
+        if not skip_bad_lines:
+            lines = line_checks.assert_good_lines(path, number, lines)
+        return parse_lines(lines, table_sizes)
+
+    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

@@ -17,6 +17,10 @@ exactly as they appear in train.txt:
 
 Output: {"predictions": float32 [None]}, the click probability.
 
+A request is checked before it is computed: features of unequal lengths, a NaN or Inf count
+and more than --export_max_batch_size rows (default 65536) are refused with an error naming
+the feature.
+
   curl -X POST http://localhost:8501/v1/models/dlrm:predict -d '{"instances": [
     {"I1": 1, "I2": 1, ..., "I13": 2, "C1": "68fd1e64", "C2": "80e26c9b", ..., "C26": ""}]}'
   -> {"predictions": [0.0923]}
@@ -69,11 +73,17 @@ def make_serving_fn(model, input_format="raw"):
     return serve
 
 
-def export_dlrm(model, export_dir, input_format="raw", portable=True):
+def export_dlrm(model, export_dir, input_format="raw", portable=True,
+                max_batch_size=tt_export.DEFAULT_MAX_BATCH_SIZE):
     """Exports a built DLRM (examples.dlrm.model.DLRM). Returns the SavedModel's op types.
+
+    The signature refuses a request whose features have unequal lengths, that holds a NaN
+    or Inf count, or that has more than max_batch_size rows (0: no bound), naming the
+    feature (tt_keras.export.validated_inputs).
 
     Raises tt_keras.export.NonPortableGraphError if portable and a custom op is left.
     """
     return tt_export.export_saved_model(
         model, export_dir, serving_input_signature(input_format),
-        serving_fn=make_serving_fn(model, input_format), portable=portable)
+        serving_fn=make_serving_fn(model, input_format), portable=portable,
+        max_batch_size=max_batch_size)

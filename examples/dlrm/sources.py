@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 import tensorflow as tf
 
 from examples.dlrm import data as dlrm_data
+from examples.dlrm import line_checks
 from examples.dlrm.config import DataConfig
 
 
@@ -46,7 +47,10 @@ class SyntheticSource:
 
 
 class FileSource:
-    """Criteo train.txt-format files; held out: every eval_every-th line."""
+    """Criteo train.txt-format files; held out: every eval_every-th line.
+
+    Malformed lines are an error naming the file and line, or with --skip_bad_lines
+    skipped and counted in `bad_lines` (examples/dlrm/line_checks.py)."""
 
     def __init__(self, data: DataConfig, table_sizes: Sequence[int], seed: int):
         self.data = data
@@ -58,6 +62,8 @@ class FileSource:
         for p in self.paths:
             if not tf.io.gfile.exists(p):
                 raise FileNotFoundError(f"--data file not found: {p}")
+        check_enough_lines(data, self.paths)
+        self.bad_lines = line_checks.BadLineCounter() if data.skip_bad_lines else None
 
     def describe(self) -> str:
         return f"{', '.join(self.paths)} (held out: every {self.data.eval_every}-th line)"
@@ -68,14 +74,38 @@ class FileSource:
         return dlrm_data.criteo_tsv_dataset(
             self.paths, self.table_sizes, d.batch_size, split="train", eval_every=d.eval_every,
             repeat=True, skip_batches=start_step, shuffle_buffer=d.shuffle_buffer,
-            seed=self.seed, drop_remainder=True)
+            seed=self.seed, drop_remainder=True, skip_bad_lines=d.skip_bad_lines,
+            bad_lines=self.bad_lines)
 
     def held_out(self, examples: Optional[int] = None) -> tf.data.Dataset:
         """The held-out split, whole or limited to `examples` (rounded up to batches)."""
         b = self.data.eval_batch_size
         ds = dlrm_data.criteo_tsv_dataset(self.paths, self.table_sizes, b, split="eval",
-                                          eval_every=self.data.eval_every)
+                                          eval_every=self.data.eval_every,
+                                          skip_bad_lines=self.data.skip_bad_lines,
+                                          bad_lines=self.bad_lines)
         return ds.take(num_batches(examples, b)) if examples else ds
+
+
+def check_enough_lines(data: DataConfig, paths: Sequence[str]) -> None:
+    """Raises ValueError naming --data unless its files hold one training batch and one
+    held-out line. Reads only as many lines as that takes (the files may be huge)."""
+    k, needed_train = data.eval_every, data.batch_size
+    lines = train = held_out = 0
+    for path in paths:
+        with tf.io.gfile.GFile(path, "r") as f:
+            for _ in f:
+                held_out += lines % k == k - 1
+                train += lines % k != k - 1
+                lines += 1
+                if train >= needed_train and held_out:
+                    return
+    # The first m lines hold m - m // k training lines, and a held-out one from m = k on.
+    needed = max(k, needed_train + (needed_train - 1) // (k - 1))
+    raise ValueError(
+        f"--data={data.data!r} holds {lines} lines ({train} for training, {held_out} held "
+        f"out): one training batch of --batch_size={data.batch_size} and one held-out line "
+        f"(every --eval_every={k}-th) need at least {needed} lines")
 
 
 def make_source(data: DataConfig, table_sizes: Sequence[int], seed: int):

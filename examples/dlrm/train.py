@@ -98,20 +98,27 @@ def planned_runs(config: Config) -> Tuple[str, List[Tuple[str, DLRMConfig]]]:
 
 def train(config: Config) -> List[dict]:
     """Trains and compares the planned models; writes the curves PNG and results.json."""
+    subdir, runs = planned_runs(config)
+    try:
+        source = sources.make_source(config.data, config.tables.table_sizes(),
+                                     config.training.seed)
+    except (ValueError, FileNotFoundError) as e:  # --data names no usable data
+        raise app.UsageError(str(e)) from e
     try:
         from examples.dlrm import training  # pylint: disable=g-import-not-at-top
     except ImportError as e:  # TFRS under Keras 3
         raise app.UsageError(
             f"TFRS needs legacy Keras: run with TF_USE_LEGACY_KERAS=1 ({e})") from e
-    subdir, runs = planned_runs(config)
-    source = sources.make_source(config.data, config.tables.table_sizes(),
-                                 config.training.seed)
     print(reports.format_tables(config.tables))
     results = training.run_comparison(runs, config, source)
     title = "Initializer ablation" if config.run.init_ablation else "Dense vs TT"
     print(f"\n{title} ({source.describe()}, batch {config.data.batch_size}, "
           f"{config.training.optimizer} lr {config.training.learning_rate}):")
     print(reports.format_comparison(reports.comparison_rows(results)))
+    bad_lines = getattr(source, "bad_lines", None)
+    if bad_lines is not None:
+        print(f"--skip_bad_lines: skipped {bad_lines.count} malformed line(s) of "
+              f"{', '.join(source.paths)} (counted on every pass over the files)")
     if config.output.out_dir:
         write_outputs(results, os.path.join(config.output.out_dir, subdir))
     return results

@@ -1,9 +1,11 @@
 """Training one DLRM, and the models of a run one after the other (Model Garden's "task").
 
-`train_model` builds a compiled DLRM, restores its checkpoint (a resumed run continues the
-global step up to --steps), trains it with Keras fit (periodic held-out evaluation at each
-epoch end, checkpoints, TensorBoard), evaluates it on the held-out data, optionally exports
-it, and returns reports.model_result. Needs legacy Keras (TFRS): TF_USE_LEGACY_KERAS=1.
+`train_model` builds a compiled DLRM, checks that a resume keeps the recorded options and
+restores its newest readable checkpoint (examples/dlrm/checkpoints.py; a resumed run
+continues the global step up to --steps), trains it with Keras fit (periodic held-out
+evaluation at each epoch end, checkpoints, TensorBoard), evaluates it on the held-out data,
+optionally exports it, and returns reports.model_result. Needs legacy Keras (TFRS):
+TF_USE_LEGACY_KERAS=1.
 """
 
 import gc
@@ -14,28 +16,12 @@ from typing import List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
-from examples.dlrm import cache_plan, init_from, reports
+from examples.dlrm import cache_plan, checkpoints, init_from, reports
 from examples.dlrm import callbacks as dlrm_callbacks
 from examples.dlrm import export as dlrm_export
 from examples.dlrm import model as dlrm_model
 from examples.dlrm.config import Config, DLRMConfig, OutputConfig
 from examples.dlrm.memory import MemoryPhase
-
-
-def restore(model, run_dir: str) -> Tuple[tf.train.CheckpointManager, int]:
-    """A checkpoint manager in run_dir/checkpoints (None without a run_dir), and the global
-    step of the checkpoint restored from it (0 when there is none)."""
-    if not run_dir:
-        return None, 0
-    ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
-    manager = tf.train.CheckpointManager(ckpt, os.path.join(run_dir, "checkpoints"),
-                                         max_to_keep=3)
-    if not manager.latest_checkpoint:
-        return manager, 0
-    ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-    step = dlrm_callbacks.global_step(model)
-    print(f"  restored {manager.latest_checkpoint} (step {step})")
-    return manager, step
 
 
 def fit(model, source, config: Config, start_step: int, callbacks: list) -> float:
@@ -57,7 +43,8 @@ def export(model, label: str, output: OutputConfig) -> dict:
     """A SavedModel in TF Serving's layout, <export_dir>/<label>/<global step>/."""
     path = os.path.join(output.export_dir, label, str(dlrm_callbacks.global_step(model)))
     ops = dlrm_export.export_dlrm(model, path, output.export_format,
-                                  portable=output.export_portable)
+                                  portable=output.export_portable,
+                                  max_batch_size=output.export_max_batch_size)
     custom = [op for op in ops if op.startswith("TTKeras>")]
     print(f"  exported SavedModel to {path} ({len(ops)} op types; "
           f"{'custom ops: ' + ', '.join(custom) if custom else 'portable: no TTKeras> ops'})")
@@ -80,7 +67,8 @@ def train_model(label: str, model_config: DLRMConfig, config: Config, source,
     print(reports.format_model_header(label, model, dlrm_model.dense_param_count(model)))
     cache_plan.seed_counters(model, model_config, cache_sample or {})
     run_dir = os.path.join(config.output.model_dir, label) if config.output.model_dir else ""
-    manager, start_step = restore(model, run_dir)
+    checkpoints.check_run_config(run_dir, config, model_config)
+    manager, start_step = checkpoints.restore(model, run_dir)
     init = init_from.maybe_initialize(model, config, source, start_step)
     recorder = dlrm_callbacks.StepRecorder(config.data.batch_size)
     train_seconds = fit(model, source, config, start_step, dlrm_callbacks.make_callbacks(
@@ -107,9 +95,11 @@ def train_model(label: str, model_config: DLRMConfig, config: Config, source,
 def run_comparison(runs: Sequence[Tuple[str, DLRMConfig]], config: Config,
                    source) -> List[dict]:
     """Trains each (label, DLRMConfig) in turn on the same source; results, dense first.
-    A TT model's cache budget is split by the traffic of the source's first batches."""
+    A TT model's cache budget is split by the traffic of the source's first batches. The
+    model_dir is locked for the whole run (checkpoints.lock_model_dir)."""
     results = []
-    for label, model_config in runs:
-        planned, sample = cache_plan.plan_cache_sizes(model_config, source)
-        results.append(train_model(label, planned, config, source, sample))
+    with checkpoints.lock_model_dir(config.output.model_dir):
+        for label, model_config in runs:
+            planned, sample = cache_plan.plan_cache_sizes(model_config, source)
+            results.append(train_model(label, planned, config, source, sample))
     return sorted(results, key=lambda r: r["label"] != "dense")
