@@ -19,3 +19,12 @@ ATOL = 1e-6
 def assert_reordered_close(actual, desired):
     """Two float32 results of the same math whose operations may have been reordered."""
     np.testing.assert_allclose(np.asarray(actual), np.asarray(desired), rtol=RTOL, atol=ATOL)
+
+
+def assert_close_to_oracle(actual, desired, scale=1.0):
+    """A float32 result against the float64 oracle, where the result is a difference of sums
+    whose terms reach `scale` in magnitude (a mean's weight gradient subtracts the bag's mean
+    row from each row): float32 round-off is then a few ulps of `scale`, however close to
+    zero cancellation leaves the result, so the absolute tolerance grows with it."""
+    np.testing.assert_allclose(np.asarray(actual), np.asarray(desired), rtol=RTOL,
+                               atol=ATOL * max(1.0, float(scale)))
