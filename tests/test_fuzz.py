@@ -146,33 +146,62 @@ def lookup_with_grads(p):
     return out.numpy(), upstream.numpy(), dense
 
 
+def _norms(p, w_bags):
+    """Each bag's norm under the combiner (1 for "sum" and "none")."""
+    if p.combiner in ("sum", "none"):
+        return np.ones(len(p.bags(p.ids)))
+    weights = w_bags if w_bags is not None else [np.ones(len(b)) for b in p.bags(p.ids)]
+    if p.combiner == "mean":
+        return np.array([np.sum(w, dtype=np.float64) for w in weights])
+    return np.array([np.sqrt(np.sum(np.square(w, dtype=np.float64))) for w in weights])
+
+
+def oracle_results(p, upstream, magnitudes=False):
+    """The oracle's (rows, core grads, cache-row grads, weight grads); with `magnitudes`,
+    the same sums over the terms' absolute values, which bound their float32 round-off
+    (tolerance.assert_close_to_oracle)."""
+    f = np.abs if magnitudes else (lambda x: x)
+    cores = [f(c.astype(np.float64)) for c in p.cores]
+    upstream = f(upstream.astype(np.float64))
+    bags = p.bags(p.ids)
+    w_bags = p.bags(p.weights) if p.weights is not None else None
+    cache_grads = None
+    if p.cached:
+        table = oracle.cached_table(cores, p.num_rows, p.cache_ids, f(p.cache_rows))
+        core_grads, cache_grads = oracle.cached_grads_oracle(
+            cores, p.num_rows, p.cache_ids, bags, w_bags, p.combiner, upstream)
+    else:
+        table = oracle.dense_table(cores, p.num_rows)
+        core_grads = oracle.core_grads_oracle(cores, bags, w_bags, p.combiner, upstream)
+    rows = oracle.pooled_oracle(table, bags, w_bags, p.combiner)
+    weight_grads = None
+    if p.weights is not None and not magnitudes:
+        weight_grads = oracle.pooled_grad_wrt_weights(table, bags, w_bags, p.combiner, upstream)
+        weight_grads = np.concatenate(weight_grads) if len(weight_grads) else np.zeros(0)
+    elif p.weights is not None:
+        # d out_b / d w_i is (row_i - out_b) / norm_b, or with out_b * w_i / norm_b <= out_b
+        # ("sqrtn"), dotted with upstream_b: terms up to (|row_i| + |out_b|) |upstream_b|.
+        norms = _norms(p, w_bags)
+        bag_of = np.repeat(np.arange(len(bags)), [len(b) for b in bags])
+        terms = (table[p.ids] + rows[bag_of]) * upstream[bag_of]
+        weight_grads = np.divide(terms.sum(axis=1), norms[bag_of],
+                                 out=np.zeros(len(bag_of)), where=norms[bag_of] != 0)
+    return rows, core_grads, cache_grads, weight_grads
+
+
 @pytest.mark.parametrize("case", range(FUZZ_CASES))
 def test_valid_lookup_matches_oracle(ops, case):
     p = Problem(case_rng("valid", case))
     out, upstream, grads = lookup_with_grads(p)
-    bags = p.bags(p.ids)
-    w_bags = p.bags(p.weights) if p.weights is not None else None
+    want = oracle_results(p, upstream)
+    magnitude = oracle_results(p, upstream, magnitudes=True)
+    tolerance.assert_close_to_oracle(out, want[0], magnitude[0])
+    for got, w, m in zip(grads["cores"], want[1], magnitude[1]):
+        tolerance.assert_close_to_oracle(got, w, m)
     if p.cached:
-        table = oracle.cached_table(p.cores, p.num_rows, p.cache_ids, p.cache_rows)
-        core_grads, cache_grads = oracle.cached_grads_oracle(
-            p.cores, p.num_rows, p.cache_ids, bags, w_bags, p.combiner, upstream)
-        tolerance.assert_reordered_close(grads["cache_rows"], cache_grads)
-    else:
-        table = oracle.dense_table(p.cores, p.num_rows)
-        core_grads = oracle.core_grads_oracle(p.cores, bags, w_bags, p.combiner, upstream)
-    expect = oracle.pooled_oracle(table, bags, w_bags, p.combiner)
-    assert out.shape == expect.shape
-    tolerance.assert_reordered_close(out, expect)
-    for got, want in zip(grads["cores"], core_grads):
-        tolerance.assert_reordered_close(got, want)
+        tolerance.assert_close_to_oracle(grads["cache_rows"], want[2], magnitude[2])
     if p.weights is not None:
-        want = oracle.pooled_grad_wrt_weights(table, bags, w_bags, p.combiner, upstream)
-        # Each weight's gradient is upstream . (row - out) / norm: its terms reach
-        # |upstream| * |row| summed over the row's D entries.
-        scale = np.abs(upstream).max(initial=0) * np.abs(table).max(initial=0) * table.shape[1]
-        tolerance.assert_close_to_oracle(grads["weights"],
-                                         np.concatenate(want) if len(want) else np.zeros(0),
-                                         scale)
+        tolerance.assert_close_to_oracle(grads["weights"], want[3], magnitude[3])
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,10 +21,21 @@ def assert_reordered_close(actual, desired):
     np.testing.assert_allclose(np.asarray(actual), np.asarray(desired), rtol=RTOL, atol=ATOL)
 
 
-def assert_close_to_oracle(actual, desired, scale=1.0):
-    """A float32 result against the float64 oracle, where the result is a difference of sums
-    whose terms reach `scale` in magnitude (a mean's weight gradient subtracts the bag's mean
-    row from each row): float32 round-off is then a few ulps of `scale`, however close to
-    zero cancellation leaves the result, so the absolute tolerance grows with it."""
-    np.testing.assert_allclose(np.asarray(actual), np.asarray(desired), rtol=RTOL,
-                               atol=ATOL * max(1.0, float(scale)))
+
+def assert_close_to_oracle(actual, desired, magnitude):
+    """A float32 result against the float64 oracle. Each entry is a sum whose float32
+    round-off is a few ulps of the sum of its terms' magnitudes, not of the result, which
+    cancellation can leave near zero (a gradient summed over many ids, a mean's weight
+    gradient): `magnitude` is that sum, entry by entry (the same math on absolute values).
+    Each entry must then lie within RTOL of it (plus ATOL)."""
+    actual = np.asarray(actual, dtype=np.float64)
+    desired = np.asarray(desired, dtype=np.float64)
+    assert actual.shape == desired.shape, (actual.shape, desired.shape)
+    error = np.abs(actual - desired)
+    allowed = RTOL * np.abs(np.asarray(magnitude, dtype=np.float64)) + ATOL
+    bad = np.argwhere(~(error <= allowed))
+    if len(bad):
+        worst = [f"{tuple(int(i) for i in b)}: {actual[tuple(b)]!r} (actual), "
+                 f"{desired[tuple(b)]!r} (desired), allowed {allowed[tuple(b)]:.3g}"
+                 for b in bad[:5]]
+        raise AssertionError(f"{len(bad)} of {error.size} entries differ:\n" + "\n".join(worst))
