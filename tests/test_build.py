@@ -66,6 +66,19 @@ def test_build_compiles_with_the_makefile_code_generation_flags():
     assert not any(flag.startswith("-march=native") for flag in copts)
 
 
+def test_asan_build_is_a_library_of_its_own():
+    """`make asan` builds beside the normal library, not over it, with the sanitizer on in
+    both compile and link (the link checks undefined symbols: -Wl,-z,defs)."""
+    make = make_variables("ASAN_OUT", "ASAN_FLAGS")
+    asan_out = os.path.normpath(os.path.join(CUSTOM_OPS, make["ASAN_OUT"][0]))
+    assert asan_out == os.path.join(CUSTOM_OPS, "build", "asan", "_tt_ops.so")
+    assert asan_out != LIBRARY
+    assert "-fsanitize=address" in make["ASAN_FLAGS"]
+    dry_run = subprocess.run(["make", "-n", "-C", CUSTOM_OPS, "asan"], capture_output=True,
+                             text=True, check=True, timeout=120).stdout
+    assert 'EXTRA_LDFLAGS="-fsanitize=address"' in dry_run, dry_run
+
+
 def test_top_level_build_packages_the_library_and_the_cc_tests():
     make = make_variables("CCTEST_SRCS", "OUT")
     rules = evaluate_build(os.path.join(ROOT, "BUILD"))

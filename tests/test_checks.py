@@ -87,6 +87,9 @@ CASES = {
                                                       (7, 3, 2, 1)))),
     "core_rank": (plain(cores=cores_of((5, 1, 2), (6, 1, 4, 1))),
                   "cores[0] must have rank 4 (p, r_in, q, r_out), got shape [5,1,2]", None),
+    # Cast to float32 before the check, integer cores would be a table of whole numbers.
+    "core_dtype": (plain(cores=[CORES[0], CORES[1].astype(np.int32), CORES[2]]),
+                   "cores[1] must be floats, got dtype int32", None),
     "num_rows_too_big": (plain(num_rows=500), "cores hold 210 rows but num_rows is 500",
                          raw_op(num_rows=500)),
     "num_rows_fraction": (plain(num_rows=50.5), "num_rows must be an integer >= 1, got 50.5",

@@ -19,3 +19,23 @@ ATOL = 1e-6
 def assert_reordered_close(actual, desired):
     """Two float32 results of the same math whose operations may have been reordered."""
     np.testing.assert_allclose(np.asarray(actual), np.asarray(desired), rtol=RTOL, atol=ATOL)
+
+
+
+def assert_close_to_oracle(actual, desired, magnitude):
+    """A float32 result against the float64 oracle. Each entry is a sum whose float32
+    round-off is a few ulps of the sum of its terms' magnitudes, not of the result, which
+    cancellation can leave near zero (a gradient summed over many ids, a mean's weight
+    gradient): `magnitude` is that sum, entry by entry (the same math on absolute values).
+    Each entry must then lie within RTOL of it (plus ATOL)."""
+    actual = np.asarray(actual, dtype=np.float64)
+    desired = np.asarray(desired, dtype=np.float64)
+    assert actual.shape == desired.shape, (actual.shape, desired.shape)
+    error = np.abs(actual - desired)
+    allowed = RTOL * np.abs(np.asarray(magnitude, dtype=np.float64)) + ATOL
+    bad = np.argwhere(~(error <= allowed))
+    if len(bad):
+        worst = [f"{tuple(int(i) for i in b)}: {actual[tuple(b)]!r} (actual), "
+                 f"{desired[tuple(b)]!r} (desired), allowed {allowed[tuple(b)]:.3g}"
+                 for b in bad[:5]]
+        raise AssertionError(f"{len(bad)} of {error.size} entries differ:\n" + "\n".join(worst))

@@ -117,6 +117,9 @@ def core_tensors(cores):
         raise ValueError(f"cores: expected 2 to 4 cores, got {k}")
     shapes = []
     for t, core in enumerate(cores):
+        if not core.dtype.is_floating:
+            # tf.cast below would turn integer cores into a table silently.
+            raise TypeError(f"cores[{t}] must be floats, got dtype {core.dtype.name}")
         if core.shape.rank != 4:
             raise ValueError(f"cores[{t}] must have rank 4 (p, r_in, q, r_out), got shape "
                              f"{shape_text(core.shape)}")

@@ -10,6 +10,11 @@ map a truncated file and die with SIGBUS when touching the missing pages: the fi
 have the size and sha256 its build stamp records, and its ELF headers must describe a
 shared object for this machine whose segments and sections lie inside the file.
 
+TT_KERAS_OP_LIBRARY=/path/to/lib.so, set before tt_keras.ops is imported, loads that library
+instead of the one beside this file (another build of it: `make -C custom_ops asan` for the
+fuzz suite under AddressSanitizer, docs/fuzzing.md). Its stamp is the `_tt_ops.version` in
+the same directory, and it passes the same checks, with the same warning and fall-back.
+
 The stamp (`_tt_ops.version`, written by custom_ops/Makefile) holds the TensorFlow version
 on its first line, then `key: value` lines: `isa`, `size`, `sha256`. A stamp of the version
 line alone (older builds) is accepted; the ELF check still applies.
@@ -26,6 +31,7 @@ import tensorflow as tf
 
 _LIBRARY_NAME = "_tt_ops.so"
 _VERSION_NAME = "_tt_ops.version"
+LIBRARY_ENV = "TT_KERAS_OP_LIBRARY"
 
 # e_machine of the ELF header, per platform.machine().
 _ELF_MACHINES = {"x86_64": 62, "AMD64": 62, "aarch64": 183, "arm64": 183, "ppc64le": 21}
@@ -110,9 +116,13 @@ def check_stamp(path, stamp):
 class LazyOpLibrary:
     """Loads a TF op library on first access to `.ops`; remembers a failure."""
 
-    def __init__(self, directory, library_name=_LIBRARY_NAME, version_name=_VERSION_NAME):
+    def __init__(self, directory, library_name=_LIBRARY_NAME, version_name=_VERSION_NAME,
+                 source=None):
         self._path = os.path.join(directory, library_name)
         self._version_path = os.path.join(directory, version_name)
+        # Where the path came from, when not the default: named in every failure, so a
+        # stale override is not mistaken for a broken installation.
+        self._source = source
         self._lock = threading.Lock()
         self._ops = None
         self._error = None
@@ -164,6 +174,10 @@ class LazyOpLibrary:
                     self._ops = self._load()
                 except OpLibraryUnavailable as e:
                     self._error = e
+                    if self._source:
+                        self._error = OpLibraryUnavailable(
+                            f"{e} (the library was chosen by {self._source})")
+                        self._error.__cause__ = e
             if self._error is not None:
                 raise self._error
             return self._ops
@@ -185,4 +199,15 @@ class LazyOpLibrary:
             return False
 
 
-tt_ops_library = LazyOpLibrary(os.path.dirname(os.path.abspath(__file__)))
+def default_library(environ=os.environ):
+    """The library tt_keras uses: the one named by TT_KERAS_OP_LIBRARY (with its stamp
+    beside it) when that is set and not empty, else the one built beside this file."""
+    override = environ.get(LIBRARY_ENV, "")
+    if override:
+        path = os.path.abspath(override)
+        return LazyOpLibrary(os.path.dirname(path), os.path.basename(path),
+                             source=f"{LIBRARY_ENV}={override}")
+    return LazyOpLibrary(os.path.dirname(os.path.abspath(__file__)))
+
+
+tt_ops_library = default_library()
