@@ -37,7 +37,7 @@ ADDED_FLAGS = {
     "cache_plan_min_count": 2, "cache_counter_multiple": 4, "cache_prefill": False,
     "cache_fold_sweeps": 1, "tt_init_scale": 1.0,
     "tt_optimizer": "", "tt_learning_rate": 0.0, "teacher": "independent",
-    "teacher_clusters": 1000, "teacher_cluster_share": 0.75,
+    "teacher_clusters": 1000, "teacher_cluster_share": 0.75, "distribution": "none",
 }
 
 

@@ -42,7 +42,7 @@ from typing import List, Tuple  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from examples.dlrm import config as dlrm_config  # noqa: E402
-from examples.dlrm import plots, reports, sources  # noqa: E402
+from examples.dlrm import distribution, plots, reports, sources  # noqa: E402
 from examples.dlrm.config import Config, DLRMConfig  # noqa: E402
 
 
@@ -93,15 +93,20 @@ def train(config: Config) -> List[dict]:
         raise app.UsageError(
             f"TFRS needs legacy Keras: run with TF_USE_LEGACY_KERAS=1 ({e})") from e
     subdir, runs = planned_runs(config)
+    # First: MultiWorkerMirroredStrategy must exist before any op runs (the synthetic
+    # source runs some when it is made).
+    name = config.training.distribution
+    strategy = None if name == "none" else distribution.make_strategy(name)
+    worker = distribution.worker_of(name)
     source = sources.make_source(config.data, config.tables.table_sizes(),
                                  config.training.seed)
     print(reports.format_tables(config.tables))
-    results = training.run_comparison(runs, config, source)
+    results = training.run_comparison(runs, config, source, strategy)
     title = "Initializer ablation" if config.run.init_ablation else "Dense vs TT"
     print(f"\n{title} ({source.describe()}, batch {config.data.batch_size}, "
           f"{config.training.optimizer} lr {config.training.learning_rate}):")
     print(reports.format_comparison(reports.comparison_rows(results)))
-    if config.output.out_dir:
+    if config.output.out_dir and worker.is_chief:
         write_outputs(results, os.path.join(config.output.out_dir, subdir))
     return results
 
