@@ -2,7 +2,6 @@
 tf_keras alike). The portable SavedModel is loaded in a fresh Python that never imports
 tt_keras and must predict what the trained model predicts."""
 
-
 import os
 import subprocess
 import sys

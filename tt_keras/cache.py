@@ -27,7 +27,7 @@ from typing import ClassVar, Optional
 import numpy as np
 import tensorflow as tf
 
-from tt_keras import cache_fold, cache_updates, checks
+from tt_keras import cache_fold, cache_updates, checks, replicas
 from tt_keras._keras import keras
 from tt_keras.lookup import tt_embedding_bag, tt_embedding_bag_cached
 from tt_keras.reference import EMPTY_ID
@@ -272,18 +272,27 @@ class HotRowCache(keras.layers.Layer):
             # In a graph, the update waits for the checks above.
             checked = [ids, row_splits] + ([weights] if weights is not None else [])
             with tf.control_dependencies(checked):
-                updates = self.update(tf.cast(ids, tf.int64), cores, tt_rows, training)
-            # The lookup reads the cache as this call's update left it (filled or refreshed
-            # before the lookup, so this call's gradient reaches the rows it used).
+                # Under a tf.distribute strategy every replica updates the state from the
+                # ids of all replicas, so the copies stay equal (tt_keras/replicas.py). The
+                # gather runs outside the update's tf.cond: a collective must run in every
+                # step of every replica alike.
+                all_ids = replicas.gather_ids(tf.cast(ids, tf.int64), EMPTY_ID)
+                updates = self.update(all_ids, cores, tt_rows, training)
+            # The lookup reads the cache (and the cores, which a refresh may fold into) as
+            # this call's update left it (filled or refreshed before the lookup, so this
+            # call's gradient reaches the rows it used).
             with tf.control_dependencies(updates):
                 cache_ids = tf.identity(self.cache_ids)
-                cache_rows = tf.identity(self.cache_rows)
+                cache_rows = replicas.dense_gradient(self.cache_rows)
+                core_values = [replicas.dense_gradient(core) for core in cores]
         out, num_hits = tt_embedding_bag_cached(
-            cores, cache_ids, cache_rows, ids, row_splits=row_splits, weights=weights,
+            core_values, cache_ids, cache_rows, ids, row_splits=row_splits, weights=weights,
             combiner=combiner, num_rows=self.num_rows, backend=backend, check_splits=False,
             return_num_hits=True)
+        num_hits = replicas.sum_over_replicas(num_hits)
+        num_lookups = replicas.sum_over_replicas(tf.size(ids, out_type=tf.int64))
         with _EAGER_UPDATE_LOCK if eager else contextlib.nullcontext():
-            recorded = self._record(num_hits, tf.size(ids, out_type=tf.int64), training)
+            recorded = self._record(num_hits, num_lookups, training)
         with tf.control_dependencies([recorded]):
             return tf.identity(out)
 
@@ -291,10 +300,11 @@ class HotRowCache(keras.layers.Layer):
         """The state changes of one training call, before its lookup; returns the tensors
         the lookup must depend on.
 
-        ids: int64 vector of the batch, already checked; cores: the layer's core variables
-        (a refresh folds the rows that leave the cache into them); tt_rows(cores, ids): the
-        TT rows of the given core values (what the cache is filled from); training: True,
-        False, or a boolean tensor to decide at run time.
+        ids: int64 vector of the batch, already checked (under a tf.distribute strategy,
+        the batches of all replicas: tt_keras.replicas.gather_ids); cores: the layer's core
+        variables (a refresh folds the rows that leave the cache into them); tt_rows(cores,
+        ids): the TT rows of the given core values (what the cache is filled from);
+        training: True, False, or a boolean tensor to decide at run time.
         """
         if training is False:
             return []
@@ -309,8 +319,8 @@ class HotRowCache(keras.layers.Layer):
         def do_count():
             keys, counts = cache_updates.space_saving_update(
                 _read(self.cache_counter_keys), _read(self.cache_counter_counts), ids)
-            return _done(self.cache_counter_keys.assign(keys),
-                         self.cache_counter_counts.assign(counts))
+            return _done(replicas.assign_local(self.cache_counter_keys, keys),
+                         replicas.assign_local(self.cache_counter_counts, counts))
 
         def do_populate():
             keys, counts = _read(self.cache_counter_keys), _read(self.cache_counter_counts)
@@ -324,16 +334,16 @@ class HotRowCache(keras.layers.Layer):
                 core_values = cache_fold.fold_rows(
                     core_values, tf.where(leaving, old_ids, tf.zeros_like(old_ids)), old_rows,
                     leaving, tt_rows, config.fold_sweeps)
-                folded = [core.assign(tf.cast(value, core.dtype))
+                folded = [replicas.assign_local(core, value)
                           for core, value in zip(cores, core_values)]
             with tf.control_dependencies(folded):
                 rows = cache_updates.repopulate(
                     old_ids, old_rows, new_ids, lambda some_ids: tt_rows(core_values, some_ids))
             keys, counts = cache_updates.decay_counts(keys, counts, config.counter_decay)
-            return _done(*folded, self.cache_ids.assign(new_ids),
-                         self.cache_rows.assign(tf.cast(rows, self.cache_rows.dtype)),
-                         self.cache_counter_keys.assign(keys),
-                         self.cache_counter_counts.assign(counts))
+            return _done(*folded, replicas.assign_local(self.cache_ids, new_ids),
+                         replicas.assign_local(self.cache_rows, rows),
+                         replicas.assign_local(self.cache_counter_keys, keys),
+                         replicas.assign_local(self.cache_counter_counts, counts))
 
         counted = tf.cond(count, do_count, _nothing)
         with tf.control_dependencies([counted]):
@@ -377,8 +387,8 @@ class HotRowCache(keras.layers.Layer):
     def _record(self, num_hits, num_lookups, training):
         """Stores the hits and lookups of a training call (what hit_rate reports)."""
         def record():
-            return _done(self.cache_last_hits.assign(num_hits),
-                         self.cache_last_lookups.assign(num_lookups))
+            return _done(replicas.assign_local(self.cache_last_hits, num_hits),
+                         replicas.assign_local(self.cache_last_lookups, num_lookups))
         return record() if training is True else tf.cond(training, record, _nothing)
 
     # ---------------------------------------------------------------- files of tt_keras 0.1.0

@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from tt_keras import cache as tt_cache
-from tt_keras import checks, tt_math
+from tt_keras import checks, replicas, tt_math
 from tt_keras import initializers as tt_initializers
 from tt_keras._keras import IS_KERAS_3, keras, register_serializable
 from tt_keras.lookup import BACKENDS, tt_embedding_bag
@@ -300,7 +300,10 @@ class TTEmbedding(keras.layers.Layer):
                     backend=self.lookup_backend, check_splits=check_splits)
         if self.cache is not None:
             return self.cache.lookup(self.cores, ids, training=training, **args)
-        return tt_embedding_bag(self.cores, ids, num_rows=self.input_dim, **args)
+        # Under a tf.distribute strategy the cores' gradient must be dense (the pure-TF
+        # path's gathers make it sparse), to be all-reduced (tt_keras/replicas.py).
+        cores = [replicas.dense_gradient(core) for core in self.cores]
+        return tt_embedding_bag(cores, ids, num_rows=self.input_dim, **args)
 
     def call(self, inputs, weights=None, training=None):
         if isinstance(inputs, tf.RaggedTensor):

@@ -198,13 +198,19 @@ def unreadable_reason(prefix: str) -> Optional[str]:
     return None
 
 
-def restore(model, run_dir: str) -> Tuple[Optional[tf.train.CheckpointManager], int]:
-    """A checkpoint manager in run_dir/checkpoints (None without a run_dir), and the global
-    step of the newest readable checkpoint, restored into `model` (0 when there is none).
+def restore(model, run_dir: str, write_dir: Optional[str] = None
+            ) -> Tuple[Optional[tf.train.CheckpointManager], int]:
+    """A checkpoint manager in <write_dir>/checkpoints (None without a run_dir; write_dir
+    defaults to run_dir: a distributed worker other than the chief writes to a scratch
+    directory, distribution.Worker.write_dir), and the global step of the newest readable
+    checkpoint of run_dir, restored into `model` (0 when there is none). Only the process
+    that writes to run_dir itself repairs its state file.
 
     Raises CheckpointError when the directory has checkpoints and none of them reads."""
     if not run_dir:
         return None, 0
+    write_dir = write_dir or run_dir
+    owner = write_dir == run_dir
     directory = os.path.join(run_dir, "checkpoints")
     state, state_error = _read_state(directory)
     listed = [p if os.path.isabs(p) else os.path.join(directory, p)
@@ -225,12 +231,12 @@ def restore(model, run_dir: str) -> Tuple[Optional[tf.train.CheckpointManager], 
         raise CheckpointError(
             f"no readable checkpoint in {directory}:\n  " + "\n  ".join(bad)
             + "\nMove them away to train this model from step 0.")
-    if state_error:
+    if state_error and owner:
         os.replace(os.path.join(directory, STATE_FILE),
                    os.path.join(directory, STATE_FILE + ".corrupt"))
         print(f"  WARNING: {state_error}; moved it to {STATE_FILE}.corrupt")
     latest = state.model_checkpoint_path if state and not state_error else ""
-    if chosen and _step_of(latest) != _step_of(chosen):
+    if owner and chosen and _step_of(latest) != _step_of(chosen):
         # The manager rotates the checkpoints its state file lists: make it list the chosen
         # one and those before it (the unreadable newer ones are overwritten when training
         # reaches their step again).
@@ -244,7 +250,8 @@ def restore(model, run_dir: str) -> Tuple[Optional[tf.train.CheckpointManager], 
         print(f"  rebuilt {os.path.join(directory, STATE_FILE)}: "
               + ", ".join(os.path.basename(p) for p in kept))
     ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
-    manager = tf.train.CheckpointManager(ckpt, directory, max_to_keep=MAX_TO_KEEP)
+    manager = tf.train.CheckpointManager(ckpt, os.path.join(write_dir, "checkpoints"),
+                                         max_to_keep=MAX_TO_KEEP)
     if chosen is None:
         return manager, 0
     try:

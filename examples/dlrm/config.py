@@ -27,8 +27,8 @@ import tt_keras
 from tt_keras import export as tt_export
 
 from examples.dlrm import data as dlrm_data
+from examples.dlrm import distribution, sample
 from examples.dlrm import export as dlrm_export
-from examples.dlrm import sample
 
 INIT_ABLATION = ("sampled_gaussian", "tt_uniform", "tt_naive_uniform", "tt_approx_normal")
 OPTIMIZERS = ("sgd", "adagrad", "adam")
@@ -291,6 +291,12 @@ class TrainingConfig(_Options):
         0.0, "The TT cores' learning rate, with a separate optimizer (0: --learning_rate).",
         minimum=0.0)
     seed: int = option(0, "Seed of the synthetic data, the shuffling and the models.")
+    distribution: str = option(
+        "none", "tf.distribute strategy: none; mirrored (this machine's devices); "
+        "multi_worker (MultiWorkerMirroredStrategy over the cluster in TF_CONFIG; "
+        "python -m examples.dlrm.launch --num_workers=N -- ... starts local workers). "
+        "--batch_size is the global batch; each worker reads its own part of the data.",
+        choices=distribution.DISTRIBUTIONS)
     verbose: int = option(1, "Keras fit verbosity (1: progress bars, 2: one line/epoch).",
                           minimum=0)
 

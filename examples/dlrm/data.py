@@ -178,7 +178,8 @@ def parse_lines(lines, table_sizes):
 
 def criteo_tsv_dataset(paths, table_sizes, batch_size, split="train", eval_every=10,
                        repeat=False, skip_batches=0, shuffle_buffer=0, seed=0,
-                       drop_remainder=False, skip_bad_lines=False, bad_lines=None):
+                       drop_remainder=False, skip_bad_lines=False, bad_lines=None,
+                       shard_index=0, shard_count=1):
     """Streams Criteo train.txt-format file(s) as batches of (features, label).
 
     Args:
@@ -200,7 +201,11 @@ def criteo_tsv_dataset(paths, table_sizes, batch_size, split="train", eval_every
         held-out lines do not depend on which lines are bad.
       bad_lines: the line_checks.BadLineCounter skipped lines are counted in (a new one if
         None; pass one to read the count).
+      shard_index, shard_count: read only the split's lines i with i % shard_count ==
+        shard_index (a distributed worker's own part).
     """
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
     if isinstance(paths, (str, bytes)):
         paths = [paths]
     table_sizes = tuple(int(n) for n in table_sizes)
@@ -215,6 +220,8 @@ def criteo_tsv_dataset(paths, table_sizes, batch_size, split="train", eval_every
         else:
             ds = ds.filter(lambda i, line: tf.not_equal(i % k, k - 1))
         ds = ds.map(lambda i, line: line)
+    if shard_count > 1:
+        ds = ds.shard(shard_count, shard_index)
     if skip_bad_lines:
         counter = bad_lines or line_checks.BadLineCounter()
         ds = ds.batch(line_checks.CHUNK).map(counter.drop_bad).unbatch()
@@ -411,12 +418,21 @@ class SyntheticCriteo:
         label = tf.cast(coin < tf.sigmoid(logit), tf.float32)
         return features, label
 
-    def dataset(self, batch_size, split="train", start_batch=0, num_batches=None):
+    def dataset(self, batch_size, split="train", start_batch=0, num_batches=None,
+                shard_index=0, shard_count=1):
         """Batches start_batch, start_batch + 1, ... of the split's stream (endless if
-        num_batches is None)."""
+        num_batches is None).
+
+        With shard_count > 1 this is part shard_index of shard_count disjoint streams (a
+        distributed worker's own): batch j is the stream's batch j * shard_count +
+        shard_index, so the parts never share a batch, and part 0 of 1 is the stream.
+        """
+        if not 0 <= shard_index < shard_count:
+            raise ValueError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
         stream = _STREAMS[split]
-        stop = 2 ** 62 if num_batches is None else int(start_batch) + int(num_batches)
-        ds = tf.data.Dataset.range(int(start_batch), stop)
+        first = int(start_batch) * shard_count + shard_index
+        stop = 2 ** 62 if num_batches is None else first + int(num_batches) * shard_count
+        ds = tf.data.Dataset.range(first, stop, shard_count)
         ds = ds.map(lambda i: self.batch(i, batch_size, stream),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.prefetch(tf.data.AUTOTUNE)

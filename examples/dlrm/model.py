@@ -8,7 +8,8 @@
       -> top MLP 512-256-1 (ReLU, sigmoid) on [bottom output, interactions]
 
 `DLRM` subclasses `tfrs.experimental.models.Ranking` and keeps its task, loss, metrics,
-`compute_loss`, train and test steps. It overrides `call` only to fix a batch of one:
+`compute_loss`, train and test steps (see `_global_loss` for what it adds to the logs of
+the last two under a tf.distribute strategy). It overrides `call` to fix a batch of one:
 Ranking.call runs `tf.squeeze` (no axis) on every embedding, which turns a (1, D) batch into
 (D,) and then fails in the interaction. Our call reshapes each embedding to (-1, D) instead,
 and otherwise does what Ranking.call does. It also accepts the flat feature dict of
@@ -177,6 +178,31 @@ class DLRM(tfrs.experimental.models.Ranking):
         if name:
             self._name = name
         self.config = config
+        # Under a strategy the metric results a step returns are already the cluster's
+        # (their variables are summed over the replicas when read), so they are taken from
+        # the first replica; the default ("auto": a sum over replicas) would multiply them
+        # by the number of replicas. The loss is summed in _global_loss instead.
+        self.distribute_reduction_method = "first"
+
+    @staticmethod
+    def _global_loss(logs):
+        """Ranking's compute_loss is the replica's mean loss divided by the number of
+        replicas; summed over the replicas it is the global batch's mean loss (the logs'
+        "loss", and the regularization added to it in "total_loss")."""
+        context = tf.distribute.get_replica_context()
+        if not tf.distribute.has_strategy() or context is None:
+            return logs
+        logs = dict(logs)
+        logs["loss"] = context.all_reduce(tf.distribute.ReduceOp.SUM, logs["loss"])
+        if "total_loss" in logs and "regularization_loss" in logs:
+            logs["total_loss"] = logs["loss"] + logs["regularization_loss"]
+        return logs
+
+    def train_step(self, inputs):
+        return self._global_loss(super().train_step(inputs))
+
+    def test_step(self, inputs):
+        return self._global_loss(super().test_step(inputs))
 
     @property
     def embeddings(self) -> DLRMEmbeddings:

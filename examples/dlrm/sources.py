@@ -34,9 +34,14 @@ class SyntheticSource:
         return (f"synthetic Criteo-like stream (seed {self.stream.seed}, "
                 f"zipf a={self.stream.zipf_a}, {self.stream.teacher} teacher)")
 
-    def train(self, start_step: int = 0) -> tf.data.Dataset:
-        """The endless training stream, from batch `start_step` on."""
-        return self.stream.dataset(self.data.batch_size, "train", start_batch=start_step)
+    def train(self, start_step: int = 0, batch_size: Optional[int] = None,
+              shard_index: int = 0, shard_count: int = 1) -> tf.data.Dataset:
+        """The endless training stream, from batch `start_step` on; batch_size defaults
+        to --batch_size; part shard_index of shard_count disjoint streams (a distributed
+        worker's own)."""
+        return self.stream.dataset(batch_size or self.data.batch_size, "train",
+                                   start_batch=start_step, shard_index=shard_index,
+                                   shard_count=shard_count)
 
     def held_out(self, examples: Optional[int] = None) -> tf.data.Dataset:
         """The first `examples` (default: eval_examples) held-out examples, rounded up to
@@ -68,14 +73,18 @@ class FileSource:
     def describe(self) -> str:
         return f"{', '.join(self.paths)} (held out: every {self.data.eval_every}-th line)"
 
-    def train(self, start_step: int = 0) -> tf.data.Dataset:
-        """The training lines, repeated endlessly, from batch `start_step` on."""
+    def train(self, start_step: int = 0, batch_size: Optional[int] = None,
+              shard_index: int = 0, shard_count: int = 1) -> tf.data.Dataset:
+        """The training lines, repeated endlessly, from batch `start_step` on; batch_size
+        defaults to --batch_size; with shard_count > 1 only every shard_count-th line from
+        line shard_index (a distributed worker's own)."""
         d = self.data
         return dlrm_data.criteo_tsv_dataset(
-            self.paths, self.table_sizes, d.batch_size, split="train", eval_every=d.eval_every,
-            repeat=True, skip_batches=start_step, shuffle_buffer=d.shuffle_buffer,
-            seed=self.seed, drop_remainder=True, skip_bad_lines=d.skip_bad_lines,
-            bad_lines=self.bad_lines)
+            self.paths, self.table_sizes, batch_size or d.batch_size, split="train",
+            eval_every=d.eval_every, repeat=True, skip_batches=start_step,
+            shuffle_buffer=d.shuffle_buffer, seed=self.seed, drop_remainder=True,
+            skip_bad_lines=d.skip_bad_lines, bad_lines=self.bad_lines,
+            shard_index=shard_index, shard_count=shard_count)
 
     def held_out(self, examples: Optional[int] = None) -> tf.data.Dataset:
         """The held-out split, whole or limited to `examples` (rounded up to batches)."""

@@ -42,7 +42,7 @@ from typing import List, Tuple  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from examples.dlrm import config as dlrm_config  # noqa: E402
-from examples.dlrm import plots, reports, sources  # noqa: E402
+from examples.dlrm import distribution, plots, reports, sources  # noqa: E402
 from examples.dlrm.config import Config, DLRMConfig  # noqa: E402
 
 # The run directory and label of a TT model started from a dense checkpoint: not "tt", so
@@ -100,17 +100,22 @@ def train(config: Config) -> List[dict]:
     """Trains and compares the planned models; writes the curves PNG and results.json."""
     subdir, runs = planned_runs(config)
     try:
-        source = sources.make_source(config.data, config.tables.table_sizes(),
-                                     config.training.seed)
-    except (ValueError, FileNotFoundError) as e:  # --data names no usable data
-        raise app.UsageError(str(e)) from e
-    try:
         from examples.dlrm import training  # pylint: disable=g-import-not-at-top
     except ImportError as e:  # TFRS under Keras 3
         raise app.UsageError(
             f"TFRS needs legacy Keras: run with TF_USE_LEGACY_KERAS=1 ({e})") from e
+    # First: MultiWorkerMirroredStrategy must exist before any op runs (the synthetic
+    # source runs some when it is made).
+    name = config.training.distribution
+    strategy = None if name == "none" else distribution.make_strategy(name)
+    worker = distribution.worker_of(name)
+    try:
+        source = sources.make_source(config.data, config.tables.table_sizes(),
+                                     config.training.seed)
+    except (ValueError, FileNotFoundError) as e:  # --data names no usable data
+        raise app.UsageError(str(e)) from e
     print(reports.format_tables(config.tables))
-    results = training.run_comparison(runs, config, source)
+    results = training.run_comparison(runs, config, source, strategy)
     title = "Initializer ablation" if config.run.init_ablation else "Dense vs TT"
     print(f"\n{title} ({source.describe()}, batch {config.data.batch_size}, "
           f"{config.training.optimizer} lr {config.training.learning_rate}):")
@@ -119,7 +124,7 @@ def train(config: Config) -> List[dict]:
     if bad_lines is not None:
         print(f"--skip_bad_lines: skipped {bad_lines.count} malformed line(s) of "
               f"{', '.join(source.paths)} (counted on every pass over the files)")
-    if config.output.out_dir:
+    if config.output.out_dir and worker.is_chief:
         write_outputs(results, os.path.join(config.output.out_dir, subdir))
     return results
 
