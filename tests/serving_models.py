@@ -7,7 +7,6 @@ the same raw signature, so the serving checks are the same for both.
 """
 
 import os
-import sys
 
 import pytest
 import tensorflow as tf
@@ -15,8 +14,6 @@ import tensorflow as tf
 from tt_keras._keras import IS_KERAS_3
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
 from examples.dlrm import data as dlrm_data  # noqa: E402
 from examples.dlrm import export as dlrm_export  # noqa: E402

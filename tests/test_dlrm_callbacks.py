@@ -3,15 +3,12 @@ under both Kerases)."""
 
 import glob
 import os
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
 from examples.dlrm import callbacks as CB  # noqa: E402
 from examples.dlrm import memory  # noqa: E402

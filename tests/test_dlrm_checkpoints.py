@@ -10,15 +10,11 @@ import textwrap
 
 import pytest
 
-try:
-    import tensorflow_recommenders as tfrs  # noqa: F401
-except ImportError as e:  # Keras 3: TFRS 0.7.7 needs TF_USE_LEGACY_KERAS=1
-    pytest.skip(f"tensorflow_recommenders cannot import here ({e}); the DLRM example needs "
-                "TF_USE_LEGACY_KERAS=1", allow_module_level=True)
+# TFRS 0.7.7 imports only under legacy Keras (TF_USE_LEGACY_KERAS=1).
+pytest.importorskip("tensorflow_recommenders", exc_type=ImportError,
+                    reason="the DLRM example needs TF_USE_LEGACY_KERAS=1")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
 from examples.dlrm import callbacks as dlrm_callbacks  # noqa: E402
 from examples.dlrm import checkpoints as K  # noqa: E402

@@ -3,7 +3,6 @@ plans; the Criteo sample's path. No TFRS needed: runs under both Kerases."""
 
 import dataclasses
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -13,8 +12,6 @@ import tt_keras
 from tt_keras.cache_budget import cache_row_bytes, split_cache_budget
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
 from examples.dlrm import cache_plan, sample  # noqa: E402
 from examples.dlrm import config as C  # noqa: E402

@@ -4,15 +4,12 @@ with the csv module) and the synthetic source. No TFRS needed: runs under both K
 import csv
 import math
 import os
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
 from examples.dlrm import data as D  # noqa: E402
 from examples.dlrm import sources as S  # noqa: E402

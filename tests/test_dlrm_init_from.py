@@ -8,22 +8,17 @@ checkpoint reader, not through init_from."""
 
 import math
 import os
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from absl import app
 
-try:
-    import tensorflow_recommenders as tfrs  # noqa: F401
-except ImportError as e:  # Keras 3: TFRS 0.7.7 needs TF_USE_LEGACY_KERAS=1
-    pytest.skip(f"tensorflow_recommenders cannot import here ({e}); the DLRM example needs "
-                "TF_USE_LEGACY_KERAS=1", allow_module_level=True)
+# TFRS 0.7.7 imports only under legacy Keras (TF_USE_LEGACY_KERAS=1).
+pytest.importorskip("tensorflow_recommenders", exc_type=ImportError,
+                    reason="the DLRM example needs TF_USE_LEGACY_KERAS=1")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
 from tt_keras import oracle  # noqa: E402
 

@@ -4,7 +4,6 @@ skip_bad_lines is dropped and counted; an empty --data, an empty file or too few
 batch are errors naming the flags. No TFRS needed: runs under both Kerases."""
 
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -12,8 +11,6 @@ import tensorflow as tf
 from absl import app
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
 from examples.dlrm import data as D  # noqa: E402
 from examples.dlrm import line_checks as L  # noqa: E402

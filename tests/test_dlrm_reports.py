@@ -2,13 +2,10 @@
 then their formatters (no TFRS needed: runs under both Kerases)."""
 
 import os
-import sys
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
 from tt_keras import tt_math  # noqa: E402
 

@@ -4,15 +4,12 @@ with an error naming the input, by the loaded SavedModel itself (what TF Serving
 The DLRM half needs TFRS (legacy Keras) and is skipped under Keras 3."""
 
 import os
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
 from tt_keras import export as E  # noqa: E402
 
