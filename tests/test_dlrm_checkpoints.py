@@ -87,6 +87,37 @@ def test_killed_between_the_checkpoint_and_the_state_file(run_dir, tmp_path):
     assert _restore(run_dir)[2] == 3
 
 
+# Saves ckpt-1, then SIGKILLs itself after writing ckpt-2 and before its state file.
+_KILLED_SAVE = textwrap.dedent("""
+    import os, signal, sys
+    from tensorflow.python.checkpoint import checkpoint_management
+    from examples.dlrm import checkpoints, data, model as M
+    from tests.test_dlrm_checkpoints import CFG, _model
+    model = _model()
+    manager, _ = checkpoints.restore(model, sys.argv[1])
+    batches = iter(data.SyntheticCriteo(CFG.table_sizes, seed=1).dataset(16))
+    model.train_on_batch(*next(batches))
+    manager.save(checkpoint_number=1)
+    model.train_on_batch(*next(batches))
+    checkpoint_management.update_checkpoint_state_internal = (
+        lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL))
+    manager.save(checkpoint_number=2)
+    print("NOT KILLED")
+""")
+
+
+def test_a_real_sigkill_between_the_checkpoint_and_the_state_file(tmp_path):
+    run = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, "-c", _KILLED_SAVE, str(run)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stdout[-2000:] + proc.stderr[-3000:]
+    state = (_ckpt_dir(run) / "checkpoint").read_text()
+    assert "ckpt-1" in state and "ckpt-2" not in state  # killed where it was meant to be
+    _, manager, step = _restore(run)
+    assert step == 2 and os.path.basename(manager.latest_checkpoint) == "ckpt-2"
+
+
 @pytest.mark.parametrize("part", ["index", "data-00000-of-00001"])
 def test_a_truncated_checkpoint_is_named_and_the_previous_one_restored(run_dir, part, capsys):
     path = _ckpt_dir(run_dir) / f"ckpt-3.{part}"

@@ -215,9 +215,9 @@ def restore(model, run_dir: str, write_dir: Optional[str] = None
     state, state_error = _read_state(directory)
     listed = [p if os.path.isabs(p) else os.path.join(directory, p)
               for p in (state.all_model_checkpoint_paths if state else [])]
-    candidates = sorted(set(listed) | set(_checkpoint_prefixes(directory)),
-                        key=_step_of, reverse=True)
-    candidates = [p for p in candidates if tf.io.gfile.exists(p + ".index")]
+    by_step = {_step_of(p): p for p in listed + _checkpoint_prefixes(directory)
+               if tf.io.gfile.exists(p + ".index")}  # one per step, however it is spelled
+    candidates = [by_step[s] for s in sorted(by_step, reverse=True)]
     bad, chosen = [], None
     for prefix in candidates:
         reason = unreadable_reason(prefix)
