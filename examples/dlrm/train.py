@@ -99,11 +99,6 @@ def planned_runs(config: Config) -> Tuple[str, List[Tuple[str, DLRMConfig]]]:
 def train(config: Config) -> List[dict]:
     """Trains and compares the planned models; writes the curves PNG and results.json."""
     subdir, runs = planned_runs(config)
-    try:
-        from examples.dlrm import training  # pylint: disable=g-import-not-at-top
-    except ImportError as e:  # TFRS under Keras 3
-        raise app.UsageError(
-            f"TFRS needs legacy Keras: run with TF_USE_LEGACY_KERAS=1 ({e})") from e
     # First: MultiWorkerMirroredStrategy must exist before any op runs (the synthetic
     # source runs some when it is made).
     name = config.training.distribution
@@ -114,6 +109,11 @@ def train(config: Config) -> List[dict]:
                                      config.training.seed)
     except (ValueError, FileNotFoundError) as e:  # --data names no usable data
         raise app.UsageError(str(e)) from e
+    try:
+        from examples.dlrm import training  # pylint: disable=g-import-not-at-top
+    except ImportError as e:  # TFRS under Keras 3
+        raise app.UsageError(
+            f"TFRS needs legacy Keras: run with TF_USE_LEGACY_KERAS=1 ({e})") from e
     print(reports.format_tables(config.tables))
     results = training.run_comparison(runs, config, source, strategy)
     title = "Initializer ablation" if config.run.init_ablation else "Dense vs TT"
