@@ -219,6 +219,25 @@ def test_launch_stops_every_worker_when_one_fails(tmp_path):
     assert "[worker 1] started 1" in lines and "[worker 0] started 0" in lines
 
 
+def test_launch_retries_once_when_a_port_was_taken(tmp_path):
+    """A worker that cannot bind its port restarts the cluster once, on fresh ports."""
+    script = tmp_path / "binder.py"
+    marker = tmp_path / "failed_once"
+    script.write_text(
+        "import json, os, sys\n"
+        f"marker = {str(marker)!r}\n"
+        "index = json.loads(os.environ['TF_CONFIG'])['task']['index']\n"
+        "if index == 1 and not os.path.exists(marker):\n"
+        "    open(marker, 'w').close()\n"
+        f"    print({launch.PORT_IN_USE!r} + ': address in use', flush=True)\n"
+        "    sys.exit(1)\n")
+    lines = []
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    status = launch.launch("binder", [], num_workers=2, timeout=60, env=env, log=lines.append)
+    assert status == 0, lines
+    assert any("starting again on fresh ports" in line for line in lines)
+
+
 def test_launch_timeout_kills_workers(tmp_path):
     script = tmp_path / "sleeper.py"
     script.write_text("import time\nprint('up', flush=True)\ntime.sleep(600)\n")
