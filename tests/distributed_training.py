@@ -37,6 +37,14 @@ def _parse(argv):
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--global_batch", type=int, default=16)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--epoch_steps", type=int, default=0,
+                        help="fit: epochs of this many steps over the first this many "
+                        "global batches (0: one epoch of --steps)")
+    parser.add_argument("--backup_dir", default="",
+                        help="fit: BackupAndRestore into this directory every 2 steps")
+    parser.add_argument("--crash_at_step", type=int, default=0,
+                        help="fit: the last worker dies (os._exit) after this step, once: "
+                        "when <backup_dir>/crashed does not exist yet, which it creates")
     return parser.parse_args(argv)
 
 
@@ -100,7 +108,7 @@ def _local_values(strategy, variable):
     return [np.asarray(v) for v in strategy.experimental_local_results(value)]
 
 
-def _train_custom(strategy, model, batches, global_batch):
+def _train_custom(strategy, model, batches, global_batch, args):
     import tensorflow as tf
 
     from tt_keras._keras import keras
@@ -132,14 +140,41 @@ def _train_custom(strategy, model, batches, global_batch):
         step(distribute(ids), distribute(targets))
 
 
-def _train_fit(strategy, model, batches, global_batch):
+def _crash_callback(args, epoch_steps):
+    """Kills the last worker after step --crash_at_step, the first time only."""
+    from tt_keras._keras import keras
+
+    task = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    workers = len(task.get("cluster", {}).get("worker", [None]))
+    last = task.get("task", {}).get("index", 0) == workers - 1
+    marker = os.path.join(args.backup_dir, "crashed")
+
+    class Crash(keras.callbacks.Callback):
+        epoch = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            step = self.epoch * epoch_steps + batch + 1  # `batch` restarts every epoch
+            if last and step == args.crash_at_step and not os.path.exists(marker):
+                with open(marker, "w") as f:
+                    f.write(str(step))
+                os._exit(3)  # as a killed worker: no cleanup, no goodbye to the others
+    return Crash()
+
+
+def _train_fit(strategy, model, batches, global_batch, args):
     import numpy as np
     import tensorflow as tf
 
     from tt_keras._keras import keras
 
-    ids = np.concatenate([b[0] for b in batches])
-    targets = np.concatenate([b[1] for b in batches])
+    epoch_steps = args.epoch_steps or len(batches)
+    if len(batches) % epoch_steps:
+        raise ValueError(f"--epoch_steps = {epoch_steps} must divide --steps = {len(batches)}")
+    ids = np.concatenate([b[0] for b in batches[:epoch_steps]])
+    targets = np.concatenate([b[1] for b in batches[:epoch_steps]])
     dataset = tf.data.Dataset.from_tensor_slices((ids, targets)).batch(global_batch)
     options = tf.data.Options()
     # Every worker reads the whole stream and takes its slice of each global batch.
@@ -148,7 +183,15 @@ def _train_fit(strategy, model, batches, global_batch):
     with strategy.scope():
         model.compile(optimizer=keras.optimizers.SGD(0.5),
                       loss=keras.losses.MeanSquaredError())
-    model.fit(dataset, epochs=1, verbose=0, shuffle=False)
+    # The epochs run, in the log: a restarted run shows where it resumed.
+    callbacks = [keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: print(f"epoch {epoch} begins", flush=True))]
+    if args.backup_dir:
+        callbacks.append(keras.callbacks.BackupAndRestore(args.backup_dir, save_freq=2))
+    if args.crash_at_step:
+        callbacks.append(_crash_callback(args, epoch_steps))
+    model.fit(dataset, epochs=len(batches) // epoch_steps, verbose=0, shuffle=False,
+              callbacks=callbacks)
 
 
 def main(argv=None):
@@ -161,7 +204,9 @@ def main(argv=None):
     with strategy.scope():
         model = _model(args)
     train = _train_fit if args.loop == "fit" else _train_custom
-    train(strategy, model, batches, args.global_batch)
+    if args.loop == "custom" and (args.backup_dir or args.crash_at_step):
+        raise ValueError("--backup_dir and --crash_at_step need --loop=fit")
+    train(strategy, model, batches, args.global_batch, args)
 
     arrays = {}
     for i, variable in enumerate(model.variables):

@@ -143,6 +143,44 @@ def test_two_workers_equal_one(tmp_path, reference_runs, loop):
     assert_same_training(reference_runs(20, loop, "reference"), workers[0])
 
 
+@pytest.mark.skipif(IS_KERAS_3, reason="Keras 3's fit cannot run under MWMS (see above)")
+def test_killed_worker_resumes_from_backup(tmp_path):
+    """BackupAndRestore every 2 steps; the last worker dies after step 5; the launcher
+    stops the other; both restarted resume from the step-4 backup and end exactly as an
+    uninterrupted run (every variable, the cache's counters and step included).
+
+    The epochs are 2 steps long: tf_keras resumes a backup taken mid-epoch with the right
+    step count but restarts the epoch's data from its first batch."""
+    args = ["--strategy=multi_worker", "--cache_size=20", "--loop=fit", "--epoch_steps=2",
+            "--backup_dir=" + str(tmp_path / "backup"), "--crash_at_step=5",
+            "--backend=reference"]
+
+    def run(out, extra):
+        lines = []
+        status = launch.launch("tests.distributed_training", [*extra, f"--out={out}"],
+                               num_workers=2, timeout=RUN_TIMEOUT_S, log=lines.append)
+        return status, lines
+
+    status, lines = run(tmp_path / "crashed.npz", args)
+    assert status == 3, _tail("\n".join(lines))
+    assert not list(tmp_path.glob("crashed.worker*.npz"))
+    status, lines = run(tmp_path / "resumed.npz", args)
+    assert status == 0, _tail("\n".join(lines))
+    # Both workers restarted at epoch 2 (step 4), not at the beginning.
+    first_epochs = {}
+    for line in lines:
+        if line.endswith(" begins"):
+            worker, text = line.split("] ", 1)
+            first_epochs.setdefault(worker, text)
+    assert first_epochs == {"[worker 0": "epoch 2 begins", "[worker 1": "epoch 2 begins"}
+    status, lines = run(tmp_path / "uninterrupted.npz", args[:4])
+    assert status == 0, _tail("\n".join(lines))
+    resumed = [_load(tmp_path / f"resumed.worker{i}.npz") for i in range(2)]
+    expected = _hashes(_load(tmp_path / "uninterrupted.worker0.npz"))
+    assert _hashes(resumed[0]) == _hashes(resumed[1]) == expected
+    assert int(_value(resumed[0], "cache_step")) == 8
+
+
 def test_import_creates_no_tensors(tmp_path):
     """MultiWorkerMirroredStrategy must be created before any op runs; importing tt_keras
     (and every module of it the layer uses) must leave that possible. The second program,
@@ -179,6 +217,25 @@ def test_launch_stops_every_worker_when_one_fails(tmp_path):
     status = launch.launch("worker", [], num_workers=2, timeout=60, env=env, log=lines.append)
     assert status == 3
     assert "[worker 1] started 1" in lines and "[worker 0] started 0" in lines
+
+
+def test_launch_retries_once_when_a_port_was_taken(tmp_path):
+    """A worker that cannot bind its port restarts the cluster once, on fresh ports."""
+    script = tmp_path / "binder.py"
+    marker = tmp_path / "failed_once"
+    script.write_text(
+        "import json, os, sys\n"
+        f"marker = {str(marker)!r}\n"
+        "index = json.loads(os.environ['TF_CONFIG'])['task']['index']\n"
+        "if index == 1 and not os.path.exists(marker):\n"
+        "    open(marker, 'w').close()\n"
+        f"    print({launch.PORT_IN_USE!r} + ': address in use', flush=True)\n"
+        "    sys.exit(1)\n")
+    lines = []
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    status = launch.launch("binder", [], num_workers=2, timeout=60, env=env, log=lines.append)
+    assert status == 0, lines
+    assert any("starting again on fresh ports" in line for line in lines)
 
 
 def test_launch_timeout_kills_workers(tmp_path):

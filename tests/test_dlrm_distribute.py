@@ -112,3 +112,34 @@ def test_two_workers_train_the_dlrm(tmp_path):
     both = [line for line in lines if "held-out: AUC" in line]
     assert len(both) == 2 and both[0].split("]", 1)[1].split("(")[0] == (
         both[1].split("]", 1)[1].split("(")[0])
+
+
+def test_communication_bytes_from_sizes():
+    from examples.dlrm import communication
+
+    kaggle = dlrm_data.TABLE_SIZES["kaggle"]
+    one = communication.step_bytes(kaggle, 16, 7, 32, workers=1, batch_size=1024)
+    assert one["ring_traffic_bytes"] == 0 and one["all_gathered_bytes"] == 0
+    two = communication.step_bytes(kaggle, 16, 7, 32, workers=2, batch_size=1024)
+    # Ring all-reduce: 2 (N - 1) / N of the dense gradients; 19 Embedding tables gather the
+    # other worker's 512 rows of 16 floats and an int64 index each.
+    assert two["ring_traffic_bytes"] == two["all_reduced_bytes"]
+    assert two["all_gathered_bytes"] == 512 * 19 * (16 * 4 + 8)
+    dense = communication.step_bytes(kaggle, 16, 0, 32, workers=2, batch_size=1024)
+    assert dense["replicated_embedding_bytes"] == 4 * 16 * sum(kaggle)
+    assert dense["all_reduced_bytes"] == 4 * communication.mlp_params(16)
+    with pytest.raises(ValueError, match="multiple of workers"):
+        communication.step_bytes(kaggle, 16, 7, 32, workers=3, batch_size=1024)
+
+
+def test_mlp_params_match_the_model():
+    try:
+        from examples.dlrm import model as dlrm_model
+    except ImportError as e:
+        pytest.skip(f"TFRS needs TF_USE_LEGACY_KERAS=1 ({e})")
+    from examples.dlrm import communication
+    from examples.dlrm.config import Config
+
+    config = Config.from_options({"table_scale": 10_000}).dlrm_config()
+    model = dlrm_model.build_model(config)
+    assert dlrm_model.dense_param_count(model) == communication.mlp_params(16)

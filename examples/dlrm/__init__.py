@@ -14,6 +14,10 @@ Modules:
   plots     -- the training curves PNG.
   export    -- SavedModel export with a flat, per-raw-feature serving signature.
   train     -- absl entry point: flags -> Config -> size report, or train and compare.
+  distribution  -- --distribution: the tf.distribute strategy, each worker's data and
+               writes.
+  launch    -- starts N local MultiWorkerMirroredStrategy workers on loopback.
+  communication -- bytes a data-parallel step all-reduces and all-gathers (calculated).
 
 TFRS 0.7.7 needs legacy Keras: run with TF_USE_LEGACY_KERAS=1.
 """

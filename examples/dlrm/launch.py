@@ -101,8 +101,26 @@ class _Worker:
         self._thread.join(timeout=KILL_GRACE_S)
 
 
+def _wait(workers, timeout, log):
+    """The cluster's status once every worker exited with 0, one failed, or time ran out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        codes = [w.process.poll() for w in workers]
+        failed = [c for c in codes if c not in (None, 0)]
+        if failed:
+            log(f"[launch] a worker exited with status {failed[0]}; stopping the others")
+            return failed[0]
+        if all(c == 0 for c in codes):
+            return 0
+        if time.monotonic() > deadline:
+            log(f"[launch] timeout after {timeout:g} s; stopping every worker")
+            return TIMEOUT_STATUS
+        time.sleep(0.2)
+
+
 def _run_cluster(command, num_workers, timeout, env, log):
-    """Runs one cluster to its end; returns (status, port_in_use)."""
+    """Runs one cluster to its end; returns (status, whether a worker could not bind its
+    port)."""
     ports = free_ports(num_workers)
     lock = threading.Lock()
     workers = []
@@ -111,27 +129,17 @@ def _run_cluster(command, num_workers, timeout, env, log):
             worker_env = dict(os.environ if env is None else env)
             worker_env["TF_CONFIG"] = tf_config(ports, i)
             workers.append(_Worker(i, command, worker_env, log, lock))
-        deadline = time.monotonic() + timeout
-        while True:
-            codes = [w.process.poll() for w in workers]
-            failed = [c for c in codes if c not in (None, 0)]
-            if failed:
-                log(f"[launch] a worker exited with status {failed[0]}; stopping the others")
-                return failed[0], any(w.port_in_use for w in workers)
-            if all(c == 0 for c in codes):
-                return 0, False
-            if time.monotonic() > deadline:
-                log(f"[launch] timeout after {timeout:g} s; stopping every worker")
-                return TIMEOUT_STATUS, False
-            time.sleep(0.2)
+        status = _wait(workers, timeout, log)
     except KeyboardInterrupt:
         log("[launch] interrupted; stopping every worker")
-        return INTERRUPT_STATUS, False
+        status = INTERRUPT_STATUS
     finally:
         for w in workers:
             w.kill()
         for w in workers:
-            w.finish()
+            w.finish()  # every line read, so port_in_use is final
+    port_in_use = status not in (0, INTERRUPT_STATUS) and any(w.port_in_use for w in workers)
+    return status, port_in_use
 
 
 def launch(module: str, args: Sequence[str], num_workers: int, timeout: float = 600.0,
