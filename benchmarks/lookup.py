@@ -6,8 +6,10 @@
 Workload (benchmarks/workload.py): the largest Criteo-Kaggle table, 10,131,227 x 16, row
 factors (200, 220, 250), column factors (2, 2, 4); 2048 bags of 26 ids drawn Zipf(1.1) over
 the rows, summed per bag. Configurations: ranks 8/16/32/64 and a 64-wide table at rank 32.
-Every line is one run of all three lookups on the same ids; ratios are relative to the dense
-lookup (tf.nn.embedding_lookup_sparse on the uncompressed table) and to the pure-TF chain.
+Every line is one run of all the lookups on the same ids; ratios are relative to the dense
+lookups on the uncompressed table -- tf.nn.embedding_lookup_sparse, and the fastest a user
+has: tf.gather + tf.math.segment_sum for bags, tf.gather for ids one by one (the op with
+combiner "none") -- and to the pure-TF chain.
 
 Timings are medians of --reps calls of a tf.function, after warm-up, the op and the dense
 lookup called in turns so that load from elsewhere falls on both alike; "fwd+bwd" computes the
@@ -96,11 +98,21 @@ def run_config(name, ids, row_splits, rng):
     def dense_fwd():
         return tf.nn.embedding_lookup_sparse(dense, sparse_ids, None, combiner="sum")
 
-    def dense_fwd_bwd():
-        with tf.GradientTape() as tape:
-            out = dense_fwd()
-            loss = tf.reduce_sum(out * out)
-        return tape.gradient(loss, [dense])
+    def gather_segment_sum():
+        # The fastest dense bag lookup a user has: gather the rows, sum them per bag.
+        return tf.math.segment_sum(tf.gather(dense, ids), bag_of_id)
+
+    def tt_ids():
+        with lookup_backend_scope("op"):
+            return tt_embedding_bag(cores, ids, None, None, "none", NUM_ROWS)
+
+    def with_grad(fn, variables):
+        def fwd_bwd():
+            with tf.GradientTape() as tape:
+                out = fn()
+                loss = tf.reduce_sum(out * out)
+            return tape.gradient(loss, variables)
+        return fwd_bwd
 
     fns = {
         ("op", "fwd"): tf.function(lambda: tt_fwd("op")),
@@ -108,18 +120,27 @@ def run_config(name, ids, row_splits, rng):
         ("tf", "fwd"): tf.function(lambda: tt_fwd("reference")),
         ("tf", "fwd+bwd"): tf.function(lambda: tt_fwd_bwd("reference")),
         ("dense", "fwd"): tf.function(dense_fwd),
-        ("dense", "fwd+bwd"): tf.function(dense_fwd_bwd),
+        ("dense", "fwd+bwd"): tf.function(with_grad(dense_fwd, [dense])),
+        ("gather_sum", "fwd"): tf.function(gather_segment_sum),
+        ("gather_sum", "fwd+bwd"): tf.function(with_grad(gather_segment_sum, [dense])),
+        ("op_ids", "fwd"): tf.function(tt_ids),
+        ("op_ids", "fwd+bwd"): tf.function(with_grad(tt_ids, cores)),
+        ("gather", "fwd"): tf.function(lambda: tf.gather(dense, ids)),
+        ("gather", "fwd+bwd"): tf.function(with_grad(lambda: tf.gather(dense, ids), [dense])),
     }
-    # The op and the dense lookup are timed in turns (load on a shared machine then falls on
-    # both alike); the slow pure-TF chain separately, with fewer calls.
+    # The op and the dense lookups are timed in turns (load on a shared machine then falls
+    # on all alike); the slow pure-TF chain separately, with fewer calls.
     fast = [key for key in fns if key[0] != "tf"]
     ms = dict(zip(fast, interleaved_median_ms([fns[key] for key in fast], FLAGS.reps)))
     ms.update({key: median_ms(fn, FLAGS.reference_reps) for key, fn in fns.items()
                if key[0] == "tf"})
     for mode in ("fwd", "fwd+bwd"):
         op, ref, dense_ms = ms[("op", mode)], ms[("tf", mode)], ms[("dense", mode)]
+        fastest = ms[("gather_sum", mode)]
+        ids_op, gather = ms[("op_ids", mode)], ms[("gather", mode)]
         print(f"{name:>4} {dim:>3} {shape.ranks[1]:>4} {mode:>8} {op:9.2f} {ref:9.2f} "
-              f"{dense_ms:9.2f} {op / dense_ms:11.2f} {ref / op:10.1f} "
+              f"{dense_ms:9.2f} {op / dense_ms:11.2f} {fastest:9.2f} {op / fastest:9.2f} "
+              f"{ids_op:9.2f} {gather:9.2f} {ids_op / gather:9.2f} {ref / op:10.1f} "
               f"{shape.compression_ratio(NUM_ROWS):8.0f}x", flush=True)
 
 
@@ -214,8 +235,12 @@ def main(argv):
           f"({FLAGS.id_order} order): {unique.size:,} distinct ids ({unique.size / size:.0%}), "
           f"{prefixes.size:,} distinct (i1, i2) prefixes; "
           f"{tf.config.threading.get_intra_op_parallelism_threads() or 'all'} intra-op threads")
+    print("bags: op, the pure-TF chain (tf), embedding_lookup_sparse (dense) and the fastest "
+          "dense bag lookup, gather + segment_sum (gsum); per id (combiner none): the op (ids) "
+          "against tf.gather")
     print(f"{'cfg':>4} {'D':>3} {'rank':>4} {'mode':>8} {'op ms':>9} {'tf ms':>9} "
-          f"{'dense ms':>9} {'op/dense':>11} {'tf/op':>10} {'compress':>9}")
+          f"{'dense ms':>9} {'op/dense':>11} {'gsum ms':>9} {'op/gsum':>9} {'ids ms':>9} "
+          f"{'gather ms':>9} {'ids/gath':>9} {'tf/op':>10} {'compress':>9}")
     for name in FLAGS.configs:
         run_config(name, ids, row_splits, rng)
     fractions = [float(f) for f in FLAGS.cache_fractions]
