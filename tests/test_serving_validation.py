@@ -108,9 +108,9 @@ def dlrm_signature(tmp_path_factory):
 
 
 def _raw_rows(batch):
-    from tests.test_dlrm_export import raw_rows  # pylint: disable=g-import-not-at-top
+    from serving.criteo_requests import random_rows  # pylint: disable=g-import-not-at-top
 
-    return raw_rows(batch, seed=4)
+    return random_rows(batch, seed=4)
 
 
 def test_dlrm_good_request(dlrm_signature):
