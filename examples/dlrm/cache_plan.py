@@ -10,6 +10,7 @@ from typing import Tuple
 
 import numpy as np
 
+import tt_keras
 from tt_keras.cache_budget import cache_row_bytes, split_cache_budget
 
 from examples.dlrm import reports
@@ -18,8 +19,6 @@ from examples.dlrm.data import CAT_FEATURES
 
 MB = 1e6
 FLOAT_BYTES = reports.FLOAT_BYTES
-# A cache's state besides its rows (TTEmbedding.cache_bytes): the step and two statistics.
-CACHE_FIXED_BYTES = 24
 
 
 def sample_id_counts(dataset, features, num_batches: int) -> dict:
@@ -40,10 +39,15 @@ def compression_budget_bytes(model_config: DLRMConfig) -> float:
     dim, sizes = model_config.embedding_dim, model_config.table_sizes
     tt_sizes = [sizes[CAT_FEATURES.index(f)] for f in model_config.tt_features]
     dense_bytes = FLOAT_BYTES * dim * sum(sizes)
-    cores = sum(reports.tt_layer(n, dim, model_config.tt_rank, model_config.tt_cores)
-                .embedding_bytes for n in tt_sizes)
-    fixed = (FLOAT_BYTES * dim * (sum(sizes) - sum(tt_sizes)) + cores
-             + CACHE_FIXED_BYTES * len(tt_sizes))
+    # A TT table with a one-row cache (and a one-entry counter), less that row: its cores
+    # and its cache's fixed state (step, statistics), as TTEmbedding counts them.
+    row_bytes = cache_row_bytes(dim, counter_multiple=1)
+    tt_fixed = sum(
+        tt_keras.TTEmbedding(n, dim, tt_rank=model_config.tt_rank,
+                             num_cores=model_config.tt_cores, cache_size=1,
+                             cache_counter_size=1).embedding_bytes - row_bytes
+        for n in tt_sizes)
+    fixed = FLOAT_BYTES * dim * (sum(sizes) - sum(tt_sizes)) + tt_fixed
     budget = dense_bytes / model_config.cache_compression - fixed
     if budget <= 0:
         raise ValueError(

@@ -18,16 +18,18 @@ import dataclasses
 import json
 import os
 import shutil
+from typing import Optional
 
 import tensorflow as tf
 
 DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
 
 
-def make_strategy(name: str) -> tf.distribute.Strategy:
-    """The strategy `--distribution=name` names; multi_worker needs TF_CONFIG."""
+def make_strategy(name: str) -> Optional[tf.distribute.Strategy]:
+    """The strategy `--distribution=name` names (None for none: the trainer runs without
+    one); multi_worker needs TF_CONFIG."""
     if name == "none":
-        return tf.distribute.get_strategy()
+        return None
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":

@@ -177,8 +177,8 @@ def initialize(tt_model, config: Config, source) -> dict:
     """
     checkpoint = find_checkpoint(config.run.init_from)
     dense_config = tt_model.config.replace(tt_tables=0, cache_size=0, cache_sizes=(),
-                                           cache_budget_mb=0.0, cache_coverage=0.0,
-                                           cache_prefill=False)
+                                           cache_budget_mb=0.0, cache_compression=0.0,
+                                           cache_coverage=0.0, cache_prefill=False)
     dense = restore_dense(checkpoint, dense_config, config)
     reader = tf.train.load_checkpoint(checkpoint)
     step_key = "optimizer/iter" + _VALUE

@@ -102,7 +102,7 @@ def train(config: Config) -> List[dict]:
     # First: MultiWorkerMirroredStrategy must exist before any op runs (the synthetic
     # source runs some when it is made).
     name = config.training.distribution
-    strategy = None if name == "none" else distribution.make_strategy(name)
+    strategy = distribution.make_strategy(name)
     worker = distribution.worker_of(name)
     try:
         source = sources.make_source(config.data, config.tables.table_sizes(),
