@@ -294,7 +294,9 @@ class TrainingConfig(_Options):
     distribution: str = option(
         "none", "tf.distribute strategy: none; mirrored (this machine's devices); "
         "multi_worker (MultiWorkerMirroredStrategy over the cluster in TF_CONFIG; "
-        "python -m examples.dlrm.launch --num_workers=N -- ... starts local workers). "
+        "python -m examples.dlrm.launch --num_workers=N -- ... starts local workers); "
+        "parameter_server (ParameterServerStrategy, dense model only: its large tables "
+        "sharded over the ps tasks of TF_CONFIG; launch --num_workers=N --num_ps=M). "
         "--batch_size is the global batch; each worker reads its own part of the data.",
         choices=distribution.DISTRIBUTIONS)
     verbose: int = option(1, "Keras fit verbosity (1: progress bars, 2: one line/epoch).",

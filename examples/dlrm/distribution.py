@@ -5,6 +5,10 @@
 - multi_worker: MultiWorkerMirroredStrategy over the cluster in TF_CONFIG, one replica per
   worker on CPUs; `python -m examples.dlrm.launch --num_workers=N -- ...` starts N local
   workers with theirs.
+- parameter_server: ParameterServerStrategy, the dense model's large tables sharded over the
+  ps tasks of TF_CONFIG (examples/dlrm/parameter_server.py; `launch --num_ps=M` starts a
+  chief, N workers and M ps tasks). Only the chief runs the trainer, so it is the only
+  Worker (`worker_of`) and writes every output.
 
 The strategy must exist before TensorFlow runs its first op (MultiWorkerMirroredStrategy
 configures collective ops at startup), so the trainer makes it first. Each worker reads its
@@ -22,7 +26,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
+DISTRIBUTIONS = ("none", "mirrored", "multi_worker", "parameter_server")
 
 
 def make_strategy(name: str) -> Optional[tf.distribute.Strategy]:
@@ -37,6 +41,9 @@ def make_strategy(name: str) -> Optional[tf.distribute.Strategy]:
             raise ValueError("--distribution=multi_worker needs TF_CONFIG naming the cluster "
                              "(python -m examples.dlrm.launch --num_workers=N -- ... sets it)")
         return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "parameter_server":
+        from examples.dlrm import parameter_server  # pylint: disable=import-outside-toplevel
+        return parameter_server.make_strategy()
     raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {name!r}")
 
 
@@ -89,7 +96,8 @@ def worker_from_tf_config(environ=None) -> Worker:
 
 def worker_of(distribution: str) -> Worker:
     """This process's Worker under `--distribution`: from TF_CONFIG for multi_worker, the
-    only worker otherwise."""
+    only worker otherwise (under parameter_server the chief is the only process running the
+    trainer: the workers and parameter servers only serve)."""
     return worker_from_tf_config() if distribution == "multi_worker" else ONLY_WORKER
 
 

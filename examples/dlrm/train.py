@@ -75,10 +75,36 @@ def report_only(config: Config) -> List[dict]:
     return report
 
 
+def check_parameter_server(config: Config) -> None:
+    """Raises app.UsageError for what --distribution=parameter_server does not support:
+    the TT models (TT tables are small enough to replicate: train them with mirrored or
+    multi_worker), checkpoints and exports (not built or tried under PSS: refused rather
+    than half supported), and --skip_bad_lines (its counter variable cannot be served by the
+    tf.data service that feeds the workers)."""
+    if config.training.distribution != "parameter_server":
+        return
+    run, output = config.run, config.output
+    if run.model != "dense" or run.init_ablation or run.init_from:
+        given = f"--model={run.model}" + (" --init_ablation" if run.init_ablation else "") + (
+            " --init_from" if run.init_from else "")
+        raise app.UsageError(
+            f"--distribution=parameter_server trains the dense DLRM only (the sharded "
+            f"baseline): give --model=dense, got {given}. TT tables are small enough to "
+            f"replicate: train them with --distribution=multi_worker or mirrored")
+    for flag, value in (("model_dir", output.model_dir), ("export_dir", output.export_dir)):
+        if value:
+            raise app.UsageError(f"--{flag}={value}: checkpoints and exports are not "
+                                 "supported under --distribution=parameter_server")
+    if config.data.skip_bad_lines:
+        raise app.UsageError("--skip_bad_lines is not supported under "
+                             "--distribution=parameter_server")
+
+
 def planned_runs(config: Config) -> Tuple[str, List[Tuple[str, DLRMConfig]]]:
     """(results subdirectory, [(label, DLRMConfig)]): the TT model started from --init_from,
     the initializer ablation, or TT then dense (TT first: its memory peak is then not
     inflated by what the large dense model leaves)."""
+    check_parameter_server(config)
     model, run = config.dlrm_config(), config.run
     if (run.init_ablation or run.model != "dense") and not model.tt_tables:
         raise app.UsageError("--init_ablation and --model=tt|both need --tt_tables > 0")
@@ -140,6 +166,11 @@ def main(argv):
         report_only(config)
         return
     logging.set_verbosity(logging.WARNING)
+    if config.training.distribution == "parameter_server":
+        from examples.dlrm import parameter_server  # pylint: disable=g-import-not-at-top
+        if parameter_server.is_server_task():  # a worker or ps task: serve until killed
+            parameter_server.serve()
+            return
     train(config)
 
 

@@ -17,7 +17,14 @@ from typing import List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
-from examples.dlrm import cache_plan, checkpoints, distribution, init_from, reports
+from examples.dlrm import (
+    cache_plan,
+    checkpoints,
+    distribution,
+    init_from,
+    parameter_server,
+    reports,
+)
 from examples.dlrm import callbacks as dlrm_callbacks
 from examples.dlrm import export as dlrm_export
 from examples.dlrm import model as dlrm_model
@@ -30,7 +37,8 @@ def fit(model, source, config: Config, start_step: int, callbacks: list,
         strategy=None) -> float:
     """Trains from start_step to config.training.steps; returns the seconds it took. Under
     a strategy each worker reads its own part of the training data, in per-replica batches
-    (distribution.distributed_input)."""
+    (distribution.distributed_input); under ParameterServerStrategy the workers share one
+    stream, and the held-out evaluation is the callbacks' (parameter_server.py)."""
     total, spe = config.training.steps, config.training.steps_per_epoch
     if start_step >= total:
         print(f"  already trained to step {start_step} >= --steps={total}; evaluating only")
@@ -45,13 +53,18 @@ def fit(model, source, config: Config, start_step: int, callbacks: list,
                             shard_count)
 
     held_out = source.held_out(config.data.periodic_eval_examples)
+    verbose = config.training.verbose
+    if parameter_server.is_parameter_server(strategy):
+        data = parameter_server.shared_input(train_data, config.data.batch_size, strategy)
+        validation = None
+        verbose = min(verbose, 2)  # Keras refuses progress bars (1) under PSS
+    else:
+        data = distribution.distributed_input(train_data, config.data.batch_size, strategy)
+        validation = held_out if strategy is None else distribution.shard_by_data(held_out)
     t0 = time.perf_counter()
-    model.fit(distribution.distributed_input(train_data, config.data.batch_size, strategy),
-              epochs=math.ceil(total / spe), steps_per_epoch=spe,
-              initial_epoch=start_step // spe,
-              validation_data=held_out if strategy is None
-              else distribution.shard_by_data(held_out),
-              callbacks=callbacks, verbose=config.training.verbose)
+    model.fit(data, epochs=math.ceil(total / spe), steps_per_epoch=spe,
+              initial_epoch=start_step // spe, validation_data=validation,
+              callbacks=callbacks, verbose=verbose)
     return time.perf_counter() - t0
 
 
@@ -93,21 +106,37 @@ def train_model(label: str, model_config: DLRMConfig, config: Config, source,
     checkpoints.check_run_config(run_dir if worker.is_chief else "", config, model_config)
     manager, start_step = checkpoints.restore(model, run_dir, worker.write_dir(run_dir))
     init = init_from.maybe_initialize(model, config, source, start_step)
-    recorder = dlrm_callbacks.StepRecorder(config.data.batch_size)
-    train_seconds = fit(model, source, config, start_step, dlrm_callbacks.make_callbacks(
-        recorder, config.training.steps, worker.write_dir(run_dir), manager), strategy)
+    if parameter_server.is_parameter_server(strategy):
+        shards = parameter_server.table_shards(model)
+        print("  table shards over the parameter servers: " + ", ".join(
+            f"{name} {n}" for name, n in shards.items() if n > 1))
+        periodic = source.held_out(config.data.periodic_eval_examples)
+        recorder = parameter_server.AsyncStepRecorder(
+            config.data.batch_size, start_step, config.training.steps,
+            lambda m: parameter_server.evaluate_on_chief(m, periodic, dlrm_model.make_task))
+        callbacks = [recorder]
+    else:
+        recorder = dlrm_callbacks.StepRecorder(config.data.batch_size)
+        callbacks = dlrm_callbacks.make_callbacks(recorder, config.training.steps,
+                                                  worker.write_dir(run_dir), manager)
+    train_seconds = fit(model, source, config, start_step, callbacks, strategy)
     if run_dir:
         worker.discard(run_dir)
     held_out = source.held_out()
     t0 = time.perf_counter()
-    metrics = model.evaluate(held_out if strategy is None
-                             else distribution.shard_by_data(held_out),
-                             return_dict=True, verbose=0)
+    if parameter_server.is_parameter_server(strategy):
+        metrics = parameter_server.evaluate_on_chief(model, held_out, dlrm_model.make_task)
+    else:
+        metrics = model.evaluate(held_out if strategy is None
+                                 else distribution.shard_by_data(held_out),
+                                 return_dict=True, verbose=0)
     timing = {"examples_per_second": recorder.examples_per_second,
               "first_step_seconds": recorder.first_step_seconds,
               "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - t0}
     result = reports.model_result(label, model, metrics, recorder.curve(), timing,
                                   memory.result())
+    if parameter_server.is_parameter_server(strategy):
+        result["table_shards"] = shards
     print(reports.format_result(result))
     if init:
         result["init_from"] = init
