@@ -3,6 +3,7 @@ r"""The quality study: TT configurations against the dense DLRM, on the same dat
     python -m benchmarks.quality --quick        # minutes: tables / 100, 1,500 steps
     python -m benchmarks.quality                # Kaggle sizes, 10,000 steps of batch 128
     python -m benchmarks.quality --grid=screen --seeds=0 --optimizers=sgd
+    python -m benchmarks.quality --data=criteo_sample --folds=5   # the real rows, 5-fold CV
 
 Every configuration of the grid is trained beside the dense model for each optimizer and
 seed, for the same steps, on the synthetic Criteo stream of that seed (examples/dlrm): one
@@ -13,6 +14,11 @@ study resumes where it stopped. Then the summary (benchmarks/quality_report.py):
 loss gaps to dense, paired by seed, with 95% intervals; compression counting all embedding
 memory (cores, cache, counter); examples/s. It is printed, written to
 <out_dir>/quality.json, and plotted as AUC gap against compression in <out_dir>/pareto.png.
+
+With --data naming files (the real Criteo sample), the study cross-validates instead:
+--folds=k trains every model k times, holding out fold j (the trainer's --eval_every=k
+--eval_fold=j) with one seed, and the folds take the place of the seeds in the pairing. Its
+defaults are sized for the 11,609-row sample (CV_DEFAULTS) and its grid is "cv".
 """
 
 import json
@@ -84,6 +90,13 @@ GRIDS: Dict[str, Dict[str, dict]] = {
     # The configuration make demo trains (examples/dlrm/config.py RECOMMENDED_TT): screen2's
     # tt10_r8_b19.5_m1 with its budget derived from the 100x target instead of written out.
     "recommended": {"dense": {}, "recommended": dict(RECOMMENDED_TT)},
+    # The real rows' cross-validation (--folds): RECOMMENDED_TT with its warm-up and plan
+    # sized to a 400-step run on a fold's 9,287 training lines instead of 10,000 steps of an
+    # endless stream. Warm-up: 40 steps, 10% of the run as 1,000 is of 10,000. Plan: 72
+    # batches of 128, one pass over the training lines (2,000 would count each line 27
+    # times, the same split for 27x the time). Everything else as RECOMMENDED_TT.
+    "cv": {"dense": {}, "recommended": dict(RECOMMENDED_TT, cache_warmup_steps=40,
+                                            cache_plan_batches=72)},
     "quick": {
         "dense": {},
         "tt7_r8": {"tt_tables": 7, "tt_rank": 8},
@@ -92,30 +105,59 @@ GRIDS: Dict[str, Dict[str, dict]] = {
     },
 }
 
+# The cross-validation's defaults, where their flags are not given: sized for the 11,609
+# real rows. 400 steps of 128 are 5.5 passes over a fold's 9,287 training lines (the README's
+# run of the sample). Tables / 100: the largest keeps 101k rows for the at most 5,700
+# distinct values a column has in the sample, so few collide and the dense model learns as
+# at full size (where 99.9% of its rows would never be touched); and the 100x budget is 24
+# KB of caches, 276 rows covering a quarter of the TT tables' lookups, so the TT cores carry
+# the rest. At full size the 19.5 MB budget would cache every distinct id of the sample,
+# a dense model in disguise. The held-out fold is evaluated whole.
+CV_DEFAULTS = {"grid": "cv", "steps": 400, "batch_size": 128, "table_scale": 100.0,
+               "out_dir": "runs/quality_cv"}
+
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("grid", "default", list(GRIDS), "Which grid of configurations to run.")
+flags.DEFINE_enum("grid", "default", list(GRIDS), "Which grid of configurations to run "
+                  "(with --folds: cv).")
 flags.DEFINE_list("configs", [], "Run only these configurations of the grid (and dense).")
 flags.DEFINE_list("optimizers", list(OPTIMIZERS), "Optimizers: " + ", ".join(OPTIMIZERS))
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (data, teacher and model init).")
-flags.DEFINE_integer("steps", 10_000, "Training steps of every model.")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (data, teacher and model init); with "
+                  "--folds one seed (default 0).")
+flags.DEFINE_string("data", "synthetic", "'synthetic' (the synthetic Criteo stream, paired by "
+                    "seed), or files to cross-validate on with --folds: 'criteo_sample' (the "
+                    "real Criteo sample) or Criteo train.txt-format file(s), comma-separated.")
+flags.DEFINE_integer("folds", 0, "With files: k-fold cross-validation, fold j holding out the "
+                     "lines i with i % k == j (the trainer's --eval_every=k --eval_fold=j); "
+                     "gaps are paired by fold.", lower_bound=0)
+flags.DEFINE_integer("steps", 10_000, "Training steps of every model (with --folds: 400).")
 flags.DEFINE_integer("batch_size", 128, "Training batch size.")
 flags.DEFINE_integer("eval_examples", 500_000,
-                     "Held-out examples of the final evaluation (the same for every run).")
-flags.DEFINE_float("table_scale", 1.0, "Divide DLRM's Kaggle table sizes by this.")
+                     "Held-out examples of the final evaluation (the same for every run; "
+                     "synthetic only: a fold is evaluated whole).")
+flags.DEFINE_float("table_scale", 1.0, "Divide DLRM's Kaggle table sizes by this (with "
+                   "--folds: 100).")
 flags.DEFINE_string("teacher", "", "The synthetic teacher (the trainer's --teacher), if set.")
 flags.DEFINE_bool("quick", False,
                   "Minutes, not hours: the quick grid, tables / 100, 1,500 steps, 2 seeds, "
                   "50,000 held-out examples.")
-flags.DEFINE_string("out_dir", "runs/quality", "Where runs, quality.json and pareto.png go.")
+flags.DEFINE_string("out_dir", "runs/quality", "Where runs, quality.json and pareto.png go "
+                    "(with --folds: runs/quality_cv).")
 flags.DEFINE_bool("summary_only", False, "Summarize the runs already in --out_dir.")
 
 
+def _given(name: str):
+    """The flag's value where given on the command line, else None."""
+    return FLAGS[name].value if FLAGS[name].present else None
+
+
 def study_settings() -> dict:
-    """The flags that define the study (the --quick preset overrides its parts)."""
+    """The flags that define the study (the --quick preset overrides its parts, and the
+    cross-validation's defaults replace those of flags not given)."""
     settings = {"grid": FLAGS.grid, "steps": FLAGS.steps, "batch_size": FLAGS.batch_size,
                 "eval_examples": FLAGS.eval_examples, "table_scale": FLAGS.table_scale,
                 "seeds": [int(s) for s in FLAGS.seeds], "optimizers": list(FLAGS.optimizers),
-                "teacher": FLAGS.teacher}
+                "teacher": FLAGS.teacher, "data": FLAGS.data, "folds": FLAGS.folds,
+                "out_dir": FLAGS.out_dir}
     if FLAGS.quick:
         settings.update(grid="quick", steps=1500, eval_examples=50_000, table_scale=100.0,
                         seeds=settings["seeds"][:2])
@@ -123,34 +165,81 @@ def study_settings() -> dict:
     if unknown:
         raise app.UsageError(f"--optimizers: unknown {sorted(unknown)}; known: "
                              f"{sorted(OPTIMIZERS)}")
+    if settings["data"] != "synthetic" or settings["folds"]:
+        cross_validation_settings(settings)
     return settings
 
 
+def cross_validation_settings(settings: dict) -> None:
+    """Checks and completes `settings` for --folds: CV_DEFAULTS where no flag was given, one
+    seed, and none of the synthetic stream's options."""
+    folds, data = settings["folds"], settings["data"]
+    if data == "synthetic":
+        raise app.UsageError(
+            f"--folds={folds} cross-validates over the lines of files: give "
+            "--data=criteo_sample or Criteo train.txt-format file(s); the synthetic study "
+            "pairs by --seeds instead")
+    if folds < 2:
+        raise app.UsageError(f"--data={data} is cross-validated: give --folds=k with k >= 2 "
+                             f"(e.g. 5), got --folds={folds}")
+    for name in ("quick", "teacher", "eval_examples"):
+        if FLAGS[name].present and FLAGS[name].value:
+            raise app.UsageError(f"--{name} is the synthetic study's; --folds={folds} trains "
+                                 f"on the labelled lines of --data={data} and evaluates each "
+                                 "held-out fold whole")
+    if len(settings["seeds"]) > 1 and FLAGS["seeds"].present:
+        raise app.UsageError(f"--folds={folds} pairs by fold with one seed; got --seeds="
+                             f"{','.join(map(str, settings['seeds']))}")
+    for name, default in CV_DEFAULTS.items():
+        given = _given(name)
+        settings[name] = default if given is None else given
+    settings.update(seeds=settings["seeds"][:1], teacher="", eval_examples=None)
+
+
+def replicates(settings: dict) -> List[Tuple[int, dict]]:
+    """What each gap to dense is paired over: [(replicate, the trainer options that make
+    it)]: the seeds of the synthetic stream, or the folds of the files with one seed."""
+    if settings["folds"]:
+        k, seed = settings["folds"], settings["seeds"][0]
+        return [(j, {"seed": seed, "eval_every": k, "eval_fold": j}) for j in range(k)]
+    return [(seed, {"seed": seed}) for seed in settings["seeds"]]
+
+
+def replicate_kind(settings: dict) -> str:
+    return "fold" if settings["folds"] else "seed"
+
+
 def planned_runs(settings: dict) -> List[Tuple[str, str, int, dict]]:
-    """[(configuration, optimizer, seed, trainer options)], dense first in each group."""
+    """[(configuration, optimizer, replicate, trainer options)], dense first in each
+    group; a replicate is a seed, or with --folds a fold."""
     grid = GRIDS[settings["grid"]]
     names = [n for n in grid if not FLAGS.configs or n in FLAGS.configs or
              n == quality_report.DENSE]
+    files = bool(settings["folds"])
+    # Every run of a fold evaluates the whole fold at each epoch's end, in 5 epochs.
+    steps_per_epoch = settings["steps"] // (5 if files else 10)
     runs = []
-    for seed in settings["seeds"]:
+    for replicate, data_options in replicates(settings):
         for optimizer in settings["optimizers"]:
             for name in names:
-                options = {"data": "synthetic", "steps": settings["steps"],
+                options = {"data": settings["data"], "steps": settings["steps"],
                            "batch_size": settings["batch_size"],
-                           "eval_examples": settings["eval_examples"],
-                           "table_scale": settings["table_scale"], "seed": seed,
+                           "table_scale": settings["table_scale"], **data_options,
                            "optimizer": optimizer, "learning_rate": OPTIMIZERS[optimizer],
-                           "steps_per_epoch": max(1, settings["steps"] // 10),
+                           "steps_per_epoch": max(1, steps_per_epoch),
                            "model": "dense" if name == quality_report.DENSE else "tt",
                            **grid[name]}
+                if not files:
+                    options["eval_examples"] = settings["eval_examples"]
                 if settings["teacher"]:
                     options["teacher"] = settings["teacher"]
-                runs.append((name, optimizer, seed, options))
+                runs.append((name, optimizer, replicate, options))
     return runs
 
 
-def run_id(name: str, optimizer: str, seed: int) -> str:
-    return f"{name}-{optimizer}-s{seed}"
+def run_id(name: str, optimizer: str, replicate: int, kind: str = "seed") -> str:
+    """The run's directory name: <configuration>-<optimizer>-s<seed> or -f<fold>."""
+    return f"{name}-{optimizer}-{kind[0]}{replicate}"
 
 
 def train_once(run_dir: str, options: dict) -> dict:
@@ -172,33 +261,34 @@ def train_once(run_dir: str, options: dict) -> dict:
         return json.load(f)[0]
 
 
-def load_runs(out_dir: str, planned) -> List[dict]:
+def load_runs(out_dir: str, planned, kind: str = "seed") -> List[dict]:
     """The planned runs that have a result in out_dir."""
     runs = []
-    for name, optimizer, seed, options in planned:
-        path = os.path.join(out_dir, "runs", run_id(name, optimizer, seed), "results.json")
+    for name, optimizer, replicate, options in planned:
+        path = os.path.join(out_dir, "runs", run_id(name, optimizer, replicate, kind),
+                            "results.json")
         if os.path.exists(path):
             with open(path) as f:
                 result = json.load(f)[0]
             result.pop("curve", None)
-            runs.append({"config": name, "optimizer": optimizer, "seed": seed,
-                         "options": options, "result": result})
+            runs.append({"config": name, "optimizer": optimizer, "replicate": replicate,
+                         kind: replicate, "options": options, "result": result})
     return runs
 
 
 def run_study(settings: dict, out_dir: str) -> None:
-    planned = planned_runs(settings)
+    planned, kind = planned_runs(settings), replicate_kind(settings)
     todo = [p for p in planned if not os.path.exists(
-        os.path.join(out_dir, "runs", run_id(*p[:3]), "results.json"))]
+        os.path.join(out_dir, "runs", run_id(*p[:3], kind), "results.json"))]
     print(f"quality study: {len(planned)} runs, {len(planned) - len(todo)} already done, "
           f"{len(todo)} to train (logs: {os.path.join(out_dir, 'runs')}/<run>/train.log)",
           flush=True)
     start = time.time()
-    for k, (name, optimizer, seed, options) in enumerate(todo, 1):
+    for k, (name, optimizer, replicate, options) in enumerate(todo, 1):
         t0 = time.time()
-        print(f"[{k}/{len(todo)}] {run_id(name, optimizer, seed)} ...", end=" ", flush=True)
-        result = train_once(os.path.join(out_dir, "runs", run_id(name, optimizer, seed)),
-                            options)
+        rid = run_id(name, optimizer, replicate, kind)
+        print(f"[{k}/{len(todo)}] {rid} ...", end=" ", flush=True)
+        result = train_once(os.path.join(out_dir, "runs", rid), options)
         elapsed = time.time() - start
         eta = elapsed / k * (len(todo) - k)
         print(f"AUC {result['auc']:.4f} logloss {result['logloss']:.4f} "
@@ -207,18 +297,28 @@ def run_study(settings: dict, out_dir: str) -> None:
 
 
 def summarize(settings: dict, out_dir: str) -> List[dict]:
-    runs = load_runs(out_dir, planned_runs(settings))
+    kind = replicate_kind(settings)
+    runs = load_runs(out_dir, planned_runs(settings), kind)
     rows = quality_report.summarize(runs)
+    if settings["folds"]:
+        data = (f"{settings['folds']}-fold cross-validation on {settings['data']}, each fold "
+                f"held out whole, seed {settings['seeds'][0]}")
+    else:
+        data = f"{settings['eval_examples']:,} held-out examples"
     print(f"\nQuality study ({settings['steps']} steps of batch {settings['batch_size']}, "
-          f"Kaggle tables / {settings['table_scale']:g}, {settings['eval_examples']:,} "
-          f"held-out examples; gaps are TT minus dense, mean +- 95% interval over seeds):")
+          f"Kaggle tables / {settings['table_scale']:g}, {data}; gaps are TT minus dense, "
+          f"mean +- 95% interval over {kind}s):")
     print(quality_report.format_summary(rows))
+    print(f"\nHeld-out AUC per {kind}:")
+    print(quality_report.format_replicates(rows, kind))
     with open(os.path.join(out_dir, "quality.json"), "w") as f:
         json.dump({"settings": settings, "summary": rows, "runs": runs}, f, indent=1)
     png = quality_report.plot_pareto(
         rows, os.path.join(out_dir, "pareto.png"),
         f"TT vs dense DLRM: {settings['steps']} steps, Kaggle tables / "
-        f"{settings['table_scale']:g}")
+        f"{settings['table_scale']:g}" + (f", {settings['folds']}-fold CV on "
+                                         f"{settings['data']}" if settings["folds"] else ""),
+        paired_over=kind)
     print(f"\n{os.path.join(out_dir, 'quality.json')}\n{png}")
     return rows
 
@@ -227,7 +327,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     settings = study_settings()
-    out_dir = FLAGS.out_dir
+    out_dir = settings["out_dir"]
     os.makedirs(out_dir, exist_ok=True)
     if not FLAGS.summary_only:
         run_study(settings, out_dir)

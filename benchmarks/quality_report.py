@@ -1,10 +1,13 @@
 """The quality study's analysis: paired gaps against the dense model, and the Pareto plot.
 
-A run is one trained model: a dict with its configuration name, optimizer and seed, and the
-trainer's result (examples/dlrm/reports.model_result: held-out AUC and log loss, embedding
-bytes as the layers count them, examples/s). The dense model of the same optimizer and seed
-saw the same training batches, the same held-out set and the same teacher, so the gap of a
-configuration is the mean over seeds of its paired differences, with a Student-t interval.
+A run is one trained model: a dict with its configuration name, optimizer and replicate,
+and the trainer's result (examples/dlrm/reports.model_result: held-out AUC and log loss,
+embedding bytes as the layers count them, examples/s). A replicate is a seed of the
+synthetic stream, or a fold of a cross-validation on files. The dense model of the same
+optimizer and replicate saw the same training batches and the same held-out set (and the
+same teacher), so the gap of a configuration is the mean over replicates of its paired
+differences, with a Student-t interval. (Over folds the interval is optimistic: the folds'
+training sets overlap, so their gaps are not independent.)
 """
 
 import math
@@ -45,26 +48,29 @@ def _mean(values):
 def summarize(runs: Sequence[dict]) -> List[dict]:
     """One row per (configuration, optimizer): paired gaps to dense, compression, speed.
 
-    A seed counts for a configuration only where the dense run of that optimizer and seed
-    exists. Gaps are TT minus dense: a negative AUC gap and a positive log-loss gap are
-    losses.
+    A replicate (seed or fold) counts for a configuration only where the dense run of that
+    optimizer and replicate exists. Gaps are TT minus dense: a negative AUC gap and a
+    positive log-loss gap are losses.
     """
     by_key: Dict[Tuple[str, str, int], dict] = {
-        (r["config"], r["optimizer"], r["seed"]): r["result"] for r in runs}
+        (r["config"], r["optimizer"], r["replicate"]): r["result"] for r in runs}
     rows = []
     for config, optimizer in sorted({(c, o) for c, o, _ in by_key}):
-        seeds = sorted(s for c, o, s in by_key if (c, o) == (config, optimizer)
-                       and (DENSE, o, s) in by_key)
-        if not seeds:
+        replicates = sorted(k for c, o, k in by_key if (c, o) == (config, optimizer)
+                            and (DENSE, o, k) in by_key)
+        if not replicates:
             continue
-        mine = [by_key[(config, optimizer, s)] for s in seeds]
-        dense = [by_key[(DENSE, optimizer, s)] for s in seeds]
-        auc_gap = mean_interval([a["auc"] - d["auc"] for a, d in zip(mine, dense)])
+        mine = [by_key[(config, optimizer, k)] for k in replicates]
+        dense = [by_key[(DENSE, optimizer, k)] for k in replicates]
+        auc_gaps = [a["auc"] - d["auc"] for a, d in zip(mine, dense)]
+        auc_gap = mean_interval(auc_gaps)
         logloss_gap = mean_interval([a["logloss"] - d["logloss"] for a, d in zip(mine, dense)])
         rows.append({
             "config": config,
             "optimizer": optimizer,
-            "seeds": seeds,
+            "replicates": replicates,
+            "replicate_auc": [r["auc"] for r in mine],
+            "replicate_auc_gap": auc_gaps,
             "auc": _mean([r["auc"] for r in mine]),
             "logloss": _mean([r["logloss"] for r in mine]),
             "auc_gap": auc_gap[0],
@@ -100,24 +106,43 @@ def pareto_front(rows: Sequence[dict]) -> List[dict]:
 
 
 def format_summary(rows: Sequence[dict]) -> str:
-    """The summary as a text table (gaps as mean +- 95% half-width over the seeds)."""
+    """The summary as a text table (gaps as mean +- 95% half-width over the replicates)."""
     head = (f"{'configuration':<28} {'opt':<8} {'n':>2} {'AUC':>7} {'AUC gap':>17} "
             f"{'logloss gap':>17} {'compression':>11} {'ex/s':>7} {'vs dense':>8}")
     lines = [head, "-" * len(head)]
     for r in rows:
         def gap(key, r=r):
             ci = r[key + "_ci"]
-            return f"{r[key]:+.4f}" + (f" +-{ci:.4f}" if not math.isnan(ci) else " (1 seed)")
+            return f"{r[key]:+.4f}" + (f" +-{ci:.4f}" if not math.isnan(ci) else " (one)")
 
         lines.append(
-            f"{r['config']:<28} {r['optimizer']:<8} {len(r['seeds']):>2} {r['auc']:>7.4f} "
+            f"{r['config']:<28} {r['optimizer']:<8} {len(r['replicates']):>2} {r['auc']:>7.4f} "
             f"{gap('auc_gap'):>17} {gap('logloss_gap'):>17} {r['compression']:>10.1f}x "
             f"{r['examples_per_second']:>7.0f} {r['speed_vs_dense']:>7.2f}x"
             + ("  <- meets target" if r["meets_target"] else ""))
     return "\n".join(lines)
 
 
-def plot_pareto(rows: Sequence[dict], path: str, title: str) -> str:
+def format_replicates(rows: Sequence[dict], kind: str = "seed") -> str:
+    """Each row's held-out AUC per replicate (kind: "seed" or "fold"), then the gap to
+    dense per replicate under each TT configuration."""
+    replicates = sorted({k for r in rows for k in r["replicates"]})
+    head = f"{'configuration':<28} {'opt':<8} " + " ".join(
+        f"{f'{kind} {k}':>8}" for k in replicates) + f" {'mean':>8}"
+    lines = [head, "-" * len(head)]
+    for what, key, fmt in (("", "replicate_auc", "8.4f"), (" gap", "replicate_auc_gap", "+8.4f")):
+        for r in rows:
+            if what and r["config"] == DENSE:
+                continue
+            values = dict(zip(r["replicates"], r[key]))
+            mean = r["auc" + ("_gap" if what else "")]
+            lines.append(f"{r['config'] + what:<28} {r['optimizer']:<8} " + " ".join(
+                format(values[k], fmt) if k in values else f"{'-':>8}" for k in replicates)
+                + f" {mean:{fmt}}")
+    return "\n".join(lines)
+
+
+def plot_pareto(rows: Sequence[dict], path: str, title: str, paired_over: str = "seed") -> str:
     """AUC gap (mean, 95% interval) against compression, per optimizer; the front joined."""
     import matplotlib  # pylint: disable=import-outside-toplevel
 
@@ -142,9 +167,13 @@ def plot_pareto(rows: Sequence[dict], path: str, title: str) -> str:
     ax.axhline(0.0, color="black", lw=0.8)
     ax.axhline(AUC_TARGET, color="red", ls="--", lw=0.8, label="-0.001 AUC")
     ax.axvline(COMPRESSION_TARGET, color="gray", ls=":", lw=0.8, label="100x")
+    compressions = {r["compression"] for r in rows if r["config"] != DENSE}
+    if len(compressions) == 1:  # one point: a log axis needs a range around it
+        c = compressions.pop()
+        ax.set_xlim(c / 3, c * 3)
     ax.set_xscale("log")
     ax.set_xlabel("compression of all embedding memory (dense bytes / bytes as stored)")
-    ax.set_ylabel("held-out AUC, TT minus dense (paired by seed)")
+    ax.set_ylabel(f"held-out AUC, TT minus dense (paired by {paired_over})")
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)

@@ -41,7 +41,7 @@ ADDED_FLAGS = {
     "teacher_clusters": 1000, "teacher_cluster_share": 0.75, "init_from": "",
     "cache_compression": 0.0,
     "export_max_batch_size": 65536, "skip_bad_lines": False,
-    "distribution": "none",
+    "distribution": "none", "eval_fold": -1,
 }
 
 

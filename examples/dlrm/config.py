@@ -87,6 +87,10 @@ class DataConfig(_Options):
         8192, "Held-out examples for the evaluation at the end of each epoch.", minimum=1)
     eval_batch_size: int = option(1024, "Evaluation batch size.", minimum=1)
     eval_every: int = option(10, "Files: every eval_every-th line is held out.", minimum=2)
+    eval_fold: int = option(
+        -1, "Files: hold out the lines i with i % eval_every == eval_fold instead (0 <= "
+        "eval_fold < eval_every), so that folds 0..eval_every-1 partition the lines for "
+        "cross-validation; -1: eval_every - 1, every eval_every-th line.", minimum=-1)
     shuffle_buffer: int = option(0, "Files: shuffle lines with this buffer (0: off).",
                                  minimum=0)
     skip_bad_lines: bool = option(
@@ -110,10 +114,23 @@ class DataConfig(_Options):
         if not self.data.strip():
             raise ValueError(f"--data is empty ({self.data!r}): give 'synthetic', "
                              f"'{CRITEO_SAMPLE}' or Criteo train.txt-format file(s)")
+        if self.eval_fold >= self.eval_every:
+            raise ValueError(f"--eval_fold={self.eval_fold} must be in [0, {self.eval_every}) "
+                             f"for --eval_every={self.eval_every} (or -1)")
+        # Silently ignoring it would let a cross-validation over the synthetic stream
+        # evaluate every "fold" on the same held-out stream.
+        if self.eval_fold >= 0 and self.synthetic:
+            raise ValueError(f"--eval_fold={self.eval_fold} picks held-out lines of files; "
+                             "--data=synthetic holds out a stream of its own")
 
     @property
     def synthetic(self) -> bool:
         return self.data == "synthetic"
+
+    @property
+    def held_out_residue(self) -> int:
+        """Files: line i is held out where i % eval_every equals this."""
+        return self.eval_fold if self.eval_fold >= 0 else self.eval_every - 1
 
     @property
     def paths(self) -> List[str]:

@@ -22,7 +22,9 @@ Two sources, one output format. Every dataset yields `(features, label)` batches
      which needs a full pass over the data).
    - held-out split: deterministic, by line number: every `eval_every`-th line (line index
      i with i % eval_every == eval_every - 1, counted over the concatenated files) is
-     held out; "train" is all other lines.
+     held out; "train" is all other lines. `eval_fold` j holds out the lines with
+     i % eval_every == j instead: folds 0..eval_every-1 partition the lines
+     (cross-validation).
    - malformed lines (a field count other than 40, a label other than 0/1, a count that is
      not an integer, an id that is not at most 8 hex digits): an error naming the file and
      the line number, or with `skip_bad_lines` dropped and counted
@@ -177,7 +179,7 @@ def parse_lines(lines, table_sizes):
 
 
 def criteo_tsv_dataset(paths, table_sizes, batch_size, split="train", eval_every=10,
-                       repeat=False, skip_batches=0, shuffle_buffer=0, seed=0,
+                       eval_fold=-1, repeat=False, skip_batches=0, shuffle_buffer=0, seed=0,
                        drop_remainder=False, skip_bad_lines=False, bad_lines=None,
                        shard_index=0, shard_count=1):
     """Streams Criteo train.txt-format file(s) as batches of (features, label).
@@ -189,6 +191,8 @@ def criteo_tsv_dataset(paths, table_sizes, batch_size, split="train", eval_every
       split: "train" (all lines but every `eval_every`-th), "eval" (every
         `eval_every`-th line: line index i with i % eval_every == eval_every - 1), "all".
       eval_every: the held-out fraction is 1 / eval_every.
+      eval_fold: hold out the lines i with i % eval_every == eval_fold instead
+        (0 <= eval_fold < eval_every); -1: eval_every - 1.
       repeat: loop over the file(s) forever (for step-based training).
       skip_batches: skip this many batches first (without decoding them): how a resumed
         run continues where it stopped.
@@ -214,11 +218,14 @@ def criteo_tsv_dataset(paths, table_sizes, batch_size, split="train", eval_every
         if split not in ("train", "eval"):
             raise ValueError(f"split must be 'train', 'eval' or 'all', got {split!r}")
         k = int(eval_every)
+        held = k - 1 if eval_fold == -1 else int(eval_fold)
+        if not 0 <= held < k:
+            raise ValueError(f"eval_fold must be in [0, {k}) or -1, got {eval_fold}")
         ds = ds.enumerate()
         if split == "eval":
-            ds = ds.filter(lambda i, line: tf.equal(i % k, k - 1))
+            ds = ds.filter(lambda i, line: tf.equal(i % k, held))
         else:
-            ds = ds.filter(lambda i, line: tf.not_equal(i % k, k - 1))
+            ds = ds.filter(lambda i, line: tf.not_equal(i % k, held))
         ds = ds.map(lambda i, line: line)
     if shard_count > 1:
         ds = ds.shard(shard_count, shard_index)

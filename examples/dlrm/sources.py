@@ -52,7 +52,7 @@ class SyntheticSource:
 
 
 class FileSource:
-    """Criteo train.txt-format files; held out: every eval_every-th line.
+    """Criteo train.txt-format files; held out: every eval_every-th line (or fold eval_fold).
 
     Malformed lines are an error naming the file and line, or with --skip_bad_lines
     skipped and counted in `bad_lines` (examples/dlrm/line_checks.py)."""
@@ -71,7 +71,10 @@ class FileSource:
         self.bad_lines = line_checks.BadLineCounter() if data.skip_bad_lines else None
 
     def describe(self) -> str:
-        return f"{', '.join(self.paths)} (held out: every {self.data.eval_every}-th line)"
+        d = self.data
+        held = (f"every {d.eval_every}-th line" if d.eval_fold < 0 else
+                f"fold {d.eval_fold}: lines i with i % {d.eval_every} == {d.eval_fold}")
+        return f"{', '.join(self.paths)} (held out: {held})"
 
     def train(self, start_step: int = 0, batch_size: Optional[int] = None,
               shard_index: int = 0, shard_count: int = 1) -> tf.data.Dataset:
@@ -81,7 +84,7 @@ class FileSource:
         d = self.data
         return dlrm_data.criteo_tsv_dataset(
             self.paths, self.table_sizes, batch_size or d.batch_size, split="train",
-            eval_every=d.eval_every, repeat=True, skip_batches=start_step,
+            eval_every=d.eval_every, eval_fold=d.eval_fold, repeat=True, skip_batches=start_step,
             shuffle_buffer=d.shuffle_buffer, seed=self.seed, drop_remainder=True,
             skip_bad_lines=d.skip_bad_lines, bad_lines=self.bad_lines,
             shard_index=shard_index, shard_count=shard_count)
@@ -91,6 +94,7 @@ class FileSource:
         b = self.data.eval_batch_size
         ds = dlrm_data.criteo_tsv_dataset(self.paths, self.table_sizes, b, split="eval",
                                           eval_every=self.data.eval_every,
+                                          eval_fold=self.data.eval_fold,
                                           skip_bad_lines=self.data.skip_bad_lines,
                                           bad_lines=self.bad_lines)
         return ds.take(num_batches(examples, b)) if examples else ds
@@ -99,22 +103,26 @@ class FileSource:
 def check_enough_lines(data: DataConfig, paths: Sequence[str]) -> None:
     """Raises ValueError naming --data unless its files hold one training batch and one
     held-out line. Reads only as many lines as that takes (the files may be huge)."""
-    k, needed_train = data.eval_every, data.batch_size
+    k, held, needed_train = data.eval_every, data.held_out_residue, data.batch_size
     lines = train = held_out = 0
     for path in paths:
         with tf.io.gfile.GFile(path, "r") as f:
             for _ in f:
-                held_out += lines % k == k - 1
-                train += lines % k != k - 1
+                held_out += lines % k == held
+                train += lines % k != held
                 lines += 1
                 if train >= needed_train and held_out:
                     return
-    # The first m lines hold m - m // k training lines, and a held-out one from m = k on.
-    needed = max(k, needed_train + (needed_train - 1) // (k - 1))
+    # Training line number T (from 1) is slot (T - 1) % (k - 1) of the k - 1 training slots
+    # of block (T - 1) // (k - 1) of k lines; the first held-out line is line `held`.
+    block, slot = divmod(needed_train - 1, k - 1)
+    needed = max(block * k + slot + (slot >= held) + 1, held + 1)
+    which = (f"every --eval_every={k}-th" if data.eval_fold < 0 else
+             f"--eval_fold={data.eval_fold} of --eval_every={k}")
     raise ValueError(
         f"--data={data.data!r} holds {lines} lines ({train} for training, {held_out} held "
         f"out): one training batch of --batch_size={data.batch_size} and one held-out line "
-        f"(every --eval_every={k}-th) need at least {needed} lines")
+        f"({which}) need at least {needed} lines")
 
 
 def make_source(data: DataConfig, table_sizes: Sequence[int], seed: int):
