@@ -134,17 +134,23 @@ def compare(sizes: Sequence[int], dim: int, tt_tables: int, tt_rank: int,
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("sizes", "kaggle", list(dlrm_data.TABLE_SIZES), "DLRM's table sizes.")
-flags.DEFINE_float("table_scale", 1.0, "Divide every table size by this.")
-flags.DEFINE_integer("workers", 2, "Workers (replicas).", lower_bound=1)
-flags.DEFINE_integer("batch_size", 1024, "Global batch.", lower_bound=1)
-flags.DEFINE_list("tt_tables", ["0", "3", "7"], "Numbers of TT tables to compare.")
-flags.DEFINE_integer("tt_rank", 32, "TT rank.", lower_bound=1)
-flags.DEFINE_integer("cache_size", 0, "Hot-row cache rows per TT table.", lower_bound=0)
-flags.DEFINE_list("ps_workers", ["2", "8", "32", "128"],
-                  "Worker counts of the PS-sharded vs TT-replicated comparison.")
-flags.DEFINE_list("ps_batches", ["1024", "8192", "65536"],
-                  "Global batches of the PS-sharded vs TT-replicated comparison.")
+
+
+def define_flags():
+    """The command line's flags, defined only when this module runs as a program: tests
+    import it beside other modules (benchmarks.quality) that define flags of the same
+    names."""
+    flags.DEFINE_enum("sizes", "kaggle", list(dlrm_data.TABLE_SIZES), "DLRM's table sizes.")
+    flags.DEFINE_float("table_scale", 1.0, "Divide every table size by this.")
+    flags.DEFINE_integer("workers", 2, "Workers (replicas).", lower_bound=1)
+    flags.DEFINE_integer("batch_size", 1024, "Global batch.", lower_bound=1)
+    flags.DEFINE_list("tt_tables", ["0", "3", "7"], "Numbers of TT tables to compare.")
+    flags.DEFINE_integer("tt_rank", 32, "TT rank.", lower_bound=1)
+    flags.DEFINE_integer("cache_size", 0, "Hot-row cache rows per TT table.", lower_bound=0)
+    flags.DEFINE_list("ps_workers", ["2", "8", "32", "128"],
+                      "Worker counts of the PS-sharded vs TT-replicated comparison.")
+    flags.DEFINE_list("ps_batches", ["1024", "8192", "65536"],
+                      "Global batches of the PS-sharded vs TT-replicated comparison.")
 
 
 def main(argv):
@@ -180,4 +186,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
