@@ -44,10 +44,9 @@ flags.DEFINE_integer("distinct_batches", 20, "Batches of the stream the steps cy
 flags.DEFINE_integer("seed", 0, "Seed of the stream and the models.")
 
 
-def model_configs():
+def model_configs(sizes, source):
     """{label: (DLRMConfig, cache plan sample)}: dense, TT without a cache, and the
-    recommended cached TT model (planned from the stream)."""
-    sizes = data.scale_table_sizes(data.KAGGLE_TABLE_SIZES, FLAGS.table_scale)
+    recommended cached TT model (planned from `source`, the stream the steps train on)."""
     base = DLRMConfig(table_sizes=sizes, tt_tables=0)
     configs = {"dense": (base, {}),
                "tt": (base.replace(tt_tables=FLAGS.tt_tables, tt_rank=FLAGS.tt_rank), {})}
@@ -56,7 +55,6 @@ def model_configs():
         # counter after the fill when there is no refresh).
         cached = base.replace(**RECOMMENDED_TT).replace(cache_warmup_steps=0,
                                                         cache_prefill=True)
-        source = sources.make_source(DataConfig(batch_size=128), sizes, FLAGS.seed)
         configs["recommended"] = cache_plan.plan_cache_sizes(cached, source)
     return configs
 
@@ -82,12 +80,13 @@ def stepper(model, batches):
 
 def main(argv):
     del argv
-    planned = model_configs()
+    sizes = data.scale_table_sizes(data.KAGGLE_TABLE_SIZES, FLAGS.table_scale)
+    source = sources.make_source(DataConfig(), sizes, FLAGS.seed)
+    planned = model_configs(sizes, source)
     models = {}
     for label, (config, sample) in planned.items():
         models[label] = build(config, sample)
         print(f"{label}: {model_summary(models[label])}")
-    source = sources.make_source(DataConfig(), planned["dense"][0].table_sizes, FLAGS.seed)
     labels = list(models)
     print(f"\nexamples/s, median of {FLAGS.reps} calls of {FLAGS.steps_per_call} steps each, "
           "the models in turns; ratio: to dense")

@@ -77,10 +77,15 @@ class Worker:
 ONLY_WORKER = Worker()
 
 
+def read_tf_config(environ=None) -> dict:
+    """TF_CONFIG of `environ` (default this process's environment) parsed ({} without it)."""
+    return json.loads((environ if environ is not None else os.environ).get("TF_CONFIG")
+                      or "{}")
+
+
 def worker_from_tf_config(environ=None) -> Worker:
     """The Worker that TF_CONFIG describes (one worker of one without it)."""
-    config = json.loads((environ if environ is not None else os.environ).get("TF_CONFIG")
-                        or "{}")
+    config = read_tf_config(environ)
     workers = config.get("cluster", {}).get("worker", [])
     task = config.get("task", {})
     if not workers:

@@ -30,7 +30,6 @@ What differs from the replicated strategies, and why:
 """
 
 import itertools
-import json
 import os
 import time
 from typing import Callable, Dict, Optional
@@ -38,6 +37,7 @@ from typing import Callable, Dict, Optional
 import tensorflow as tf
 
 from examples.dlrm.callbacks import StepRecorder, global_step
+from examples.dlrm.distribution import read_tf_config
 
 # Variables smaller than twice this stay whole. 1 MiB is above DLRM's largest MLP kernel
 # (367 x 512 floats, 752 KB, at the default widths), so the MLPs are not split; a table of
@@ -48,9 +48,7 @@ SERVER_TASKS = ("worker", "ps")
 
 def task_of(environ=None) -> dict:
     """TF_CONFIG's task ({} without TF_CONFIG)."""
-    config = json.loads((environ if environ is not None else os.environ).get("TF_CONFIG")
-                        or "{}")
-    return config.get("task", {})
+    return read_tf_config(environ).get("task", {})
 
 
 def is_server_task(environ=None) -> bool:

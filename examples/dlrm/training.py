@@ -106,7 +106,8 @@ def train_model(label: str, model_config: DLRMConfig, config: Config, source,
     checkpoints.check_run_config(run_dir if worker.is_chief else "", config, model_config)
     manager, start_step = checkpoints.restore(model, run_dir, worker.write_dir(run_dir))
     init = init_from.maybe_initialize(model, config, source, start_step)
-    if parameter_server.is_parameter_server(strategy):
+    on_parameter_servers = parameter_server.is_parameter_server(strategy)
+    if on_parameter_servers:
         shards = parameter_server.table_shards(model)
         print("  table shards over the parameter servers: " + ", ".join(
             f"{name} {n}" for name, n in shards.items() if n > 1))
@@ -124,7 +125,7 @@ def train_model(label: str, model_config: DLRMConfig, config: Config, source,
         worker.discard(run_dir)
     held_out = source.held_out()
     t0 = time.perf_counter()
-    if parameter_server.is_parameter_server(strategy):
+    if on_parameter_servers:
         metrics = parameter_server.evaluate_on_chief(model, held_out, dlrm_model.make_task)
     else:
         metrics = model.evaluate(held_out if strategy is None
@@ -135,7 +136,7 @@ def train_model(label: str, model_config: DLRMConfig, config: Config, source,
               "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - t0}
     result = reports.model_result(label, model, metrics, recorder.curve(), timing,
                                   memory.result())
-    if parameter_server.is_parameter_server(strategy):
+    if on_parameter_servers:
         result["table_shards"] = shards
     print(reports.format_result(result))
     if init:
