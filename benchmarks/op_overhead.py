@@ -1,7 +1,7 @@
 r"""The TT op's cost per call at small batches: what a call costs beyond its work.
 
     python -m benchmarks.op_overhead
-    python -m benchmarks.op_overhead --bags=1,8,64,512,4096 --reps=200
+    python -m benchmarks.op_overhead --bags=1,5,20,80 --bag_size=26 --reps=200
 
 For each number of bags (of --bag_size Zipf ids of the workload's 10,131,227 x 16 table,
 rank --rank), timed in turns (benchmarks/workload.interleaved_median_ms): the op's forward
@@ -10,6 +10,12 @@ dense bag lookup a user has (tf.gather + tf.math.segment_sum on the uncompressed
 Everything runs in tf.functions, so the microseconds at one bag are the fixed cost of a call
 through TensorFlow (executor, kernel launch, allocation, validation) rather than work; the
 slope between the largest sizes is the cost per id.
+
+"+sgd" adds the SGD step a Keras optimizer takes after the gradient, with the ops Keras'
+SGD runs: the cores' dense gradients applied whole (ResourceApplyGradientDescent), the
+dense table's tf.IndexedSlices applied to the rows looked up (ResourceScatterAdd). At small
+batches that update, not the lookup, is most of what a TT table costs over a dense one:
+a rank-32 core of this table is 495,360 floats read and written every step.
 """
 
 import numpy as np
@@ -54,8 +60,22 @@ def lookups(cores, table, ids, splits, segments):
             loss = tf.reduce_sum(y * y)
         return tape.gradient(loss, table)
 
+    learning_rate = tf.constant(0.01)
+
+    @tf.function
+    def op_sgd():
+        for core, g in zip(cores, op_grad()):
+            tf.raw_ops.ResourceApplyGradientDescent(var=core.handle, alpha=learning_rate,
+                                                    delta=g)
+
+    @tf.function
+    def dense_sgd():
+        g = dense_grad()
+        tf.raw_ops.ResourceScatterAdd(resource=table.handle, indices=g.indices,
+                                      updates=-learning_rate * g.values)
+
     return [("op fwd", op_fwd), ("dense fwd", dense_fwd), ("op fwd+bwd", op_grad),
-            ("dense fwd+bwd", dense_grad)]
+            ("dense fwd+bwd", dense_grad), ("op +sgd", op_sgd), ("dense +sgd", dense_sgd)]
 
 
 def main(argv):
@@ -68,7 +88,8 @@ def main(argv):
     print(f"rank {FLAGS.rank}, bags of {FLAGS.bag_size} Zipf(1.1) ids; median us per call of "
           f"{FLAGS.reps}, in turns; dense: tf.gather + segment_sum")
     print(f"{'bags':>6} {'ids':>7} {'op fwd':>9} {'dense fwd':>10} {'ratio':>6} "
-          f"{'op f+b':>9} {'dense f+b':>10} {'ratio':>6}")
+          f"{'op f+b':>9} {'dense f+b':>10} {'ratio':>6} {'op +sgd':>9} {'dense +sgd':>10} "
+          f"{'ratio':>6}")
     for bags in [int(b) for b in FLAGS.bags]:
         n = bags * FLAGS.bag_size
         ids = tf.constant(zipf_ids(NUM_ROWS, n, 1.1, "rank", rng), tf.int64)
@@ -77,7 +98,8 @@ def main(argv):
         fns = [fn for _, fn in lookups(cores, table, ids, splits, segments)]
         us = [1000 * ms for ms in interleaved_median_ms(fns, FLAGS.reps)]
         print(f"{bags:>6} {n:>7} {us[0]:>9.1f} {us[1]:>10.1f} {us[0] / us[1]:>6.2f} "
-              f"{us[2]:>9.1f} {us[3]:>10.1f} {us[2] / us[3]:>6.2f}", flush=True)
+              f"{us[2]:>9.1f} {us[3]:>10.1f} {us[2] / us[3]:>6.2f} "
+              f"{us[4]:>9.1f} {us[5]:>10.1f} {us[4] / us[5]:>6.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -129,6 +129,12 @@ void SortByIds(const Tid* ids, int64_t nnz, int64_t max_id, int64_t* sorted_ids,
   });
 }
 
+// The cost per digit of a loop over a core's p digits that does `work` in all: what lets
+// the pool run a small batch's loop inline. (Rounding the nodes per digit up to one priced
+// 128 ids over a 220-digit core as 220 nodes' work and woke the pool for less work than a
+// wake-up costs.)
+inline int64_t PerDigit(int64_t work, int64_t p) { return std::max<int64_t>(1, work / p); }
+
 // Digit of a level-L node (L in 1..k): the index into core L-1.
 inline int64_t NodeDigit(const TTDims& dims, const LookupPlan& plan, int level, int64_t n) {
   return plan.digit[level][n];
@@ -173,8 +179,7 @@ void ExtendLevel(const TTDims& dims, const float* const* cores, const LookupPlan
   float** c_rows = ws->Take<float*>(n * m);
   const int64_t* parent = plan.parent[level];
   const float* core = cores[t];
-  const int64_t avg = std::max<int64_t>(1, n / dims.p[t]);
-  pfor(dims.p[t], 2 * avg * m * kk * nn, [&](int64_t lo, int64_t hi) {
+  pfor(dims.p[t], PerDigit(2 * n * m * kk * nn, dims.p[t]), [&](int64_t lo, int64_t hi) {
     // The rows of all nodes of digit d form one GEMM with slice d (see RowsGemm).
     for (int64_t d = lo; d < hi; ++d) {
       const int64_t begin = digit_begin[d], count = digit_begin[d + 1] - begin;
@@ -608,8 +613,7 @@ void BackpropCores(const TTDims& dims, const float* const* cores, const LookupPl
     // prev_rows, its transposed result slice d of dgt_all: no two workers share them.
     const float* prev = level > 1 ? partial_ptrs[level - 1] : nullptr;
     const int64_t* parent = plan.parent[level];
-    const int64_t avg = std::max<int64_t>(1, num_nodes / dims.p[t]);
-    pfor(dims.p[t], 4 * avg * m * kk * nn, [&](int64_t lo, int64_t hi) {
+    pfor(dims.p[t], PerDigit(4 * num_nodes * m * kk * nn, dims.p[t]), [&](int64_t lo, int64_t hi) {
       for (int64_t d = lo; d < hi; ++d) {
         const int64_t begin = digit_begin[d], count = digit_begin[d + 1] - begin;
         float* dst = dcore + d * slice;
