@@ -13,7 +13,10 @@ combiner "none") -- and to the pure-TF chain.
 
 Timings are medians of --reps calls of a tf.function, after warm-up, the op and the dense
 lookup called in turns so that load from elsewhere falls on both alike; "fwd+bwd" computes the
-output and the gradients of sum(output^2) with respect to the table (cores or dense table).
+output and the gradients of sum(output^2) with respect to the table (cores or dense table);
+"+sgd" also applies them as Keras' SGD does (sgd_step): what a training step costs, where
+the dense table pays a scatter into every row looked up and the cores a dense update (the
+pure-TF chain is not timed there).
 
 Cache rows (--cache_fractions): for each configuration and each cache of that
 fraction of the rows, the layer's Space-Saving counter (tt_keras.cache_updates) runs over
@@ -41,6 +44,7 @@ from tt_keras import (
 )
 from tt_keras.lookup import tt_embedding_bag_cached
 
+from benchmarks.sgd import sgd_step
 from benchmarks.workload import NUM_ROWS, ROW_SHAPE, interleaved_median_ms, zipf_ids
 
 FLAGS = flags.FLAGS
@@ -114,6 +118,11 @@ def run_config(name, ids, row_splits, rng):
             return tape.gradient(loss, variables)
         return fwd_bwd
 
+    def with_sgd(fn, variables):
+        def step():
+            sgd_step(with_grad(fn, variables)(), variables)
+        return step
+
     fns = {
         ("op", "fwd"): tf.function(lambda: tt_fwd("op")),
         ("op", "fwd+bwd"): tf.function(lambda: tt_fwd_bwd("op")),
@@ -127,6 +136,11 @@ def run_config(name, ids, row_splits, rng):
         ("op_ids", "fwd+bwd"): tf.function(with_grad(tt_ids, cores)),
         ("gather", "fwd"): tf.function(lambda: tf.gather(dense, ids)),
         ("gather", "fwd+bwd"): tf.function(with_grad(lambda: tf.gather(dense, ids), [dense])),
+        ("op", "+sgd"): tf.function(with_sgd(lambda: tt_fwd("op"), cores)),
+        ("dense", "+sgd"): tf.function(with_sgd(dense_fwd, [dense])),
+        ("gather_sum", "+sgd"): tf.function(with_sgd(gather_segment_sum, [dense])),
+        ("op_ids", "+sgd"): tf.function(with_sgd(tt_ids, cores)),
+        ("gather", "+sgd"): tf.function(with_sgd(lambda: tf.gather(dense, ids), [dense])),
     }
     # The op and the dense lookups are timed in turns (load on a shared machine then falls
     # on all alike); the slow pure-TF chain separately, with fewer calls.
@@ -134,7 +148,8 @@ def run_config(name, ids, row_splits, rng):
     ms = dict(zip(fast, interleaved_median_ms([fns[key] for key in fast], FLAGS.reps)))
     ms.update({key: median_ms(fn, FLAGS.reference_reps) for key, fn in fns.items()
                if key[0] == "tf"})
-    for mode in ("fwd", "fwd+bwd"):
+    ms[("tf", "+sgd")] = float("nan")
+    for mode in ("fwd", "fwd+bwd", "+sgd"):
         op, ref, dense_ms = ms[("op", mode)], ms[("tf", mode)], ms[("dense", mode)]
         fastest = ms[("gather_sum", mode)]
         ids_op, gather = ms[("op_ids", mode)], ms[("gather", mode)]

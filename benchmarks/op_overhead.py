@@ -24,6 +24,7 @@ from absl import app, flags
 
 from tt_keras import tt_embedding_bag, tt_math
 
+from benchmarks.sgd import sgd_step
 from benchmarks.workload import NUM_ROWS, ROW_SHAPE, interleaved_median_ms, zipf_ids
 
 FLAGS = flags.FLAGS
@@ -60,19 +61,13 @@ def lookups(cores, table, ids, splits, segments):
             loss = tf.reduce_sum(y * y)
         return tape.gradient(loss, table)
 
-    learning_rate = tf.constant(0.01)
-
     @tf.function
     def op_sgd():
-        for core, g in zip(cores, op_grad()):
-            tf.raw_ops.ResourceApplyGradientDescent(var=core.handle, alpha=learning_rate,
-                                                    delta=g)
+        sgd_step(op_grad(), cores)
 
     @tf.function
     def dense_sgd():
-        g = dense_grad()
-        tf.raw_ops.ResourceScatterAdd(resource=table.handle, indices=g.indices,
-                                      updates=-learning_rate * g.values)
+        sgd_step([dense_grad()], [table])
 
     return [("op fwd", op_fwd), ("dense fwd", dense_fwd), ("op fwd+bwd", op_grad),
             ("dense fwd+bwd", dense_grad), ("op +sgd", op_sgd), ("dense +sgd", dense_sgd)]
