@@ -121,6 +121,44 @@ def test_cached_lookup_and_gradients_match_oracle(backend, k, combiner, with_wei
         np.testing.assert_allclose(grads[k + 1].numpy(), want_w, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("combiner", ["sum", "none"])
+def test_a_cache_much_larger_than_the_batch_matches_the_oracle(backend, combiner):
+    """A batch of fewer than a sixteenth of the cache's slots: the op searches the sorted
+    cache ids for its slots and sorts its gradient's positions, instead of indexing and
+    counting over the whole cache (tt_cached_core.cc); the results are the same."""
+    rng = np.random.default_rng(21)
+    shape = tt_math.TTShape((8, 9, 10), (2, 2, 2), (1, 3, 3, 1))
+    num_rows = shape.padded_rows
+    cores = oracle.random_cores(shape, rng)
+    cached = rng.choice(num_rows, size=600, replace=False)
+    cache_ids, cache_rows = cache_arrays(rng, num_rows, shape.dim, cached)
+    ids, splits, bags = make_bags(rng, num_rows, cached[:10])
+    assert len(ids) * 16 < len(cache_ids)
+    if combiner == "none":
+        bags = [[i] for i in ids]
+    core_vars = [tf.Variable(c) for c in cores]
+    rows_var = tf.Variable(cache_rows)
+    with tf.GradientTape() as tape:
+        out = tt_embedding_bag_cached(core_vars, cache_ids, rows_var, ids,
+                                      splits if combiner != "none" else None, None, combiner,
+                                      num_rows, backend)
+        upstream = rng.normal(size=out.shape).astype(np.float32)
+        loss = tf.reduce_sum(out * upstream)
+    *core_grads, rows_grad = tape.gradient(loss, core_vars + [rows_var])
+    table = mixed_table(cores, num_rows, dict(zip(cache_ids[:600].tolist(), cache_rows[:600])))
+    np.testing.assert_allclose(out.numpy(), oracle.pooled_oracle(table, bags, None, combiner),
+                               rtol=1e-4, atol=1e-5)
+    want_cores, want_cache = cached_grads_oracle(cores, cache_ids[:600], bags, None, combiner,
+                                                 upstream)
+    for got, want in zip(core_grads, want_cores):
+        np.testing.assert_allclose(tf.convert_to_tensor(got).numpy(), want, rtol=1e-4,
+                                   atol=1e-4)
+    dense = tf.convert_to_tensor(rows_grad).numpy()
+    for slot, i in enumerate(cache_ids):
+        np.testing.assert_allclose(dense[slot], want_cache.get(int(i), np.zeros(shape.dim)),
+                                   rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("case", ["all_hits", "no_hits", "empty_cache", "empty_batch"])
 def test_cached_lookup_edge_cases(backend, case):
     rng = np.random.default_rng(7)

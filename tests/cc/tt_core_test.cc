@@ -357,10 +357,62 @@ TEST(CachedLookupWithEmptyFullAndUnhitCaches) {
   std::sort(all.begin(), all.end());
   all.erase(std::unique(all.begin(), all.end()), all.end());
   CheckCached<int64_t>(table, batch, Combiner::kSum, all, pfor, &rng);
+  // A cache of most rows against a small batch (fewer than a sixteenth of the slots): its
+  // slots are searched for and its gradient's positions sorted, not indexed and counted.
+  std::vector<int64_t> most;
+  for (int64_t id = 0; id < table.num_rows; id += 1 + (id % 5 == 4)) most.push_back(id);
+  most.push_back(std::numeric_limits<int64_t>::max());
+  const Batch small = MakeBatch(table.num_rows, 3, 3, true, &rng);
+  CHECK(static_cast<int64_t>(small.ids.size()) * 16 < static_cast<int64_t>(most.size()));
+  for (Combiner combiner : kCombiners)
+    CheckCached<int64_t>(table, small, combiner, most, pfor, &rng);
   // Only empty slots: nothing hits.
   CheckCached<int64_t>(table, batch, Combiner::kSqrtn,
                        {std::numeric_limits<int64_t>::max(), std::numeric_limits<int64_t>::max()},
                        pfor, &rng);
+}
+
+TEST(CacheSlotsAreFoundBySearchAndByIndexAlike) {
+  // A batch of fewer than a quarter of the cache's ids is searched for in the sorted ids,
+  // a larger one looked up in a hash index: both must give every id its slot or -1.
+  std::mt19937_64 rng(9);
+  ThreadPool pool(2);
+  const auto pfor = pool.parallel_for();
+  const int64_t num_rows = 5000;
+  for (int64_t cache_size : {1, 2, 3, 17, 64, 1000}) {
+    for (int64_t nnz : {1, 3, 15, 16, 250, 4000}) {
+      tt_test::ScopedContext context("cache " + std::to_string(cache_size) + ", nnz " +
+                                     std::to_string(nnz));
+      // Distinct sorted ids below num_rows, and two empty slots at the end.
+      std::vector<int64_t> cache_ids;
+      std::uniform_int_distribution<int64_t> row(0, num_rows - 1);
+      while (static_cast<int64_t>(cache_ids.size()) < cache_size) cache_ids.push_back(row(rng));
+      std::sort(cache_ids.begin(), cache_ids.end());
+      cache_ids.erase(std::unique(cache_ids.begin(), cache_ids.end()), cache_ids.end());
+      cache_ids.push_back(std::numeric_limits<int64_t>::max());
+      cache_ids.push_back(std::numeric_limits<int64_t>::max());
+      const int64_t size = static_cast<int64_t>(cache_ids.size());
+      // Half the batch from the cache, the rest anywhere (ids 0 and num_rows - 1 included).
+      std::vector<int64_t> ids = {0, num_rows - 1};
+      while (static_cast<int64_t>(ids.size()) < nnz) {
+        ids.push_back(rng() % 2 ? cache_ids[rng() % (size - 2)] : row(rng));
+      }
+      ids.resize(nnz);
+      std::vector<int32_t> slots(nnz, -7);
+      tt_keras::WorkspaceBuffer memory(tt_keras::FindCacheSlotsWorkspaceBytes(size));
+      const int64_t hits = tt_keras::FindCacheSlots(cache_ids.data(), size, ids.data(), nnz,
+                                                    slots.data(), memory.get(), pfor);
+      int64_t want_hits = 0;
+      for (int64_t i = 0; i < nnz; ++i) {
+        const auto at = std::find(cache_ids.begin(), cache_ids.end(), ids[i]);
+        const int32_t want =
+            at == cache_ids.end() ? -1 : static_cast<int32_t>(at - cache_ids.begin());
+        CHECK_EQ(slots[i], want);
+        want_hits += want >= 0;
+      }
+      CHECK_EQ(hits, want_hits);
+    }
+  }
 }
 
 TEST(RanksOneToSixtyFour) {

@@ -19,8 +19,9 @@ namespace tt_keras {
 // Returns an error message naming the slot and value, or "".
 std::string ValidateCacheIds(const int64_t* cache_ids, int64_t cache_size, int64_t num_rows);
 
-// slots[i] = the cache slot holding ids[i], or -1 (a hash index of the cache, built per
-// call in `ws`). Returns the number of hits.
+// slots[i] = the cache slot holding ids[i], or -1: a hash index of the cache built per call
+// in `ws`, or for a batch much smaller than the cache a search of the sorted cache_ids (the
+// index costs O(C) per call). Returns the number of hits.
 // Ids must be range-checked; cache_ids valid (ValidateCacheIds).
 size_t FindCacheSlotsWorkspaceBytes(int64_t cache_size);
 template <typename Tid>
@@ -54,8 +55,9 @@ struct CacheGradPlan {
   const int64_t* begin = nullptr;  // [num_slots + 1]
 };
 
-// Counting sort of the positions by slot: O(cache_size + nnz). The plan's arrays are taken
-// from `ws` and stay there.
+// Counting sort of the positions by slot, O(cache_size + nnz); for a batch much smaller than
+// the cache (as FindCacheSlots decides) a comparison sort, O(nnz log nnz). The plan's arrays
+// are taken from `ws` and stay there.
 size_t BuildCacheGradPlanWorkspaceBytes(int64_t nnz, int64_t cache_size);
 void BuildCacheGradPlan(const int32_t* slots, int64_t nnz, int64_t cache_size, Workspace* ws,
                         CacheGradPlan* plan, const ParallelFor& pfor);
