@@ -399,7 +399,7 @@ TEST(CacheSlotsAreFoundBySearchAndByIndexAlike) {
       }
       ids.resize(nnz);
       std::vector<int32_t> slots(nnz, -7);
-      tt_keras::WorkspaceBuffer memory(tt_keras::FindCacheSlotsWorkspaceBytes(size));
+      tt_keras::WorkspaceBuffer memory(tt_keras::FindCacheSlotsWorkspaceBytes(size, nnz));
       const int64_t hits = tt_keras::FindCacheSlots(cache_ids.data(), size, ids.data(), nnz,
                                                     slots.data(), memory.get(), pfor);
       int64_t want_hits = 0;

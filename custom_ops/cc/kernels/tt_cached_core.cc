@@ -9,6 +9,16 @@
 namespace tt_keras {
 
 std::string ValidateCacheIds(const int64_t* cache_ids, int64_t cache_size, int64_t num_rows) {
+  // Every call checks all C ids: first in one branch-free pass (it vectorizes; sorted ids
+  // are non-negative when the first is), and only a faulty cache through the loop below,
+  // which finds and names the first fault.
+  if (cache_size == 0) return "";
+  bool bad = cache_ids[0] < 0;
+  for (int64_t s = 1; s < cache_size; ++s) {
+    const int64_t id = cache_ids[s], prev = cache_ids[s - 1];
+    bad |= (id < prev) | ((id == prev) & (id < num_rows));
+  }
+  if (!bad) return "";
   for (int64_t s = 0; s < cache_size; ++s) {
     const int64_t id = cache_ids[s];
     if (id < 0) {
@@ -122,8 +132,8 @@ bool SearchesCache(int64_t nnz, int64_t cache_size) {
 
 }  // namespace
 
-size_t FindCacheSlotsWorkspaceBytes(int64_t cache_size) {
-  return cache_size > 0 ? CacheIndex::Bytes(cache_size) : 0;
+size_t FindCacheSlotsWorkspaceBytes(int64_t cache_size, int64_t nnz) {
+  return cache_size > 0 && !SearchesCache(nnz, cache_size) ? CacheIndex::Bytes(cache_size) : 0;
 }
 
 template <typename Tid>
@@ -225,8 +235,10 @@ int64_t MaxSlotsHit(int64_t nnz, int64_t cache_size) { return std::min(nnz, cach
 
 size_t BuildCacheGradPlanWorkspaceBytes(int64_t nnz, int64_t cache_size) {
   const int64_t slots = MaxSlotsHit(nnz, cache_size);
+  const size_t counters =
+      SearchesCache(nnz, cache_size) ? 0 : ArrayBytes<int32_t>(kMaxSlotChunks * (cache_size + 1));
   return ArrayBytes<int64_t>(nnz) + ArrayBytes<int64_t>(slots) + ArrayBytes<int64_t>(slots + 1) +
-         ArrayBytes<int32_t>(kMaxSlotChunks * (cache_size + 1));
+         counters;
 }
 
 namespace {

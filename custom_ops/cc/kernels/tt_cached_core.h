@@ -23,7 +23,7 @@ std::string ValidateCacheIds(const int64_t* cache_ids, int64_t cache_size, int64
 // in `ws`, or for a batch much smaller than the cache a search of the sorted cache_ids (the
 // index costs O(C) per call). Returns the number of hits.
 // Ids must be range-checked; cache_ids valid (ValidateCacheIds).
-size_t FindCacheSlotsWorkspaceBytes(int64_t cache_size);
+size_t FindCacheSlotsWorkspaceBytes(int64_t cache_size, int64_t nnz);
 template <typename Tid>
 int64_t FindCacheSlots(const int64_t* cache_ids, int64_t cache_size, const Tid* ids, int64_t nnz,
                        int32_t* slots, Workspace* ws, const ParallelFor& pfor);

@@ -109,8 +109,9 @@ class TTEmbeddingBagCachedOp : public tt_keras::BagKernelBase {
     {
       Tensor memory;
       Workspace ws;
-      OP_REQUIRES_OK(ctx, AllocateWorkspace(ctx, tt_keras::FindCacheSlotsWorkspaceBytes(cache_size),
-                                            &memory, &ws));
+      OP_REQUIRES_OK(ctx, AllocateWorkspace(
+                              ctx, tt_keras::FindCacheSlotsWorkspaceBytes(cache_size, in.bags.nnz),
+                              &memory, &ws));
       num_hits->scalar<int64_t>()() =
           tt_keras::FindCacheSlots(cache_ids->flat<int64_t>().data(), cache_size, in.bags.ids,
                                    in.bags.nnz, slots, &ws, pfor);
@@ -180,7 +181,7 @@ class TTEmbeddingBagCachedGradOp : public tt_keras::BagKernelBase {
                             ctx,
                             ArrayBytes<int32_t>(in.bags.nnz) + ArrayBytes<float>(in.bags.nnz) +
                                 ArrayBytes<int64_t>(in.bags.nnz) +
-                                tt_keras::FindCacheSlotsWorkspaceBytes(cache_size) +
+                                tt_keras::FindCacheSlotsWorkspaceBytes(cache_size, in.bags.nnz) +
                                 tt_keras::BuildCacheGradPlanWorkspaceBytes(in.bags.nnz, cache_size),
                             &memory, &ws));
     int32_t* slots = ws.Take<int32_t>(in.bags.nnz);

@@ -175,7 +175,7 @@ int64_t CachedForward(const Lookup<Tid>& in, const Cache& cache, float* out, Res
   residuals->slots.resize(in.nnz);
   int64_t hits = 0;
   {
-    WorkspaceBuffer memory(FindCacheSlotsWorkspaceBytes(cache.size));
+    WorkspaceBuffer memory(FindCacheSlotsWorkspaceBytes(cache.size, in.nnz));
     hits = FindCacheSlots(cache.ids, cache.size, in.ids, in.nnz, residuals->slots.data(),
                           memory.get(), pfor);
   }
@@ -215,7 +215,8 @@ std::string CachedBackward(const Lookup<Tid>& in, const Cache& cache, const floa
                            std::vector<int64_t>* hit_slots, std::vector<float>* hit_values,
                            const ParallelFor& pfor) {
   WorkspaceBuffer memory(ArrayBytes<int32_t>(in.nnz) + ArrayBytes<float>(in.nnz) +
-                         ArrayBytes<int64_t>(in.nnz) + FindCacheSlotsWorkspaceBytes(cache.size) +
+                         ArrayBytes<int64_t>(in.nnz) +
+                         FindCacheSlotsWorkspaceBytes(cache.size, in.nnz) +
                          BuildCacheGradPlanWorkspaceBytes(in.nnz, cache.size));
   Workspace* ws = memory.get();
   int32_t* slots = ws->Take<int32_t>(in.nnz);
