@@ -13,12 +13,14 @@ std::string ValidateCacheIds(const int64_t* cache_ids, int64_t cache_size, int64
   // are non-negative when the first is), and only a faulty cache through the loop below,
   // which finds and names the first fault.
   if (cache_size == 0) return "";
-  bool bad = cache_ids[0] < 0;
+  // (int64_t flags: with bools GCC leaves the loop scalar.)
+  int64_t bad = cache_ids[0] < 0;
   for (int64_t s = 1; s < cache_size; ++s) {
     const int64_t id = cache_ids[s], prev = cache_ids[s - 1];
-    bad |= (id < prev) | ((id == prev) & (id < num_rows));
+    bad |= static_cast<int64_t>(id < prev) |
+           (static_cast<int64_t>(id == prev) & static_cast<int64_t>(id < num_rows));
   }
-  if (!bad) return "";
+  if (bad == 0) return "";
   for (int64_t s = 0; s < cache_size; ++s) {
     const int64_t id = cache_ids[s];
     if (id < 0) {
