@@ -159,6 +159,43 @@ def test_a_cache_much_larger_than_the_batch_matches_the_oracle(backend, combiner
                                    rtol=1e-4, atol=1e-5)
 
 
+def test_variables_read_in_place_see_every_optimizer_step():
+    """The op reads the cores and cache rows in place (resource handles). After SGD steps
+    that scatter into the cache rows and update the cores whole, each lookup gives the
+    oracle's rows of the variables' current values."""
+    rng = np.random.default_rng(4)
+    shape = SHAPES[3]
+    cores = oracle.random_cores(shape, rng)
+    cached = np.array([3, 50, 120])
+    cache_ids, cache_rows = cache_arrays(rng, shape.padded_rows, shape.dim, cached)
+    ids = np.array([3, 7, 50, 50, 199], np.int64)
+    splits = np.array([0, 2, 5], np.int64)
+    core_vars = [tf.Variable(c) for c in cores]
+    rows_var = tf.Variable(cache_rows)
+    optimizer = keras.optimizers.SGD(learning_rate=0.02)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            out = tt_embedding_bag_cached(core_vars, cache_ids, rows_var, ids, splits,
+                                          combiner="sum", backend="op")
+            loss = tf.reduce_sum(out * out)
+        variables = core_vars + [rows_var]
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return out
+
+    for _ in range(3):
+        out = step().numpy()
+        cache = dict(zip(cached.tolist(), [rows_var.numpy()[s] for s in range(3)]))
+        want = oracle.pooled_oracle(mixed_table([c.numpy() for c in core_vars], None, cache),
+                                    [ids[:2], ids[2:]], None, "sum")
+        # `out` is the lookup before this step's update; the next one must see the update.
+        after = tt_embedding_bag_cached(core_vars, cache_ids, rows_var, ids, splits,
+                                        combiner="sum", backend="op")
+        np.testing.assert_allclose(after.numpy(), want, rtol=1e-4, atol=1e-5)
+        assert not np.allclose(after.numpy(), out)
+
+
 @pytest.mark.parametrize("case", ["all_hits", "no_hits", "empty_cache", "empty_batch"])
 def test_cached_lookup_edge_cases(backend, case):
     rng = np.random.default_rng(7)

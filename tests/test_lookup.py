@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from tt_keras import oracle, tt_math
 from tt_keras.lookup import tt_embedding_bag
+from tt_keras.ops import tt_ops_library
 
 from tests import tolerance
 from tests.concurrency import assert_concurrent_calls_match_serial
@@ -327,6 +328,60 @@ def test_rejected_call_leaves_no_trace(backend):
     np.testing.assert_array_equal(good, after)
     for b, c in zip(before, cores):
         np.testing.assert_array_equal(b, c.numpy())
+
+
+def _op_cores_types(fn):
+    """Tcores of the TT ops in fn's graph, and the ops that read a variable densely."""
+    graph = tf.function(fn).get_concrete_function().graph
+    types = [op.get_attr("Tcores") for op in graph.get_operations()
+             if op.type.startswith("TTKeras>")]
+    reads = [op for op in graph.get_operations() if op.type == "ReadVariableOp"]
+    return types, reads
+
+
+def test_float32_variables_are_read_in_place_and_tensors_as_given():
+    """Variables reach the op as resource handles (read in place: no ReadVariableOp, which
+    copies a whole variable once an optimizer has updated it sparsely); tensors, float64
+    variables and lookups under a strategy take float32 tensors."""
+    rng = np.random.default_rng(3)
+    shape = SHAPES[3]
+    cores = oracle.random_cores(shape, rng)
+    ids, splits = np.array([1, 5, 9], np.int64), np.array([0, 2, 3], np.int64)
+    variables = [tf.Variable(c) for c in cores]
+
+    def lookup(values):
+        return lambda: tt_embedding_bag(values, ids, splits, None, "sum", None, "op")
+
+    types, reads = _op_cores_types(lookup(variables))
+    assert types == [tf.resource] and not reads
+    assert _op_cores_types(lookup([tf.constant(c) for c in cores]))[0] == [tf.float32]
+    types, reads = _op_cores_types(lookup([tf.Variable(c.astype(np.float64)) for c in cores]))
+    assert types == [tf.float32] and reads
+    with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
+        assert _op_cores_types(lookup(variables))[0] == [tf.float32]
+    # Same rows and gradients either way.
+    with tf.GradientTape() as tape:
+        in_place = tt_embedding_bag(variables, ids, splits, None, "sum", None, "op")
+        loss = tf.reduce_sum(in_place * in_place)
+    grads = tape.gradient(loss, variables)
+    tensors = [tf.constant(c) for c in cores]
+    with tf.GradientTape() as tape:
+        tape.watch(tensors)
+        read = tt_embedding_bag(tensors, ids, splits, None, "sum", None, "op")
+        loss = tf.reduce_sum(read * read)
+    np.testing.assert_array_equal(in_place.numpy(), read.numpy())
+    for a, b in zip(grads, tape.gradient(loss, tensors)):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_op_refuses_a_variable_that_is_not_float32():
+    cores = oracle.random_cores(SHAPES[2], np.random.default_rng(0))
+    handles = [tf.Variable(cores[0].astype(np.float64)).handle, tf.Variable(cores[1]).handle]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"cores\[0\] must be a float32 "
+                                                               r"variable, got double"):
+        tt_ops_library.ops.tt_keras_tt_embedding_bag(
+            cores=handles, indices=tf.constant([1], tf.int64), row_splits=tf.zeros([0], tf.int64),
+            weights=tf.zeros([0]), num_rows=63, combiner="none")
 
 
 def test_gradient_op_uses_or_rebuilds_the_forward_residuals():

@@ -281,10 +281,16 @@ class HotRowCache(keras.layers.Layer):
             # The lookup reads the cache (and the cores, which a refresh may fold into) as
             # this call's update left it (filled or refreshed before the lookup, so this
             # call's gradient reaches the rows it used).
+            # Variables read in place (the layer hands them over outside a strategy) are
+            # ordered after the update by TF's automatic control dependencies, which chain
+            # the ops on one resource in program order.
             with tf.control_dependencies(updates):
                 cache_ids = tf.identity(self.cache_ids)
-                cache_rows = replicas.dense_gradient(self.cache_rows)
-                core_values = [replicas.dense_gradient(core) for core in cores]
+                if all(checks.is_variable(core) for core in cores):
+                    cache_rows, core_values = self.cache_rows, list(cores)
+                else:
+                    cache_rows = replicas.dense_gradient(self.cache_rows)
+                    core_values = [replicas.dense_gradient(core) for core in cores]
         out, num_hits = tt_embedding_bag_cached(
             core_values, cache_ids, cache_rows, ids, row_splits=row_splits, weights=weights,
             combiner=combiner, num_rows=self.num_rows, backend=backend, check_splits=False,

@@ -107,26 +107,38 @@ def _at(vector, position):
 # --------------------------------------------------------------------------------------------
 
 
+def is_variable(value):
+    """True for a tf.Variable or a Keras 3 variable, except tf_keras' mixed-precision
+    AutoCastVariable, whose reads are cast (it is read, as a tensor, instead)."""
+    if "AutoCast" in type(value).__name__:
+        return False
+    return isinstance(value, tf.Variable) or getattr(value, "_should_act_as_resource_variable",
+                                                     False)
+
+
 def core_tensors(cores):
     """The cores as tensors, checked as the ops check them: 2 to 4 of them, each of static
     rank-4 shape (p, r_in, q, r_out), ranks that chain and are 1 at both ends, no empty
     dimension, at most 2^62 rows in all. Returns (cores, padded rows, dim)."""
-    cores = [tf.convert_to_tensor(c) for c in cores]
+    # Variables are kept (their static shape and dtype are checked without reading them):
+    # the ops can read them in place (tt_keras.lookup).
+    cores = [c if is_variable(c) else tf.convert_to_tensor(c) for c in cores]
     k = len(cores)
     if not tt_math.MIN_CORES <= k <= tt_math.MAX_CORES:
         raise ValueError(f"cores: expected 2 to 4 cores, got {k}")
     shapes = []
     for t, core in enumerate(cores):
-        if not core.dtype.is_floating:
+        dtype, core_shape = tf.as_dtype(core.dtype), tf.TensorShape(core.shape)
+        if not dtype.is_floating:
             # tf.cast below would turn integer cores into a table silently.
-            raise TypeError(f"cores[{t}] must be floats, got dtype {core.dtype.name}")
-        if core.shape.rank != 4:
+            raise TypeError(f"cores[{t}] must be floats, got dtype {dtype.name}")
+        if core_shape.rank != 4:
             raise ValueError(f"cores[{t}] must have rank 4 (p, r_in, q, r_out), got shape "
-                             f"{shape_text(core.shape)}")
-        if not core.shape.is_fully_defined():
+                             f"{shape_text(core_shape)}")
+        if not core_shape.is_fully_defined():
             raise ValueError(f"cores[{t}] must have a static shape (p, r_in, q, r_out), got "
-                             f"shape {shape_text(core.shape)}")
-        shape = tuple(core.shape.as_list())
+                             f"shape {shape_text(core_shape)}")
+        shape = tuple(core_shape.as_list())
         if t and shape[1] != shapes[-1][3]:
             raise ValueError(f"cores[{t}] has input rank {shape[1]} but cores[{t - 1}] has "
                              f"output rank {shapes[-1][3]}")
@@ -305,19 +317,28 @@ def same_entries(a, b):
 
 
 def cache_tensors(cache_ids, cache_rows, dim):
-    """cache_ids as an int64 vector and cache_rows as float32 [len(cache_ids), dim]."""
+    """cache_ids as an int64 vector and cache_rows as float32 [len(cache_ids), dim]; a
+    float32 variable of a static shape stays a variable (the ops read it in place)."""
     cache_ids = _int64_vector(cache_ids, "cache_ids")
-    cache_rows = tf.convert_to_tensor(cache_rows)
-    if not cache_rows.dtype.is_floating:
-        raise TypeError(f"cache_rows must be floats, got dtype {cache_rows.dtype.name}")
-    cache_rows = tf.cast(cache_rows, tf.float32)
+    keep = (is_variable(cache_rows) and tf.as_dtype(cache_rows.dtype) == tf.float32
+            and tf.TensorShape(cache_rows.shape).is_fully_defined())
+    if not keep:
+        cache_rows = tf.convert_to_tensor(cache_rows)
+    if not tf.as_dtype(cache_rows.dtype).is_floating:
+        raise TypeError(f"cache_rows must be floats, got dtype "
+                        f"{tf.as_dtype(cache_rows.dtype).name}")
+    if not keep:
+        cache_rows = tf.cast(cache_rows, tf.float32)
     slots = cache_ids.shape[0]
-    if slots is not None and cache_rows.shape.is_fully_defined():
-        if cache_rows.shape != (slots, dim):
-            raise ValueError(f"cache_rows has shape {shape_text(cache_rows.shape)} but "
+    rows_shape = tf.TensorShape(cache_rows.shape)
+    if slots is not None and rows_shape.is_fully_defined():
+        if rows_shape != (slots, dim):
+            raise ValueError(f"cache_rows has shape {shape_text(rows_shape)} but "
                              f"cache_ids has {slots} slots and the cores give rows of {dim} "
                              f"columns: expected [{slots},{dim}]")
         return cache_ids, cache_rows
+    if keep:
+        cache_rows = tf.convert_to_tensor(cache_rows)
     num_slots = tf.size(cache_ids, out_type=tf.int64)
     shape = tf.concat([tf.shape(cache_rows, out_type=tf.int64), [-1, -1]], 0)
     ok = tf.logical_and(tf.equal(tf.rank(cache_rows), 2),

@@ -298,11 +298,12 @@ class TTEmbedding(keras.layers.Layer):
     def _lookup(self, ids, row_splits, weights, combiner, check_splits=False, training=None):
         args = dict(row_splits=row_splits, weights=weights, combiner=combiner or "none",
                     backend=self.lookup_backend, check_splits=check_splits)
-        if self.cache is not None:
-            return self.cache.lookup(self.cores, ids, training=training, **args)
         # Under a tf.distribute strategy the cores' gradient must be dense (the pure-TF
-        # path's gathers make it sparse), to be all-reduced (tt_keras/replicas.py).
-        cores = [replicas.dense_gradient(core) for core in self.cores]
+        # path's gathers make it sparse), to be all-reduced; outside one the op reads the
+        # variables in place (tt_keras/replicas.py).
+        cores = replicas.lookup_values(self.cores, self.compute_dtype)
+        if self.cache is not None:
+            return self.cache.lookup(cores, ids, training=training, **args)
         return tt_embedding_bag(cores, ids, num_rows=self.input_dim, **args)
 
     def call(self, inputs, weights=None, training=None):

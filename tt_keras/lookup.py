@@ -11,6 +11,7 @@ import contextlib
 import threading
 
 import tensorflow as tf
+from tensorflow.python.ops import resource_variable_ops  # variable_accessed: no public API
 
 from tt_keras import checks, reference
 from tt_keras.ops import COMBINERS, tt_ops_library
@@ -89,13 +90,37 @@ def _bag_boundaries(ids, row_splits, segment_ids, num_bags):
 
 
 def _table(cores, num_rows):
-    """float32 cores, num_rows, the row width and the output dtype, checked as the ops
-    check them. The kernels compute in float32; mixed-precision layers hand over
-    float16/bfloat16 cores, and get rows of that dtype back."""
+    """The cores (tensors, or variables as given), num_rows, the row width and the output
+    dtype, checked as the ops check them. The kernels compute in float32; mixed-precision
+    layers hand over float16/bfloat16 cores, and get rows of that dtype back."""
     cores, padded_rows, dim = checks.core_tensors(cores)
     num_rows = checks.num_rows_value(num_rows, padded_rows)
-    out_dtype = cores[0].dtype
-    return [tf.cast(c, tf.float32) for c in cores], num_rows, dim, out_dtype
+    return cores, num_rows, dim, tf.as_dtype(cores[0].dtype)
+
+
+def _float32(values):
+    """The values as float32 tensors (variables read)."""
+    return [tf.cast(v, tf.float32) for v in values]
+
+
+def _op_values(values):
+    """What an op reads `values` (the cores, and a cache's rows) from: the variables'
+    handles, when every value is a float32 variable and no tf.distribute strategy is
+    active; else float32 tensors.
+
+    Handles make the kernels read the variables in place (Tcores = resource). Through a
+    tensor, every read of a variable that an optimizer updates sparsely, as it does a
+    cache's rows, copies the whole variable (TF's copy-on-read mode): 14 MB a step for the
+    recommended DLRM's caches (docs/performance.md).
+    """
+    if tf.distribute.has_strategy() or not all(
+            checks.is_variable(v) and tf.as_dtype(v.dtype) == tf.float32 for v in values):
+        return _float32(values)
+    for v in values:
+        # The kernel consumes the handle, not a read: this is how a read records the
+        # variable for gradient tapes and tf.function (as ResourceVariable.sparse_read does).
+        resource_variable_ops.variable_accessed(v)
+    return [v.handle for v in values]
 
 
 def _batch(ids, row_splits, weights, combiner, segment_ids, num_bags):
@@ -145,12 +170,12 @@ def tt_embedding_bag(cores, ids, row_splits=None, weights=None, combiner="none",
     cores, num_rows, _, out_dtype = _table(cores, num_rows)
     ids, row_splits, weights = _batch(ids, row_splits, weights, combiner, segment_ids, num_bags)
     if resolve_backend(backend) == "op":
-        out = _op_embedding_bag(cores, ids, row_splits, _op_weights(weights), num_rows=num_rows,
-                                combiner=combiner)
+        out = _op_embedding_bag(_op_values(cores), ids, row_splits, _op_weights(weights),
+                                num_rows=num_rows, combiner=combiner)
     else:
         ids, row_splits = checks.batch_values(ids, row_splits, combiner, num_rows, check_splits)
-        out = reference.tt_embedding_bag(cores, tf.cast(ids, tf.int64), row_splits, weights,
-                                         combiner)
+        out = reference.tt_embedding_bag(_float32(cores), tf.cast(ids, tf.int64), row_splits,
+                                         weights, combiner)
     return tf.cast(out, out_dtype)
 
 
@@ -180,13 +205,15 @@ def tt_embedding_bag_cached(cores, cache_ids, cache_rows, ids, row_splits=None, 
     cache_ids, cache_rows = checks.cache_tensors(cache_ids, cache_rows, dim)
     ids, row_splits, weights = _batch(ids, row_splits, weights, combiner, segment_ids, num_bags)
     if resolve_backend(backend) == "op":
+        values = _op_values(cores + [cache_rows])
         out, num_hits = _op_embedding_bag_cached(
-            cores, cache_ids, cache_rows, ids, row_splits, _op_weights(weights),
+            values[:-1], cache_ids, values[-1], ids, row_splits, _op_weights(weights),
             num_rows=num_rows, combiner=combiner)
     else:
         cache_ids = checks.valid_cache_ids(cache_ids, num_rows)
         ids, row_splits = checks.batch_values(ids, row_splits, combiner, num_rows, check_splits)
         out, num_hits = reference.tt_embedding_bag_cached(
-            cores, cache_ids, cache_rows, tf.cast(ids, tf.int64), row_splits, weights, combiner)
+            _float32(cores), cache_ids, _float32([cache_rows])[0], tf.cast(ids, tf.int64),
+            row_splits, weights, combiner)
     out = tf.cast(out, out_dtype)
     return (out, num_hits) if return_num_hits else out

@@ -81,6 +81,16 @@ def _densified(x):
     return tf.identity(x), grad
 
 
+def lookup_values(variables, compute_dtype):
+    """What a layer hands its TT lookup for `variables` (its cores). Outside any strategy,
+    computing in float32: the variables themselves, which the op reads in place
+    (tt_keras.lookup). Otherwise tensors: in a replica context with a dense gradient
+    (dense_gradient), and under mixed precision read with the autocast."""
+    if not tf.distribute.has_strategy() and tf.as_dtype(compute_dtype) == tf.float32:
+        return list(variables)
+    return [dense_gradient(v) for v in variables]
+
+
 def dense_gradient(value):
     """`value` (a variable or tensor) as a tensor whose gradient reaches it dense, inside a
     replica context; as a plain tensor otherwise (its gradient left as the lookup makes it,

@@ -32,8 +32,10 @@ def _tt_embedding_bag_cached_grad(op, grad, *unused_other_grads):
         grad=grad, cores=cores, cache_ids=cache_ids, indices=indices, row_splits=row_splits,
         weights=weights, residual_slots=op.outputs[2], residual_plan=op.outputs[3],
         residual_partials=op.outputs[4], num_rows=num_rows, combiner=combiner)
+    rows_shape = (tf.raw_ops.VariableShape(input=cache_rows, out_type=tf.int64)
+                  if cache_rows.dtype == tf.resource else tf.shape(cache_rows, out_type=tf.int64))
     cache_grad = tf.IndexedSlices(outputs.cache_grad_values, outputs.cache_grad_slots,
-                                  dense_shape=tf.shape(cache_rows, out_type=tf.int64))
+                                  dense_shape=rows_shape)
     # Per-id rows come from the cache or the chain, as in the forward.
     weights_gradient = optional_weights_grad(
         op, grad, combiner, weights,

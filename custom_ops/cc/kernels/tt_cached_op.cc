@@ -26,7 +26,7 @@ using tt_keras::Workspace;
 // cached kernels count in int32 (slots, the gradient's slot sort).
 template <typename Tid>
 absl::Status ReadCache(OpKernelContext* ctx, const tt_keras::BagOpInputs<Tid>& in, int64_t num_rows,
-                       const Tensor** cache_ids, const Tensor** cache_rows) {
+                       const Tensor** cache_ids, const Tensor* cache_rows) {
   TF_RETURN_IF_ERROR(tt_keras::ReadCacheInputs(ctx, in.dims.dim, cache_ids, cache_rows));
   const std::string error = tt_keras::ValidateCacheIds((*cache_ids)->flat<int64_t>().data(),
                                                        (*cache_ids)->dim_size(0), num_rows);
@@ -82,10 +82,10 @@ class TTEmbeddingBagCachedOp : public tt_keras::BagKernelBase {
 
   void Compute(OpKernelContext* ctx) override {
     tt_keras::BagOpInputs<Tid> in;
-    OP_REQUIRES_OK(ctx, ReadInputs(ctx, /*host_contents=*/true, &in));
+    OP_REQUIRES_OK(ctx, ReadInputs(ctx, /*host_contents=*/true, &in, {"cache_rows"}));
     const Tensor* cache_ids = nullptr;
-    const Tensor* cache_rows = nullptr;
-    OP_REQUIRES_OK(ctx, ReadCache(ctx, in, num_rows_, &cache_ids, &cache_rows));
+    const Tensor* cache_rows = &in.values.values().back();
+    OP_REQUIRES_OK(ctx, ReadCache(ctx, in, num_rows_, &cache_ids, cache_rows));
     Tensor* output = nullptr;
     OP_REQUIRES_OK(ctx, AllocateOutput(ctx, in, &output));
     Tensor* num_hits = nullptr;
@@ -215,7 +215,7 @@ class TTEmbeddingBagCachedGradOp : public tt_keras::BagKernelBase {
                                    hit_values->flat<float>().data(), pfor);
 
     // Cores: the misses only, through tt_core's backward.
-    // Without misses the in.cores get no gradient; otherwise BackpropCores writes every element.
+    // Without misses the cores get no gradient; otherwise BackpropCores writes every element.
     const int64_t num_misses = cache_plan.num_misses;
     std::vector<float*> grad_ptrs;
     OP_REQUIRES_OK(ctx, tt_keras::AllocateCoreGrads(ctx, in.cores, num_misses == 0, &grad_ptrs));

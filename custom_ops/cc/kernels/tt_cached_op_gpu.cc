@@ -28,12 +28,12 @@
 namespace tensorflow {
 namespace {
 
-// The cache's shapes (its ids are checked by the kernels) and its launcher description.
-absl::Status MakeCache(OpKernelContext* ctx, bool with_rows, int64_t dim, TTCudaCache* cache) {
+// The cache's shapes (its ids are checked by the kernels) and its launcher description;
+// cache_rows: the rows' values (the forward's), or nullptr (the backward needs none).
+absl::Status MakeCache(OpKernelContext* ctx, const Tensor* cache_rows, int64_t dim,
+                       TTCudaCache* cache) {
   const Tensor* cache_ids = nullptr;
-  const Tensor* cache_rows = nullptr;
-  TF_RETURN_IF_ERROR(
-      tt_keras::ReadCacheInputs(ctx, dim, &cache_ids, with_rows ? &cache_rows : nullptr));
+  TF_RETURN_IF_ERROR(tt_keras::ReadCacheInputs(ctx, dim, &cache_ids, cache_rows));
   *cache = TTCudaCache();
   cache->size = cache_ids->dim_size(0);
   if (cache->size > 0) {
@@ -50,9 +50,9 @@ class TTEmbeddingBagCachedGpuOp : public tt_keras::BagKernelBase {
 
   void Compute(OpKernelContext* ctx) override {
     tt_keras::BagOpInputs<Tid> in;
-    OP_REQUIRES_OK(ctx, ReadInputs(ctx, /*host_contents=*/false, &in));
+    OP_REQUIRES_OK(ctx, ReadInputs(ctx, /*host_contents=*/false, &in, {"cache_rows"}));
     TTCudaCache cache;
-    OP_REQUIRES_OK(ctx, MakeCache(ctx, /*with_rows=*/true, in.dims.dim, &cache));
+    OP_REQUIRES_OK(ctx, MakeCache(ctx, &in.values.values().back(), in.dims.dim, &cache));
     TTCudaLookup lk;
     OP_REQUIRES_OK(ctx, tt_gpu::MakeLookup<Tid>(ctx, in, num_rows_, combiner_, &lk));
     Tensor* output = nullptr;
@@ -95,7 +95,7 @@ class TTEmbeddingBagCachedGradGpuOp : public tt_keras::BagKernelBase {
     tt_keras::BagOpInputs<Tid> in;
     OP_REQUIRES_OK(ctx, ReadInputs(ctx, /*host_contents=*/false, &in));
     TTCudaCache cache;
-    OP_REQUIRES_OK(ctx, MakeCache(ctx, /*with_rows=*/false, in.dims.dim, &cache));
+    OP_REQUIRES_OK(ctx, MakeCache(ctx, /*cache_rows=*/nullptr, in.dims.dim, &cache));
     const Tensor* grad = nullptr;
     OP_REQUIRES_OK(ctx, ReadGrad(ctx, in, &grad));
     TTCudaLookup lk;

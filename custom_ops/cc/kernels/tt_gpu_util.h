@@ -74,7 +74,7 @@ inline absl::Status GetCudaStream(OpKernelContext* ctx, void** stream) {
 template <typename Tid>
 absl::Status MakeLookup(OpKernelContext* ctx, const tt_keras::BagOpInputs<Tid>& in,
                         int64_t num_rows, Combiner combiner, TTCudaLookup* lk) {
-  const OpInputList& cores = in.cores;
+  const std::vector<Tensor>& cores = in.cores;
   const TTDims& dims = in.dims;
   const tt_keras::BagInputs<Tid>& bags = in.bags;
   *lk = TTCudaLookup();
@@ -141,11 +141,11 @@ absl::Status AllocateScratch(OpKernelContext* ctx, Query query, const char* what
 
 // Allocates the gradient op's output list "core_grads", one tensor shaped like each core;
 // ptrs[t] gets core t's device pointer (the launchers zero and fill them).
-inline absl::Status AllocateCoreGrads(OpKernelContext* ctx, const OpInputList& cores,
+inline absl::Status AllocateCoreGrads(OpKernelContext* ctx, const std::vector<Tensor>& cores,
                                       float* ptrs[TT_CUDA_MAX_CORES]) {
   OpOutputList core_grads;
   TF_RETURN_IF_ERROR(ctx->output_list("core_grads", &core_grads));
-  for (int t = 0; t < cores.size(); ++t) {
+  for (int t = 0; t < static_cast<int>(cores.size()); ++t) {
     Tensor* g = nullptr;
     TF_RETURN_IF_ERROR(core_grads.allocate(t, cores[t].shape(), &g));
     ptrs[t] = g->flat<float>().data();

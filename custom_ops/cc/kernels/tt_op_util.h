@@ -5,11 +5,14 @@
 
 #include <algorithm>
 #include <functional>
+#include <initializer_list>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/resource_mgr.h"
+#include "tensorflow/core/framework/resource_var.h"
 #include "tensorflow/core/lib/core/threadpool.h"
 #include "tt_core.h"
 #include "tt_validation.h"
@@ -35,10 +38,78 @@ inline tensorflow::Status AllocateWorkspace(tensorflow::OpKernelContext* ctx, si
   return tensorflow::OkStatus();
 }
 
+// The float values of a kernel's inputs (Tcores = float), or of the variables its
+// resource inputs name (Tcores = resource), in input order. Variables are read in place:
+// a ReadVariableOp in front of the kernel would copy a whole variable on every read once
+// an optimizer has updated it sparsely (TF's copy-on-read mode), which is what a sparse
+// core or cache-row update does. Their locks are held shared until this object goes, so
+// no update writes into them while the kernel reads; they are taken in address order, as
+// TF's training ops take theirs, so that two kernels cannot deadlock.
+class FloatInputs {
+ public:
+  FloatInputs() = default;
+  FloatInputs(const FloatInputs&) = delete;
+  FloatInputs& operator=(const FloatInputs&) = delete;
+  ~FloatInputs() {
+    values_.clear();
+    for (tensorflow::mutex* mu : locked_) mu->unlock_shared();
+  }
+
+  // Reads the inputs `names` (each one input or a list) into values(), in order; once per
+  // kernel call, so that all its variables are locked together.
+  absl::Status Read(tensorflow::OpKernelContext* ctx, const std::vector<const char*>& names) {
+    std::vector<std::pair<size_t, tensorflow::core::RefCountPtr<tensorflow::Var>>> vars;
+    std::vector<std::string> labels;  // the argument each value is, for messages
+    for (const char* name : names) {
+      int start = 0, stop = 0;
+      TF_RETURN_IF_ERROR(ctx->op_kernel().InputRange(name, &start, &stop));
+      for (int i = start; i < stop; ++i) {
+        labels.push_back(std::string(name) == "cores" ? "cores[" + std::to_string(i - start) + "]"
+                                                      : std::string(name));
+        const tensorflow::Tensor& t = ctx->input(i);
+        values_.push_back(t);
+        if (t.dtype() != tensorflow::DT_RESOURCE) continue;
+        tensorflow::core::RefCountPtr<tensorflow::Var> var;
+        TF_RETURN_IF_ERROR(
+            tensorflow::LookupResource(ctx, tensorflow::HandleFromInput(ctx, i), &var));
+        vars.emplace_back(values_.size() - 1, std::move(var));
+      }
+    }
+    std::vector<tensorflow::mutex*> mus;
+    for (const auto& v : vars) mus.push_back(v.second->mu());
+    std::sort(mus.begin(), mus.end());
+    mus.erase(std::unique(mus.begin(), mus.end()), mus.end());
+    for (tensorflow::mutex* mu : mus) {
+      mu->lock_shared();
+      locked_.push_back(mu);
+    }
+    for (const auto& [at, var] : vars) {
+      if (!var->is_initialized) {
+        return tensorflow::errors::FailedPrecondition(labels[at],
+                                                      " is a variable that is not initialized");
+      }
+      if (var->tensor()->dtype() != tensorflow::DT_FLOAT) {
+        return tensorflow::errors::InvalidArgument(
+            labels[at], " must be a float32 variable, got ",
+            tensorflow::DataTypeString(var->tensor()->dtype()));
+      }
+      values_[at] = *var->tensor();
+    }
+    return absl::OkStatus();
+  }
+
+  const std::vector<tensorflow::Tensor>& values() const { return values_; }
+
+ private:
+  std::vector<tensorflow::Tensor> values_;
+  std::vector<tensorflow::mutex*> locked_;
+};
+
 // What a TT bag kernel starts from: the cores, the table's dims they define, the bags.
 template <typename Tid>
 struct BagOpInputs {
-  tensorflow::OpInputList cores;
+  FloatInputs values;  // the cores, then any extra float inputs
+  std::vector<tensorflow::Tensor> cores;
   TTDims dims;
   BagInputs<Tid> bags;
   int64_t out_rows = 0;  // rows of the forward output: one a bag, or one an id
@@ -60,10 +131,19 @@ class BagKernelBase : public tensorflow::OpKernel {
  protected:
   // The inputs, their shapes checked; with `host_contents` the ids and splits too (the CPU
   // kernels: the GPU kernels check them on the device).
+  // `extra_floats` names float inputs read with the cores (under the same locks when they
+  // are variables); their values follow the cores' in in->values.
   template <typename Tid>
   absl::Status ReadInputs(tensorflow::OpKernelContext* ctx, bool host_contents,
-                          BagOpInputs<Tid>* in) const {
-    TF_RETURN_IF_ERROR(ctx->input_list("cores", &in->cores));
+                          BagOpInputs<Tid>* in,
+                          std::initializer_list<const char*> extra_floats = {}) const {
+    std::vector<const char*> names = {"cores"};
+    names.insert(names.end(), extra_floats.begin(), extra_floats.end());
+    TF_RETURN_IF_ERROR(in->values.Read(ctx, names));
+    int first = 0, num_cores = 0;
+    TF_RETURN_IF_ERROR(ctx->op_kernel().InputRange("cores", &first, &num_cores));
+    num_cores -= first;
+    in->cores.assign(in->values.values().begin(), in->values.values().begin() + num_cores);
     TF_RETURN_IF_ERROR(DimsFromCores(in->cores, num_rows_, &in->dims));
     TF_RETURN_IF_ERROR(host_contents ? ValidateBagInputs<Tid>(ctx, combiner_, num_rows_, &in->bags)
                                      : ValidateBagShapes<Tid>(ctx, combiner_, &in->bags));
@@ -142,14 +222,14 @@ tensorflow::Status ReadOrBuildPlan(tensorflow::OpKernelContext* ctx, const TTDim
   return tensorflow::OkStatus();
 }
 
-// Allocates a gradient op's output list "core_grads", one tensor shaped like each core, into
-// *ptrs; zeroed when `zero` (a call whose backward writes none of them).
+// Allocates a gradient op's output list "core_grads", one tensor shaped like each core,
+// into *ptrs; zeroed when `zero` (a call whose backward writes none of them).
 inline tensorflow::Status AllocateCoreGrads(tensorflow::OpKernelContext* ctx,
-                                            const tensorflow::OpInputList& cores, bool zero,
+                                            const std::vector<tensorflow::Tensor>& cores, bool zero,
                                             std::vector<float*>* ptrs) {
   tensorflow::OpOutputList core_grads;
   TF_RETURN_IF_ERROR(ctx->output_list("core_grads", &core_grads));
-  for (int t = 0; t < cores.size(); ++t) {
+  for (int t = 0; t < static_cast<int>(cores.size()); ++t) {
     tensorflow::Tensor* g = nullptr;
     TF_RETURN_IF_ERROR(core_grads.allocate(t, cores[t].shape(), &g));
     ptrs->push_back(g->flat<float>().data());
@@ -158,9 +238,9 @@ inline tensorflow::Status AllocateCoreGrads(tensorflow::OpKernelContext* ctx,
   return tensorflow::OkStatus();
 }
 
-inline std::vector<const float*> CorePointers(const tensorflow::OpInputList& cores) {
+inline std::vector<const float*> CorePointers(const std::vector<tensorflow::Tensor>& cores) {
   std::vector<const float*> ptrs;
-  for (int t = 0; t < cores.size(); ++t) ptrs.push_back(cores[t].flat<float>().data());
+  for (const tensorflow::Tensor& core : cores) ptrs.push_back(core.flat<float>().data());
   return ptrs;
 }
 
@@ -168,7 +248,8 @@ inline std::vector<const float*> CorePointers(const tensorflow::OpInputList& cor
 
 // Registers a TT bag op's kernel `Op<Tid>` and its gradient op's `GradOp<Tid>` (the op named
 // op_name "Grad") on `device`, for int32 and int64 ids; expanded inside namespace tensorflow
-// (REGISTER_KERNEL_BUILDER pastes its first token, so Name stays unqualified).
+// (REGISTER_KERNEL_BUILDER pastes its first token, so Name stays unqualified). One kernel
+// serves both Tcores: resource handles live in host memory on every device.
 #define TT_REGISTER_BAG_KERNELS_FOR(device, op_name, Op, GradOp, Tid)                             \
   REGISTER_KERNEL_BUILDER(Name(op_name).Device(device).TypeConstraint<Tid>("Tindices"), Op<Tid>); \
   REGISTER_KERNEL_BUILDER(Name(op_name "Grad").Device(device).TypeConstraint<Tid>("Tindices"),    \

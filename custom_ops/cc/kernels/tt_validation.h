@@ -14,8 +14,8 @@ namespace tt_keras {
 
 // Reads the TT shape off the cores' shapes (host-side metadata only, so GPU kernels use it
 // too) and checks that the ranks chain and the row factors can hold num_rows.
-inline absl::Status DimsFromCores(const tensorflow::OpInputList& cores, int64_t num_rows,
-                                  TTDims* dims) {
+template <typename Cores>  // an OpInputList or a std::vector<Tensor>
+absl::Status DimsFromCores(const Cores& cores, int64_t num_rows, TTDims* dims) {
   namespace errors = tensorflow::errors;
   const int k = cores.size();
   if (k < 2 || k > kMaxCores) {
@@ -172,12 +172,13 @@ inline absl::Status ValidateCacheShapes(const tensorflow::Tensor& cache_ids,
 
 // The cached ops' cache inputs: "cache_ids", and "cache_rows" when `rows` is given (the
 // gradient ops take none), their shapes checked.
+// `rows`: the cache rows' values (read with the cores, tt_op_util.h's FloatInputs), or
+// nullptr for a kernel that takes none.
 inline absl::Status ReadCacheInputs(tensorflow::OpKernelContext* ctx, int64_t dim,
                                     const tensorflow::Tensor** ids,
-                                    const tensorflow::Tensor** rows) {
+                                    const tensorflow::Tensor* rows) {
   TF_RETURN_IF_ERROR(ctx->input("cache_ids", ids));
-  if (rows != nullptr) TF_RETURN_IF_ERROR(ctx->input("cache_rows", rows));
-  return ValidateCacheShapes(**ids, rows ? *rows : nullptr, dim);
+  return ValidateCacheShapes(**ids, rows, dim);
 }
 
 }  // namespace tt_keras

@@ -18,7 +18,7 @@ Status CachedForwardShape(InferenceContext* c) {
   TF_RETURN_IF_ERROR(c->GetAttr("combiner", &combiner));
   ShapeHandle cache_ids, cache_rows, indices, splits, weights;
   TF_RETURN_IF_ERROR(c->WithRank(c->input(num_cores), 1, &cache_ids));
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(num_cores + 1), 2, &cache_rows));
+  TF_RETURN_IF_ERROR(tt_keras::FloatInputShape(c, num_cores + 1, 2, &cache_rows));
   TF_RETURN_IF_ERROR(c->WithRank(c->input(num_cores + 2), 1, &indices));
   TF_RETURN_IF_ERROR(c->WithRank(c->input(num_cores + 3), 1, &splits));
   TF_RETURN_IF_ERROR(c->WithRank(c->input(num_cores + 4), 1, &weights));
@@ -42,9 +42,9 @@ Status CachedForwardShape(InferenceContext* c) {
 }  // namespace
 
 REGISTER_OP("TTKeras>TTEmbeddingBagCached")
-    .Input("cores: N * float")
+    .Input("cores: N * Tcores")
     .Input("cache_ids: int64")
-    .Input("cache_rows: float")
+    .Input("cache_rows: Tcores")
     .Input("indices: Tindices")
     .Input("row_splits: int64")
     .Input("weights: float")
@@ -54,6 +54,7 @@ REGISTER_OP("TTKeras>TTEmbeddingBagCached")
     .Output("residual_plan: int64")
     .Output("residual_partials: float")
     .Attr("N: int >= 2")
+    .Attr("Tcores: {float, resource} = DT_FLOAT")
     .Attr("Tindices: {int32, int64}")
     .Attr("num_rows: int >= 1")
     .Attr("combiner: {'none', 'sum', 'mean', 'sqrtn'}")
@@ -61,7 +62,9 @@ REGISTER_OP("TTKeras>TTEmbeddingBagCached")
     .Doc(R"doc(
 Looks up rows of a TT-compressed table with a cache of uncompressed rows, and pools them.
 
-cores: the TT cores, core t shaped (p_t, r_{t-1}, q_t, r_t), r_0 = r_N = 1.
+cores: the TT cores, core t shaped (p_t, r_{t-1}, q_t, r_t), r_0 = r_N = 1: float32
+  tensors, or (Tcores = resource) handles of float32 variables, read in place, as are
+  then the cache rows.
 cache_ids: [C] sorted ids of the cached rows; entries >= num_rows are empty slots.
 cache_rows: [C, D] the cached rows: W[cache_ids[s]] is cache_rows[s].
 indices: flat ids in [0, num_rows).
@@ -76,7 +79,7 @@ residual_slots, residual_plan, residual_partials: each index's cache slot (-1 fo
 
 REGISTER_OP("TTKeras>TTEmbeddingBagCachedGrad")
     .Input("grad: float")
-    .Input("cores: N * float")
+    .Input("cores: N * Tcores")
     .Input("cache_ids: int64")
     .Input("indices: Tindices")
     .Input("row_splits: int64")
@@ -88,13 +91,14 @@ REGISTER_OP("TTKeras>TTEmbeddingBagCachedGrad")
     .Output("cache_grad_slots: int64")
     .Output("cache_grad_values: float")
     .Attr("N: int >= 2")
+    .Attr("Tcores: {float, resource} = DT_FLOAT")
     .Attr("Tindices: {int32, int64}")
     .Attr("num_rows: int >= 1")
     .Attr("combiner: {'none', 'sum', 'mean', 'sqrtn'}")
     .SetShapeFn([](InferenceContext* c) {
       int num_cores;
       TF_RETURN_IF_ERROR(c->GetAttr("N", &num_cores));
-      for (int t = 0; t < num_cores; ++t) c->set_output(t, c->input(1 + t));
+      TF_RETURN_IF_ERROR(tt_keras::CoreGradShapes(c, 1, num_cores, 0));
       DimensionHandle dim;
       TF_RETURN_IF_ERROR(tt_keras::EmbeddingDim(c, 1, num_cores, &dim));
       DimensionHandle hits = c->UnknownDim();

@@ -36,7 +36,7 @@ Status ForwardShape(InferenceContext* c) {
 }  // namespace
 
 REGISTER_OP("TTKeras>TTEmbeddingBag")
-    .Input("cores: N * float")
+    .Input("cores: N * Tcores")
     .Input("indices: Tindices")
     .Input("row_splits: int64")
     .Input("weights: float")
@@ -44,6 +44,7 @@ REGISTER_OP("TTKeras>TTEmbeddingBag")
     .Output("residual_plan: int64")
     .Output("residual_partials: float")
     .Attr("N: int >= 2")
+    .Attr("Tcores: {float, resource} = DT_FLOAT")
     .Attr("Tindices: {int32, int64}")
     .Attr("num_rows: int >= 1")
     .Attr("combiner: {'none', 'sum', 'mean', 'sqrtn'}")
@@ -51,7 +52,8 @@ REGISTER_OP("TTKeras>TTEmbeddingBag")
     .Doc(R"doc(
 Looks up rows of a TT-compressed embedding table and pools them into bags.
 
-cores: the TT cores, core t shaped (p_t, r_{t-1}, q_t, r_t), r_0 = r_N = 1.
+cores: the TT cores, core t shaped (p_t, r_{t-1}, q_t, r_t), r_0 = r_N = 1: float32
+  tensors, or (Tcores = resource) handles of float32 variables, read in place.
 indices: flat ids in [0, num_rows).
 row_splits: bag boundaries (ignored when combiner is "none").
 weights: per-id weights, or an empty vector for all ones.
@@ -63,7 +65,7 @@ residual_plan, residual_partials: the distinct-id prefix tree and the partial pr
 
 REGISTER_OP("TTKeras>TTEmbeddingBagGrad")
     .Input("grad: float")
-    .Input("cores: N * float")
+    .Input("cores: N * Tcores")
     .Input("indices: Tindices")
     .Input("row_splits: int64")
     .Input("weights: float")
@@ -71,17 +73,18 @@ REGISTER_OP("TTKeras>TTEmbeddingBagGrad")
     .Input("residual_partials: float")
     .Output("core_grads: N * float")
     .Attr("N: int >= 2")
+    .Attr("Tcores: {float, resource} = DT_FLOAT")
     .Attr("Tindices: {int32, int64}")
     .Attr("num_rows: int >= 1")
     .Attr("combiner: {'none', 'sum', 'mean', 'sqrtn'}")
     .SetShapeFn([](InferenceContext* c) {
       int num_cores;
       TF_RETURN_IF_ERROR(c->GetAttr("N", &num_cores));
-      for (int t = 0; t < num_cores; ++t) c->set_output(t, c->input(1 + t));
-      return OkStatus();
+      return tt_keras::CoreGradShapes(c, 1, num_cores, 0);
     })
     .Doc(R"doc(
-Gradients of TTEmbeddingBag with respect to its cores (dense, shaped like the cores).
+Gradients of TTEmbeddingBag with respect to its cores (dense, shaped like the cores;
+Tcores = resource reads the variables in place, as the forward does).
 )doc");
 
 }  // namespace tensorflow
