@@ -244,21 +244,25 @@ class HotRowCache(keras.layers.Layer):
     # ---------------------------------------------------------------- lookup
 
     def lookup(self, cores, ids, row_splits=None, weights=None, combiner="none",
-               backend="auto", check_splits=True, training=None):
+               backend="auto", check_splits=True, training=None, in_place=False):
         """The cached lookup of `ids` (tt_embedding_bag_cached's arguments), after the state
         update of a training call.
 
+        cores: the layer's core variables (a refresh folds into them).
         training: True for a training call (it counts, fills or refreshes as scheduled, and
         records its hits); False or None for inference, which only reads the cache; or a
         boolean tensor, decided when the graph runs. A training call checks its batch before
         it changes any state, so a rejected call leaves no trace.
+        in_place: the op reads the cores and cache rows as variables, in place
+        (tt_keras.replicas.reads_in_place); else as tensors.
         """
         training = _training_flag(training)
         if training is False:
+            rows = self.cache_rows if in_place else tf.convert_to_tensor(self.cache_rows)
             return tt_embedding_bag_cached(
-                cores, self.cache_ids, self.cache_rows, ids, row_splits=row_splits,
-                weights=weights, combiner=combiner, num_rows=self.num_rows, backend=backend,
-                check_splits=check_splits)
+                replicas.lookup_values(cores, in_place), self.cache_ids, rows, ids,
+                row_splits=row_splits, weights=weights, combiner=combiner,
+                num_rows=self.num_rows, backend=backend, check_splits=check_splits)
         ids, row_splits, weights = checks.batch_tensors(ids, row_splits, weights, combiner)
         ids, row_splits = checks.batch_values(ids, row_splits, combiner, self.num_rows,
                                               check_splits)
@@ -286,11 +290,9 @@ class HotRowCache(keras.layers.Layer):
             # the ops on one resource in program order.
             with tf.control_dependencies(updates):
                 cache_ids = tf.identity(self.cache_ids)
-                if all(checks.is_variable(core) for core in cores):
-                    cache_rows, core_values = self.cache_rows, list(cores)
-                else:
-                    cache_rows = replicas.dense_gradient(self.cache_rows)
-                    core_values = [replicas.dense_gradient(core) for core in cores]
+                cache_rows = (self.cache_rows if in_place
+                              else replicas.dense_gradient(self.cache_rows))
+                core_values = replicas.lookup_values(cores, in_place)
         out, num_hits = tt_embedding_bag_cached(
             core_values, cache_ids, cache_rows, ids, row_splits=row_splits, weights=weights,
             combiner=combiner, num_rows=self.num_rows, backend=backend, check_splits=False,

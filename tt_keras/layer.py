@@ -301,10 +301,12 @@ class TTEmbedding(keras.layers.Layer):
         # Under a tf.distribute strategy the cores' gradient must be dense (the pure-TF
         # path's gathers make it sparse), to be all-reduced; outside one the op reads the
         # variables in place (tt_keras/replicas.py).
-        cores = replicas.lookup_values(self.cores, self.compute_dtype)
+        in_place = replicas.reads_in_place(self.compute_dtype)
         if self.cache is not None:
-            return self.cache.lookup(cores, ids, training=training, **args)
-        return tt_embedding_bag(cores, ids, num_rows=self.input_dim, **args)
+            return self.cache.lookup(self.cores, ids, training=training, in_place=in_place,
+                                     **args)
+        return tt_embedding_bag(replicas.lookup_values(self.cores, in_place), ids,
+                                num_rows=self.input_dim, **args)
 
     def call(self, inputs, weights=None, training=None):
         if isinstance(inputs, tf.RaggedTensor):

@@ -81,14 +81,17 @@ def _densified(x):
     return tf.identity(x), grad
 
 
-def lookup_values(variables, compute_dtype):
-    """What a layer hands its TT lookup for `variables` (its cores). Outside any strategy,
-    computing in float32: the variables themselves, which the op reads in place
-    (tt_keras.lookup). Otherwise tensors: in a replica context with a dense gradient
-    (dense_gradient), and under mixed precision read with the autocast."""
-    if not tf.distribute.has_strategy() and tf.as_dtype(compute_dtype) == tf.float32:
-        return list(variables)
-    return [dense_gradient(v) for v in variables]
+def reads_in_place(compute_dtype):
+    """Whether a layer's TT lookup hands the op its variables, which the op then reads in
+    place (tt_keras.lookup): outside any strategy, computing in float32. Otherwise it hands
+    over tensors: in a replica context with a dense gradient (dense_gradient), and under
+    mixed precision read with the autocast."""
+    return not tf.distribute.has_strategy() and tf.as_dtype(compute_dtype) == tf.float32
+
+
+def lookup_values(variables, in_place):
+    """`variables` as a layer's TT lookup takes them (see reads_in_place)."""
+    return list(variables) if in_place else [dense_gradient(v) for v in variables]
 
 
 def dense_gradient(value):
