@@ -299,13 +299,17 @@ class TTEmbedding(keras.layers.Layer):
         args = dict(row_splits=row_splits, weights=weights, combiner=combiner or "none",
                     backend=self.lookup_backend, check_splits=check_splits)
         # Under a tf.distribute strategy the cores' gradient must be dense (the pure-TF
-        # path's gathers make it sparse), to be all-reduced; outside one the op reads the
-        # variables in place (tt_keras/replicas.py).
-        in_place = replicas.reads_in_place(self.compute_dtype)
+        # path's gathers make it sparse), to be all-reduced (tt_keras/replicas.py).
         if self.cache is not None:
+            # Outside one the cached op reads the cache rows (and cores) in place: an
+            # optimizer updates the rows sparsely, after which every read through a tensor
+            # copies all of them.
+            in_place = replicas.reads_in_place(self.compute_dtype)
             return self.cache.lookup(self.cores, ids, training=training, in_place=in_place,
                                      **args)
-        return tt_embedding_bag(replicas.lookup_values(self.cores, in_place), ids,
+        # Cores alone take dense updates, which leave reads through tensors cheap; read in
+        # place they measured no faster (docs/performance.md).
+        return tt_embedding_bag(replicas.lookup_values(self.cores, in_place=False), ids,
                                 num_rows=self.input_dim, **args)
 
     def call(self, inputs, weights=None, training=None):
