@@ -258,11 +258,12 @@ class HotRowCache(keras.layers.Layer):
         """
         training = _training_flag(training)
         if training is False:
-            rows = self.cache_rows if in_place else tf.convert_to_tensor(self.cache_rows)
+            *core_values, cache_rows = replicas.lookup_values([*cores, self.cache_rows],
+                                                               in_place)
             return tt_embedding_bag_cached(
-                replicas.lookup_values(cores, in_place), self.cache_ids, rows, ids,
-                row_splits=row_splits, weights=weights, combiner=combiner,
-                num_rows=self.num_rows, backend=backend, check_splits=check_splits)
+                core_values, self.cache_ids, cache_rows, ids, row_splits=row_splits,
+                weights=weights, combiner=combiner, num_rows=self.num_rows, backend=backend,
+                check_splits=check_splits)
         ids, row_splits, weights = checks.batch_tensors(ids, row_splits, weights, combiner)
         ids, row_splits = checks.batch_values(ids, row_splits, combiner, self.num_rows,
                                               check_splits)
@@ -290,9 +291,8 @@ class HotRowCache(keras.layers.Layer):
             # the ops on one resource in program order.
             with tf.control_dependencies(updates):
                 cache_ids = tf.identity(self.cache_ids)
-                cache_rows = (self.cache_rows if in_place
-                              else replicas.dense_gradient(self.cache_rows))
-                core_values = replicas.lookup_values(cores, in_place)
+                *core_values, cache_rows = replicas.lookup_values([*cores, self.cache_rows],
+                                                                   in_place)
         out, num_hits = tt_embedding_bag_cached(
             core_values, cache_ids, cache_rows, ids, row_splits=row_splits, weights=weights,
             combiner=combiner, num_rows=self.num_rows, backend=backend, check_splits=False,

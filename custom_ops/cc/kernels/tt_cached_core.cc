@@ -132,6 +132,23 @@ bool SearchesCache(int64_t nnz, int64_t cache_size) {
   return nnz * kIndexMinBatchShare < cache_size;
 }
 
+// slots[i] = slot_of(ids[i]) for every position, in parallel (cost: per id); returns the
+// number of hits.
+template <typename Tid, typename SlotOf>
+int64_t FillSlots(const Tid* ids, int64_t nnz, int64_t cost, int32_t* slots,
+                  const ParallelFor& pfor, const SlotOf& slot_of) {
+  std::atomic<int64_t> hits{0};
+  pfor(nnz, cost, [&](int64_t lo, int64_t hi) {
+    int64_t local = 0;
+    for (int64_t i = lo; i < hi; ++i) {
+      slots[i] = slot_of(static_cast<int64_t>(ids[i]));
+      local += slots[i] >= 0;
+    }
+    hits.fetch_add(local, std::memory_order_relaxed);
+  });
+  return hits.load();
+}
+
 }  // namespace
 
 size_t FindCacheSlotsWorkspaceBytes(int64_t cache_size, int64_t nnz) {
@@ -145,30 +162,14 @@ int64_t FindCacheSlots(const int64_t* cache_ids, int64_t cache_size, const Tid* 
     std::fill(slots, slots + nnz, -1);
     return 0;
   }
-  std::atomic<int64_t> hits{0};
   if (SearchesCache(nnz, cache_size)) {
     const int64_t steps = 64 - __builtin_clzll(static_cast<uint64_t>(cache_size));
-    pfor(nnz, 4 * steps, [&](int64_t lo, int64_t hi) {
-      int64_t local = 0;
-      for (int64_t i = lo; i < hi; ++i) {
-        slots[i] = SortedSlot(cache_ids, cache_size, static_cast<int64_t>(ids[i]));
-        local += slots[i] >= 0;
-      }
-      hits.fetch_add(local, std::memory_order_relaxed);
-    });
-    return hits.load();
+    return FillSlots(ids, nnz, 4 * steps, slots, pfor,
+                     [&](int64_t id) { return SortedSlot(cache_ids, cache_size, id); });
   }
   ScratchScope scratch(ws);
   const CacheIndex index(cache_ids, cache_size, ws);
-  pfor(nnz, 10, [&](int64_t lo, int64_t hi) {
-    int64_t local = 0;
-    for (int64_t i = lo; i < hi; ++i) {
-      slots[i] = index.Find(static_cast<int64_t>(ids[i]));
-      local += slots[i] >= 0;
-    }
-    hits.fetch_add(local, std::memory_order_relaxed);
-  });
-  return hits.load();
+  return FillSlots(ids, nnz, 10, slots, pfor, [&](int64_t id) { return index.Find(id); });
 }
 
 template int64_t FindCacheSlots<int32_t>(const int64_t*, int64_t, const int32_t*, int64_t, int32_t*,

@@ -41,8 +41,8 @@ inline tensorflow::Status AllocateWorkspace(tensorflow::OpKernelContext* ctx, si
 // The float values of a kernel's inputs (Tcores = float), or of the variables its
 // resource inputs name (Tcores = resource), in input order. Variables are read in place:
 // a ReadVariableOp in front of the kernel would copy a whole variable on every read once
-// an optimizer has updated it sparsely (TF's copy-on-read mode), which is what a sparse
-// core or cache-row update does. Their locks are held shared until this object goes, so
+// an optimizer has updated it sparsely (TF's copy-on-read mode), as every cache-row update
+// does. Their locks are held shared until this object goes, so
 // no update writes into them while the kernel reads; they are taken in address order, as
 // TF's training ops take theirs, so that two kernels cannot deadlock.
 class FloatInputs {
@@ -131,8 +131,8 @@ class BagKernelBase : public tensorflow::OpKernel {
  protected:
   // The inputs, their shapes checked; with `host_contents` the ids and splits too (the CPU
   // kernels: the GPU kernels check them on the device).
-  // `extra_floats` names float inputs read with the cores (under the same locks when they
-  // are variables); their values follow the cores' in in->values.
+  // `extra_floats` names single float inputs read with the cores (under the same locks
+  // when they are variables); their values follow the cores' in in->values.
   template <typename Tid>
   absl::Status ReadInputs(tensorflow::OpKernelContext* ctx, bool host_contents,
                           BagOpInputs<Tid>* in,
@@ -140,10 +140,9 @@ class BagKernelBase : public tensorflow::OpKernel {
     std::vector<const char*> names = {"cores"};
     names.insert(names.end(), extra_floats.begin(), extra_floats.end());
     TF_RETURN_IF_ERROR(in->values.Read(ctx, names));
-    int first = 0, num_cores = 0;
-    TF_RETURN_IF_ERROR(ctx->op_kernel().InputRange("cores", &first, &num_cores));
-    num_cores -= first;
-    in->cores.assign(in->values.values().begin(), in->values.values().begin() + num_cores);
+    // Each extra input is one tensor: the cores are all the values before them.
+    const std::vector<tensorflow::Tensor>& values = in->values.values();
+    in->cores.assign(values.begin(), values.end() - extra_floats.size());
     TF_RETURN_IF_ERROR(DimsFromCores(in->cores, num_rows_, &in->dims));
     TF_RETURN_IF_ERROR(host_contents ? ValidateBagInputs<Tid>(ctx, combiner_, num_rows_, &in->bags)
                                      : ValidateBagShapes<Tid>(ctx, combiner_, &in->bags));
