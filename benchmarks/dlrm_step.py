@@ -51,10 +51,10 @@ def model_configs(sizes, source):
     configs = {"dense": (base, {}),
                "tt": (base.replace(tt_tables=FLAGS.tt_tables, tt_rank=FLAGS.tt_rank), {})}
     if FLAGS.cached:
-        # The steady state after the fill: no counting (cache_updates.schedule stops the
-        # counter after the fill when there is no refresh).
-        cached = base.replace(**RECOMMENDED_TT).replace(cache_warmup_steps=0,
-                                                        cache_prefill=True)
+        # Filled at the first step from the sample, as RECOMMENDED_TT is: every timed step is
+        # the steady state, with no counting (cache_updates.schedule stops the counter after
+        # the fill when there is no refresh).
+        cached = base.replace(**RECOMMENDED_TT)
         configs["recommended"] = cache_plan.plan_cache_sizes(cached, source)
     return configs
 

@@ -227,5 +227,24 @@ def test_cache_prefill_seeds_the_counters_with_the_sample():
         # The counter holds the K ids of largest count, with their sample counts.
         assert all(counts[ids == k][0] == c for k, c in got.items())
         assert min(got.values()) >= np.sort(counts)[::-1][len(keys) - 1]
+    # RECOMMENDED_TT's caches (no warm-up): the first training step fills every cache with
+    # the sample's hottest ids, before its lookup, so they train as rows from that step.
+    batch = _batch(cfg, 64)
+    model.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0)
+    filled = 0
+    for f in cfg.tt_features:
+        cache = model.embeddings.tables[f].cache
+        if cache is None:
+            continue
+        ids, counts = sample[f]
+        cached = np.asarray(cache.cache_ids)
+        cached = cached[cached < cache.num_rows]
+        assert cached.size == cache.config.cache_size
+        # Every cached id is counted at least as often as every id left out.
+        left_out = counts[~np.isin(ids, cached)]
+        assert counts[np.isin(ids, cached)].min() >= (left_out.max() if left_out.size else 0)
+        filled += cached.size
+        assert cache.hit_rate > 0
+    assert filled
     with pytest.raises(ValueError, match="cache_prefill seeds the caches"):
         M.tiny_config(cache_prefill=True)

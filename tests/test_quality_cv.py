@@ -98,10 +98,11 @@ def test_cv_settings_and_runs(parse):
         assert "eval_examples" not in options and "teacher" not in options
         assert Q.run_id(name, optimizer, fold, "fold") == f"{name}-{optimizer}-f{fold}"
     tt = next(o for n, _, _, o in runs if n == "recommended")
-    # RECOMMENDED_TT, with only its warm-up and plan sized to the run.
+    # RECOMMENDED_TT, with only its plan sized to the run.
     changed = {k for k in RECOMMENDED_TT if tt[k] != RECOMMENDED_TT[k]}
-    assert changed == {"cache_warmup_steps", "cache_plan_batches"}
-    assert (tt["cache_warmup_steps"], tt["cache_plan_batches"]) == (40, 72)
+    assert changed == {"cache_plan_batches"}
+    assert tt["cache_plan_batches"] == 72
+    assert (tt["cache_warmup_steps"], tt["cache_prefill"]) == (0, True)
     # Flags given win over the cross-validation's defaults.
     settings = parse("--data=a.tsv,b.tsv", "--folds=3", "--steps=100", "--table_scale=10",
                      "--seeds=7", "--optimizers=sgd", "--out_dir=x")
