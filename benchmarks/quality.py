@@ -38,6 +38,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The optimizers of the study and their learning rates: DLRM's SGD, and Adagrad.
 OPTIMIZERS = {"sgd": 0.1, "adagrad": 0.05}
 
+# screen2's pick: 10 tables at rank 8, caches from a 19.5 MB budget (100x), filled after a
+# 1,000-step warm-up.
+WARMUP_PICK = {"tt_tables": 10, "tt_rank": 8, "cache_budget_mb": 19.5,
+               "cache_counter_multiple": 1, "cache_warmup_steps": 1000,
+               "cache_plan_batches": 2000, "cache_plan_min_count": 1}
+# screen4's pick (RECOMMENDED_TT with its budget written out): the same caches, filled at
+# the first step from the hottest ids of the budget's sample.
+PREFILL_PICK = dict(WARMUP_PICK, cache_warmup_steps=0, cache_prefill=True)
+
 # Configurations: name -> trainer options (examples/dlrm/config.py) that differ from the
 # study's common ones. "dense" is the reference every gap is measured against.
 GRIDS: Dict[str, Dict[str, dict]] = {
@@ -59,33 +68,20 @@ GRIDS: Dict[str, Dict[str, dict]] = {
     },
     "screen2": {
         "dense": {},
-        "tt10_r8_b19.5_m1": {"tt_tables": 10, "tt_rank": 8, "cache_budget_mb": 19.5,
-                             "cache_counter_multiple": 1, "cache_warmup_steps": 1000,
-                             "cache_plan_batches": 2000, "cache_plan_min_count": 1},
+        "tt10_r8_b19.5_m1": WARMUP_PICK,
         "tt7_r8_b11.8_m1": {"tt_tables": 7, "tt_rank": 8, "cache_budget_mb": 11.8,
                             "cache_counter_multiple": 1, "cache_warmup_steps": 1000,
                             "cache_plan_batches": 2000, "cache_plan_min_count": 1},
-        "tt10_r8_b19.5_m1_counting": {"tt_tables": 10, "tt_rank": 8, "cache_budget_mb": 19.5,
-                                      "cache_counter_multiple": 1, "cache_warmup_steps": 1000,
-                                      "cache_refresh_steps": 1000, "cache_plan_batches": 2000,
-                                      "cache_plan_min_count": 1},
+        "tt10_r8_b19.5_m1_counting": dict(WARMUP_PICK, cache_refresh_steps=1000),
         "tt7_r32_cores_adagrad": {"tt_tables": 7, "tt_rank": 32, "tt_optimizer": "adagrad",
                                   "tt_learning_rate": 0.01},
         "tt7_r32_init100": {"tt_tables": 7, "tt_rank": 32, "tt_init_scale": 100.0},
     },
     "screen3": {
         "dense": {},
-        "tt10_r8_b19.5_m1_prefill": {"tt_tables": 10, "tt_rank": 8, "cache_budget_mb": 19.5,
-                                     "cache_counter_multiple": 1, "cache_warmup_steps": 0,
-                                     "cache_prefill": True, "cache_plan_batches": 2000,
-                                     "cache_plan_min_count": 1},
-        "tt10_r8_b19.5_m1_counting_drop": {"tt_tables": 10, "tt_rank": 8,
-                                           "cache_budget_mb": 19.5,
-                                           "cache_counter_multiple": 1,
-                                           "cache_warmup_steps": 1000,
-                                           "cache_refresh_steps": 1000,
-                                           "cache_fold_sweeps": 0, "cache_plan_batches": 2000,
-                                           "cache_plan_min_count": 1},
+        "tt10_r8_b19.5_m1_prefill": PREFILL_PICK,
+        "tt10_r8_b19.5_m1_counting_drop": dict(WARMUP_PICK, cache_refresh_steps=1000,
+                                               cache_fold_sweeps=0),
     },
     # Where the gap of screen2's pick comes from. Twice its cache budget (52.6x, the most
     # that rows half as costly could buy at 100x) did not close it; caches filled at the
@@ -93,23 +89,10 @@ GRIDS: Dict[str, Dict[str, dict]] = {
     # alone, every uncached row zero): does the TT product cost quality?
     "screen4": {
         "dense": {},
-        "tt10_r8_b19.5_m1": {"tt_tables": 10, "tt_rank": 8, "cache_budget_mb": 19.5,
-                             "cache_counter_multiple": 1, "cache_warmup_steps": 1000,
-                             "cache_plan_batches": 2000, "cache_plan_min_count": 1},
-        "tt10_r8_b39_m1": {"tt_tables": 10, "tt_rank": 8, "cache_budget_mb": 39.0,
-                           "cache_counter_multiple": 1, "cache_warmup_steps": 1000,
-                           "cache_plan_batches": 2000, "cache_plan_min_count": 1},
-        "tt10_r8_b19.5_m1_prefill": {"tt_tables": 10, "tt_rank": 8, "cache_budget_mb": 19.5,
-                                     "cache_counter_multiple": 1, "cache_warmup_steps": 0,
-                                     "cache_prefill": True, "cache_plan_batches": 2000,
-                                     "cache_plan_min_count": 1},
-        "tt10_r8_b19.5_m1_prefill_zeros": {"tt_tables": 10, "tt_rank": 8,
-                                           "cache_budget_mb": 19.5,
-                                           "cache_counter_multiple": 1,
-                                           "cache_warmup_steps": 0, "cache_prefill": True,
-                                           "cache_plan_batches": 2000,
-                                           "cache_plan_min_count": 1,
-                                           "tt_initializer": "zeros"},
+        "tt10_r8_b19.5_m1": WARMUP_PICK,
+        "tt10_r8_b39_m1": dict(WARMUP_PICK, cache_budget_mb=39.0),
+        "tt10_r8_b19.5_m1_prefill": PREFILL_PICK,
+        "tt10_r8_b19.5_m1_prefill_zeros": dict(PREFILL_PICK, tt_initializer="zeros"),
     },
     # The configuration make demo trains (examples/dlrm/config.py RECOMMENDED_TT): screen4's
     # tt10_r8_b19.5_m1_prefill with its budget derived from the 100x target instead of

@@ -103,6 +103,7 @@ def test_cv_settings_and_runs(parse):
     assert changed == {"cache_plan_batches"}
     assert tt["cache_plan_batches"] == 72
     assert (tt["cache_warmup_steps"], tt["cache_prefill"]) == (0, True)
+
     # Flags given win over the cross-validation's defaults.
     settings = parse("--data=a.tsv,b.tsv", "--folds=3", "--steps=100", "--table_scale=10",
                      "--seeds=7", "--optimizers=sgd", "--out_dir=x")
@@ -112,6 +113,17 @@ def test_cv_settings_and_runs(parse):
     assert {(o["steps"], o["table_scale"], o["seed"], o["data"]) for *_, o in runs} == {
         (100, 10.0, 7, "a.tsv,b.tsv")}
     assert settings["out_dir"] == "x"
+
+
+def test_the_recommended_grid_is_the_measured_pick():
+    # RECOMMENDED_TT is screen4's measured configuration, its budget derived from the 100x
+    # target (19.5 MB at Kaggle sizes) instead of written out.
+    measured = dict(Q.GRIDS["screen4"]["tt10_r8_b19.5_m1_prefill"])
+    recommended = dict(Q.GRIDS["recommended"]["recommended"])
+    assert measured.pop("cache_budget_mb") == 19.5
+    assert recommended.pop("cache_compression") == 100.0
+    assert measured == recommended == {k: v for k, v in RECOMMENDED_TT.items()
+                                       if k != "cache_compression"}
 
 
 def test_the_seed_study_is_unchanged(parse):
