@@ -37,10 +37,12 @@ COUNT_BINS = (("unseen", 0, 1), ("seen 1-4", 1, 5), ("seen 5-19", 5, 20),
               ("seen 20+", 20, np.inf))
 
 
-def restore(config, label="tt"):
-    """(model, planned DLRMConfig, source, step) from <model_dir>/<label> (tt or dense)."""
-    source = sources.make_source(config.data, config.tables.table_sizes(),
-                                 config.training.seed)
+def restore(config, label="tt", source=None):
+    """(model, planned DLRMConfig, source, step) from <model_dir>/<label> (tt or dense);
+    `source`: the data source of the run, made from config when None."""
+    if source is None:
+        source = sources.make_source(config.data, config.tables.table_sizes(),
+                                     config.training.seed)
     model_config = config.dlrm_config()
     if label == "dense":
         model_config = model_config.replace(tt_tables=0)
@@ -134,7 +136,7 @@ def main(argv):
                                           [float(a) for a in flags.FLAGS.alphas]):
         print(f"  alpha {alpha:<5g} AUC {auc:.4f}  log loss {logloss:.4f}")
     if flags.FLAGS.dense_restricted:
-        dense, *_ = restore(config, "dense")
+        dense, *_ = restore(config, "dense", source)
         auc, logloss = evaluate(dense, held_out)
         r_auc, r_logloss = dense_restricted(dense, model, planned.tt_features, held_out)
         print(f"dense: AUC {auc:.4f}  log loss {logloss:.4f}; with only the TT model's "
