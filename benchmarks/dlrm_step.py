@@ -14,6 +14,11 @@ batches of the synthetic stream, cycled; the models' calls alternate
 (benchmarks/workload.interleaved_median_ms), so load from other processes falls on all of
 them alike. Printed: median examples/s per model
 and its ratio to dense.
+
+With --id_orders=hashed,frequency the TT models are also timed on frequency-ordered ids
+("tt/frequency", "recommended/frequency": id k the k-th most frequent, as a vocabulary
+sorted by counts numbers them; examples/dlrm/data.py), in the same turns. The dense model
+trains on hashed ids only: renaming its rows changes neither its work nor what it learns.
 """
 
 import os
@@ -42,20 +47,27 @@ flags.DEFINE_integer("steps_per_call", 10, "Training steps per timed call.")
 flags.DEFINE_integer("reps", 20, "Timed calls of each model per batch size.")
 flags.DEFINE_integer("distinct_batches", 20, "Batches of the stream the steps cycle over.")
 flags.DEFINE_integer("seed", 0, "Seed of the stream and the models.")
+flags.DEFINE_list("id_orders", ["hashed"], "The synthetic id orders the TT models train on "
+                  f"({', '.join(data.ID_ORDERS)}); dense trains on hashed ids.")
 
 
-def model_configs(sizes, source):
-    """{label: (DLRMConfig, cache plan sample)}: dense, TT without a cache, and the
-    recommended cached TT model (planned from `source`, the stream the steps train on)."""
+def model_configs(sizes, sources_by_order):
+    """{label: (DLRMConfig, cache plan sample, id order)}: dense, and for each id order of
+    `sources_by_order` ({order: source}) TT without a cache and the recommended cached TT
+    model (planned from that order's stream, the one its steps train on)."""
     base = DLRMConfig(table_sizes=sizes, tt_tables=0)
-    configs = {"dense": (base, {}),
-               "tt": (base.replace(tt_tables=FLAGS.tt_tables, tt_rank=FLAGS.tt_rank), {})}
-    if FLAGS.cached:
-        # Filled at the first step from the sample, as RECOMMENDED_TT is: every timed step is
-        # the steady state, with no counting (cache_updates.schedule stops the counter after
-        # the fill when there is no refresh).
-        cached = base.replace(**RECOMMENDED_TT)
-        configs["recommended"] = cache_plan.plan_cache_sizes(cached, source)
+    configs = {"dense": (base, {}, "hashed")}
+    for order, source in sources_by_order.items():
+        suffix = "" if order == "hashed" else f"/{order}"
+        tt = base.replace(tt_tables=FLAGS.tt_tables, tt_rank=FLAGS.tt_rank)
+        configs["tt" + suffix] = (tt, {}, order)
+        if FLAGS.cached:
+            # Filled at the first step from the sample, as RECOMMENDED_TT is: every timed
+            # step is the steady state, with no counting (cache_updates.schedule stops the
+            # counter after the fill when there is no refresh).
+            cached = base.replace(**RECOMMENDED_TT)
+            configs["recommended" + suffix] = (
+                *cache_plan.plan_cache_sizes(cached, source), order)
     return configs
 
 
@@ -81,23 +93,31 @@ def stepper(model, batches):
 def main(argv):
     del argv
     sizes = data.scale_table_sizes(data.KAGGLE_TABLE_SIZES, FLAGS.table_scale)
-    source = sources.make_source(DataConfig(), sizes, FLAGS.seed)
-    planned = model_configs(sizes, source)
-    models = {}
-    for label, (config, sample) in planned.items():
-        models[label] = build(config, sample)
+    unknown = set(FLAGS.id_orders) - set(data.ID_ORDERS)
+    if unknown:
+        raise app.UsageError(f"--id_orders: unknown {sorted(unknown)}; known: "
+                             f"{list(data.ID_ORDERS)}")
+    streams = {order: sources.make_source(DataConfig(id_order=order), sizes, FLAGS.seed)
+               for order in dict.fromkeys(["hashed", *FLAGS.id_orders])}
+    planned = model_configs(sizes, {o: streams[o] for o in FLAGS.id_orders})
+    models, orders = {}, {}
+    for label, (config, sample, order) in planned.items():
+        models[label], orders[label] = build(config, sample), order
         print(f"{label}: {model_summary(models[label])}")
     labels = list(models)
     print(f"\nexamples/s, median of {FLAGS.reps} calls of {FLAGS.steps_per_call} steps each, "
           "the models in turns; ratio: to dense")
-    print(f"{'batch':>6} " + " ".join(f"{label:>12} {'ratio':>6}" for label in labels))
+    widths = [max(12, len(label)) for label in labels]
+    print(f"{'batch':>6} " + " ".join(f"{label:>{w}} {'ratio':>6}"
+                                       for label, w in zip(labels, widths)))
     for batch_size in [int(b) for b in FLAGS.batch_sizes]:
-        batches = list(source.train(0, batch_size).take(FLAGS.distinct_batches))
-        calls = [stepper(models[label], batches) for label in labels]
+        batches = {order: list(stream.train(0, batch_size).take(FLAGS.distinct_batches))
+                   for order, stream in streams.items()}
+        calls = [stepper(models[label], batches[orders[label]]) for label in labels]
         ms = interleaved_median_ms(calls, FLAGS.reps)
         rates = [batch_size * FLAGS.steps_per_call / (t / 1000) for t in ms]
-        print(f"{batch_size:>6} " + " ".join(f"{r:>12,.0f} {r / rates[0]:>6.2f}"
-                                             for r in rates), flush=True)
+        print(f"{batch_size:>6} " + " ".join(f"{r:>{w},.0f} {r / rates[0]:>6.2f}"
+                                             for r, w in zip(rates, widths)), flush=True)
 
 
 def model_summary(model) -> str:

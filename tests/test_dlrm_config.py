@@ -37,7 +37,7 @@ ADDED_FLAGS = {
     "cache_budget_mb": 0.0, "cache_coverage": 0.0, "cache_plan_batches": 1000,
     "cache_plan_min_count": 2, "cache_counter_multiple": 4, "cache_prefill": False,
     "cache_fold_sweeps": 1, "tt_init_scale": 1.0,
-    "tt_optimizer": "", "tt_learning_rate": 0.0, "teacher": "independent",
+    "tt_optimizer": "", "tt_learning_rate": 0.0, "teacher": "independent", "id_order": "hashed",
     "teacher_clusters": 1000, "teacher_cluster_share": 0.75, "init_from": "",
     "cache_compression": 0.0,
     "export_max_batch_size": 65536, "skip_bad_lines": False,

@@ -240,3 +240,35 @@ def test_clustered_teacher_shares_effects_within_a_cluster():
     assert same < 0.05  # the residuals keep the ids apart
     with pytest.raises(ValueError, match="teacher must be one of"):
         D.SyntheticCriteo(sizes, teacher="nope")
+
+
+def test_frequency_ordered_ids_rename_the_hashed_ones():
+    """id_order="frequency" gives the model each id's frequency rank: the same batch, labels
+    and dense features, and ids that the stream's permutation maps to the hashed ones."""
+    sizes = D.scale_table_sizes(D.KAGGLE_TABLE_SIZES, 1000)
+    hashed = D.SyntheticCriteo(sizes, seed=4)
+    ranked = D.SyntheticCriteo(sizes, seed=4, id_order="frequency")
+    counts = np.zeros(sizes[2], np.int64)
+    for i in range(4):
+        (fh, yh), (fr, yr) = hashed.batch(i, 512), ranked.batch(i, 512)
+        np.testing.assert_array_equal(yh.numpy(), yr.numpy())
+        np.testing.assert_array_equal(fh["dense"].numpy(), fr["dense"].numpy())
+        for k, name in enumerate(D.CAT_FEATURES):
+            rank = fr[name].numpy()
+            assert rank.min() >= 0 and rank.max() < sizes[k]
+            # pylint: disable-next=protected-access
+            renamed = (rank * ranked._primes[k] + ranked._offsets[k]) % sizes[k]
+            np.testing.assert_array_equal(renamed, fh[name].numpy())
+        counts += np.bincount(fr["C3"].numpy(), minlength=sizes[2])
+    # Id k is the k-th most frequent: counts fall with the id (up to sampling noise).
+    assert counts[0] == counts.max() and counts[:10].sum() > 10 * counts[10:100].mean()
+    assert np.argmax(counts) == 0 and counts[:50].sum() > counts[-50:].sum()
+    with pytest.raises(ValueError, match="id_order must be one of"):
+        D.SyntheticCriteo(sizes, id_order="sorted")
+
+
+def test_frequency_order_is_the_synthetic_streams_option():
+    source = S.make_source(DataConfig(id_order="frequency"), SMALL_SIZES, seed=0)
+    assert "frequency-ordered ids" in source.describe()
+    with pytest.raises(ValueError, match="--id_order=frequency numbers the synthetic"):
+        DataConfig(data="criteo_sample", id_order="frequency")

@@ -453,3 +453,23 @@ def test_second_order_gradients(backend, cache_size):
     core.assign(start)
     np.testing.assert_allclose(float((second * direction).sum()), (ahead - behind) / (2 * eps),
                                rtol=2e-2, atol=1e-3)
+
+
+def test_a_vocabulary_sorted_by_frequency_feeds_the_layer():
+    """Frequency-ordered ids through a vocabulary (docs/quality.md): Keras' IntegerLookup,
+    adapted on a sample, numbers its vocabulary by descending count after its
+    out-of-vocabulary index 0, so behind it the hottest raw id reads row 1 of the TT table,
+    the next row 2, and ids the sample never saw row 0."""
+    rng = np.random.default_rng(5)
+    raw = rng.choice(10 ** 9, size=N - 1, replace=False).astype(np.int64)  # hashed ids
+    sample = rng.permutation(np.repeat(raw, np.arange(N - 1, 0, -1)))  # raw[k]: N - 1 - k
+    vocabulary = keras.layers.IntegerLookup()
+    vocabulary.adapt(sample)
+    assert vocabulary.vocabulary_size() == N
+    layer = make_layer()
+    unseen = np.int64(10 ** 9 + 7)
+    query = np.concatenate([raw[::-1][:40], raw[:5], [unseen]])
+    rows = layer(vocabulary(tf.constant(query)))
+    expect = np.concatenate([np.arange(N - 1, N - 41, -1), np.arange(1, 6), [0]])
+    table = oracle.dense_table([c.numpy() for c in layer.cores], N)
+    np.testing.assert_allclose(np.asarray(rows), table[expect], rtol=1e-4, atol=1e-5)

@@ -137,6 +137,17 @@ def test_the_seed_study_is_unchanged(parse):
     assert Q.run_id("dense", "sgd", 1) == "dense-sgd-s1"  # old run directories resume
 
 
+def test_the_frequency_screen_trains_a_dense_model_on_frequency_ids(parse):
+    settings = parse("--grid=screen5", "--seeds=0", "--optimizers=sgd",
+                     "--configs=dense_freq,tt7_r32_freq")
+    runs = {name: options for name, _, _, options in Q.planned_runs(settings)}
+    assert list(runs) == ["dense", "dense_freq", "tt7_r32_freq"]
+    assert runs["dense"]["model"] == runs["dense_freq"]["model"] == "dense"
+    assert "id_order" not in runs["dense"]
+    assert runs["dense_freq"]["id_order"] == runs["tt7_r32_freq"]["id_order"] == "frequency"
+    assert runs["tt7_r32_freq"]["model"] == "tt" and runs["tt7_r32_freq"]["tt_rank"] == 32
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--folds=5"], "--folds=5 cross-validates over the lines of files: give "
                     "--data=criteo_sample"),

@@ -107,6 +107,10 @@ class DataConfig(_Options):
         "independent", "Synthetic labels: 'independent' effects per id (the hard case), or "
         "'clustered' (each id's effect is its latent cluster's plus its own residual; "
         "see examples/dlrm/data.py).", choices=dlrm_data.TEACHERS)
+    id_order: str = option(
+        "hashed", "Synthetic ids: 'hashed' (hot ids spread over the table, as hashing "
+        "spreads them) or 'frequency' (id k the k-th most frequent, as a vocabulary sorted by "
+        "frequency numbers them; the same labels).", choices=dlrm_data.ID_ORDERS)
     teacher_clusters: int = option(1000, "Clustered teacher: latent clusters per table.",
                                    minimum=1)
     teacher_cluster_share: float = option(
@@ -123,6 +127,9 @@ class DataConfig(_Options):
                              f"for --eval_every={self.eval_every} (or -1)")
         # Silently ignoring it would let a cross-validation over the synthetic stream
         # evaluate every "fold" on the same held-out stream.
+        if self.id_order != "hashed" and not self.synthetic:
+            raise ValueError(f"--id_order={self.id_order} numbers the synthetic stream's ids; "
+                             f"--data={self.data} gives the ids its reader hashes")
         if self.eval_fold >= 0 and self.synthetic:
             raise ValueError(f"--eval_fold={self.eval_fold} picks held-out lines of files; "
                              "--data=synthetic holds out a stream of its own")

@@ -39,7 +39,12 @@ Two sources, one output format. Every dataset yields `(features, label)` batches
    - ids: per table, Zipf-like (bounded power law P(rank k) ~ k^-a, drawn by inverse CDF,
      fully vectorised in TF), then mapped through a fixed per-table permutation
      (id = (rank * P + c) mod N with P prime to N), so hot ids are spread over the table
-     rather than all having small indices;
+     rather than all having small indices, as hashed ids are. With id_order="frequency"
+     the features carry the ranks instead: the ids a vocabulary sorted by frequency would
+     give (id k the k-th most frequent; what NVTabular's Categorify and Keras'
+     IntegerLookup.adapt produce), exact rather than estimated from a sample. The teacher
+     still sees the hashed ids, so the labels, dense features and effects are the same in
+     both orders, batch for batch: only the ids the model is given are renamed;
    - dense features: 13 log-normal counts (some missing = 0), with the same log transform;
    - label: Bernoulli(sigmoid(logit)) from a fixed random "teacher": a bias, a linear term
      on the dense features' latent Gaussians, one random effect per (table, id) obtained
@@ -255,6 +260,9 @@ def criteo_tsv_dataset(paths, table_sizes, batch_size, split="train", eval_every
 
 _MASK32 = 0xFFFFFFFF
 TEACHERS = ("independent", "clustered")
+# The synthetic ids the model is given: spread over the table ("hashed"), or the frequency
+# ranks ("frequency", id k the k-th most frequent).
+ID_ORDERS = ("hashed", "frequency")
 _STREAMS = {"train": 0, "eval": 1}
 
 
@@ -300,11 +308,13 @@ class SyntheticCriteo:
       sparse_std, dense_std, pair_std: standard deviations of the teacher's logit terms.
       num_pairs: number of table pairs with an interaction term.
       positive_rate: the target mean label (sets the teacher's bias).
+      id_order: "hashed" (hot ids spread over the table) or "frequency" (the model is given
+        each id's frequency rank; the teacher and the labels are the same).
     """
 
     def __init__(self, table_sizes, seed=0, zipf_a=1.05, sparse_std=1.5, dense_std=0.6,
                  pair_std=0.6, num_pairs=6, positive_rate=0.25, teacher="independent",
-                 num_clusters=1000, cluster_share=0.75):
+                 num_clusters=1000, cluster_share=0.75, id_order="hashed"):
         if len(table_sizes) != NUM_SPARSE:
             raise ValueError(f"need {NUM_SPARSE} table sizes, got {len(table_sizes)}")
         if zipf_a <= 0:
@@ -314,7 +324,10 @@ class SyntheticCriteo:
         if int(num_clusters) < 1 or not 0.0 <= cluster_share <= 1.0:
             raise ValueError(f"num_clusters must be >= 1 and cluster_share in [0, 1], got "
                              f"{num_clusters!r} and {cluster_share!r}")
+        if id_order not in ID_ORDERS:
+            raise ValueError(f"id_order must be one of {ID_ORDERS}, got {id_order!r}")
         self.teacher = teacher
+        self.id_order = id_order
         self.num_clusters = int(num_clusters)
         self.cluster_share = float(cluster_share)
         self.table_sizes = tuple(int(n) for n in table_sizes)
@@ -405,8 +418,9 @@ class SyntheticCriteo:
         raw = tf.floor(tf.exp(self._mu + self._sigma * z))
         raw = tf.where(present, raw, tf.zeros_like(raw))
         features = {"dense": transform_dense(raw)}
+        given = ranks if self.id_order == "frequency" else ids
         for k, name in enumerate(CAT_FEATURES):
-            features[name] = ids[:, k]
+            features[name] = given[:, k]
         # Teacher.
         effects = self._effects(ids, self._salts)                     # [B, T]
         logit = self._bias + tf.linalg.matvec(effects, self._w_sparse)

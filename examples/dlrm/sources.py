@@ -28,11 +28,13 @@ class SyntheticSource:
         self.data = data
         self.stream = dlrm_data.SyntheticCriteo(
             tuple(table_sizes), seed=seed, zipf_a=data.zipf_a, teacher=data.teacher,
-            num_clusters=data.teacher_clusters, cluster_share=data.teacher_cluster_share)
+            num_clusters=data.teacher_clusters, cluster_share=data.teacher_cluster_share,
+            id_order=data.id_order)
 
     def describe(self) -> str:
         return (f"synthetic Criteo-like stream (seed {self.stream.seed}, "
-                f"zipf a={self.stream.zipf_a}, {self.stream.teacher} teacher)")
+                f"zipf a={self.stream.zipf_a}, {self.stream.teacher} teacher"
+                + (", frequency-ordered ids)" if self.stream.id_order == "frequency" else ")"))
 
     def train(self, start_step: int = 0, batch_size: Optional[int] = None,
               shard_index: int = 0, shard_count: int = 1) -> tf.data.Dataset:
