@@ -333,6 +333,9 @@ class SyntheticCriteo:
         self.table_sizes = tuple(int(n) for n in table_sizes)
         self.seed = int(seed)
         self.zipf_a = float(zipf_a)
+        # Every draw below is part of each seed's teacher: a new one goes after the last
+        # (the clustered teacher's salts, drawn before the weights, changed seed 0's
+        # teacher once; docs/quality.md).
         rng = np.random.default_rng([self.seed, 20210115])
         t = NUM_SPARSE
         # Id permutation per table: id = (rank * P + c) mod N, P prime and not dividing N.
