@@ -70,9 +70,7 @@ GRIDS: Dict[str, Dict[str, dict]] = {
     "screen2": {
         "dense": {},
         "tt10_r8_b19.5_m1": WARMUP_PICK,
-        "tt7_r8_b11.8_m1": {"tt_tables": 7, "tt_rank": 8, "cache_budget_mb": 11.8,
-                            "cache_counter_multiple": 1, "cache_warmup_steps": 1000,
-                            "cache_plan_batches": 2000, "cache_plan_min_count": 1},
+        "tt7_r8_b11.8_m1": dict(WARMUP_PICK, tt_tables=7, cache_budget_mb=11.8),
         "tt10_r8_b19.5_m1_counting": dict(WARMUP_PICK, cache_refresh_steps=1000),
         "tt7_r32_cores_adagrad": {"tt_tables": 7, "tt_rank": 32, "tt_optimizer": "adagrad",
                                   "tt_learning_rate": 0.01},

@@ -125,11 +125,11 @@ class DataConfig(_Options):
         if self.eval_fold >= self.eval_every:
             raise ValueError(f"--eval_fold={self.eval_fold} must be in [0, {self.eval_every}) "
                              f"for --eval_every={self.eval_every} (or -1)")
-        # Silently ignoring it would let a cross-validation over the synthetic stream
-        # evaluate every "fold" on the same held-out stream.
         if self.id_order != "hashed" and not self.synthetic:
             raise ValueError(f"--id_order={self.id_order} numbers the synthetic stream's ids; "
                              f"--data={self.data} gives the ids its reader hashes")
+        # Silently ignoring it would let a cross-validation over the synthetic stream
+        # evaluate every "fold" on the same held-out stream.
         if self.eval_fold >= 0 and self.synthetic:
             raise ValueError(f"--eval_fold={self.eval_fold} picks held-out lines of files; "
                              "--data=synthetic holds out a stream of its own")

@@ -32,9 +32,9 @@ class SyntheticSource:
             id_order=data.id_order)
 
     def describe(self) -> str:
+        order = ", frequency-ordered ids" if self.stream.id_order == "frequency" else ""
         return (f"synthetic Criteo-like stream (seed {self.stream.seed}, "
-                f"zipf a={self.stream.zipf_a}, {self.stream.teacher} teacher"
-                + (", frequency-ordered ids)" if self.stream.id_order == "frequency" else ")"))
+                f"zipf a={self.stream.zipf_a}, {self.stream.teacher} teacher{order})")
 
     def train(self, start_step: int = 0, batch_size: Optional[int] = None,
               shard_index: int = 0, shard_count: int = 1) -> tf.data.Dataset:
